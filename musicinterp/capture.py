@@ -1,0 +1,170 @@
+"""Teacher-forced capture of MusicGen's residual stream on a clip's own EnCodec codes.
+
+The decoder is fed the *delayed* codes it was trained on (``build_delay_pattern_mask`` from
+transformers), not the raw code matrix, and the residual stream is read with forward hooks on the
+decoder blocks: ``output_hidden_states`` would replace the last entry by its layer-normed version,
+and hooks let each layer be cast to float16 as soon as it is produced.
+See :mod:`musicinterp.frames` for which decoder step is stored at which frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from musicinterp.config import CaptureSpec
+from musicinterp.frames import SAMPLE_RATE_HZ, n_frames
+from musicinterp.models import PAD_TOKEN_ID, LoadedModel
+
+log = logging.getLogger(__name__)
+
+T5_EOS_TOKEN_ID = 1  # what T5's tokenizer makes of the empty string
+
+
+class CaptureError(RuntimeError):
+    """Capture of one clip failed; the message names the clip."""
+
+
+@dataclass(frozen=True)
+class Capture:
+    """What the decoder produced for one clip, on the frame grid.
+
+    ``resid`` is ``(layer, time, feature)`` float16 with layer 0 = embeddings; ``logits`` (only when
+    asked for) is ``(step, codebook, vocab)`` float32 over all ``n_frames + 1`` decoder steps.
+    """
+
+    codes: np.ndarray  # (codebook, frame) int
+    resid: np.ndarray
+    layers: tuple[int, ...]
+    logits: np.ndarray | None = None
+
+
+@torch.no_grad()
+def encode_audio(loaded: LoadedModel, samples: np.ndarray) -> torch.Tensor:
+    """EnCodec codes ``(codebook, frame)`` of 32 kHz mono samples."""
+    if samples.ndim != 1:
+        raise ValueError(f"expected mono samples, got shape {samples.shape}")
+    device = next(loaded.model.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).to(device)[None, None, :]
+    out = loaded.model.audio_encoder.encode(x)
+    codes = out.audio_codes[0, 0]  # (chunks=1, batch=1, K, T) -> (K, T)
+    expected = n_frames(samples.shape[0])
+    if codes.shape[-1] != expected:
+        raise CaptureError(f"EnCodec gave {codes.shape[-1]} frames for {samples.shape[0]} samples, expected {expected}")
+    return codes
+
+
+def delayed_decoder_input(loaded: LoadedModel, codes: torch.Tensor) -> torch.Tensor:
+    """Decoder input ids ``(codebook, n_frames + 1)`` under the delay pattern.
+
+    Step 0 is the start token; step ``s`` holds codebook ``k`` of frame ``s - k - 1`` or the pad
+    token where that frame does not exist. Built with transformers' own ``build_delay_pattern_mask``
+    so it matches what ``generate`` feeds the decoder.
+    """
+    k, t = codes.shape
+    start = torch.full((k, 1), PAD_TOKEN_ID, dtype=torch.long, device=codes.device)
+    prompt = torch.cat([start, codes.long()], dim=1)  # (K, T + 1)
+    full, _ = loaded.model.decoder.build_delay_pattern_mask(prompt, PAD_TOKEN_ID, max_length=t + k)
+    return full[:, : t + 1]
+
+
+@torch.no_grad()
+def text_condition(loaded: LoadedModel, spec: CaptureSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder states and attention mask of one guidance half, exactly as ``generate`` builds them."""
+    device = next(loaded.model.parameters()).device
+    if loaded.tokenizer is not None:
+        enc = loaded.tokenizer([spec.description], return_tensors="pt")
+        input_ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    elif spec.description == "":
+        input_ids = torch.tensor([[T5_EOS_TOKEN_ID]], device=device)
+        mask = torch.ones_like(input_ids)
+    else:
+        raise CaptureError(
+            f"model {loaded.model_id!r} has no tokenizer, so capture.description must be '' "
+            f"(got {spec.description!r}); load the model from the Hub or a directory that holds its processor"
+        )
+    states = loaded.model.text_encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    if spec.half == "unconditional":
+        states, mask = torch.zeros_like(states), torch.zeros_like(mask)
+    return states, mask
+
+
+class _ResidualRecorder:
+    """Forward hooks that keep chosen layers of the residual stream, cast to float16 on the spot."""
+
+    def __init__(self, decoder_layers, keep: tuple[int, ...], steps: slice, dtype: torch.dtype):
+        self.keep, self.steps, self.dtype = set(keep), steps, dtype
+        self.out: dict[int, torch.Tensor] = {}
+        self.handles = [decoder_layers[0].register_forward_pre_hook(self._pre, with_kwargs=True)]
+        for i, layer in enumerate(decoder_layers):
+            self.handles.append(layer.register_forward_hook(self._post(i + 1)))
+
+    def _store(self, layer: int, hidden: torch.Tensor) -> None:
+        if layer in self.keep:
+            self.out[layer] = hidden[0, self.steps].to(self.dtype).cpu()
+
+    def _pre(self, module, args, kwargs):
+        self._store(0, args[0] if args else kwargs["hidden_states"])
+
+    def _post(self, layer: int):
+        def hook(module, args, output):
+            self._store(layer, output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def resolve_layers(loaded: LoadedModel, layers: list[int] | None) -> tuple[int, ...]:
+    n = loaded.n_layers + 1
+    if layers is None:
+        return tuple(range(n))
+    bad = [layer for layer in layers if not 0 <= layer < n]
+    if bad:
+        raise ValueError(f"capture.layers: {bad} out of range; model {loaded.model_id!r} has layers 0..{n - 1}")
+    return tuple(sorted(set(layers)))
+
+
+@torch.no_grad()
+def capture_codes(
+    loaded: LoadedModel,
+    codes: torch.Tensor,
+    spec: CaptureSpec,
+    return_logits: bool = False,
+    dtype: torch.dtype = torch.float16,
+) -> Capture:
+    """Run the decoder teacher-forced on ``codes`` and keep the residual stream per frame.
+
+    ``dtype`` is float16 for the store (zarr has no bfloat16); tests ask for float32 to compare
+    with generation at float tolerance.
+    """
+    layers = resolve_layers(loaded, spec.layers)
+    t = codes.shape[-1]
+    decoder_ids = delayed_decoder_input(loaded, codes)
+    states, mask = text_condition(loaded, spec)
+    recorder = _ResidualRecorder(loaded.model.decoder.model.decoder.layers, layers, slice(1, t + 1), dtype)
+    try:
+        out = loaded.model(
+            encoder_outputs=(states,), attention_mask=mask, decoder_input_ids=decoder_ids, use_cache=False
+        )
+    finally:
+        recorder.close()
+    resid = torch.stack([recorder.out[layer] for layer in layers]).numpy()
+    logits = None
+    if return_logits:
+        k = loaded.num_codebooks
+        logits = out.logits.reshape(k, t + 1, -1).permute(1, 0, 2).float().cpu().numpy()
+    return Capture(codes=codes.cpu().numpy(), resid=resid, layers=layers, logits=logits)
+
+
+def capture_clip(loaded: LoadedModel, samples: np.ndarray, spec: CaptureSpec) -> Capture:
+    """Encode 32 kHz mono ``samples`` and capture the residual stream on their codes."""
+    if samples.shape[0] < 1:
+        raise ValueError("empty clip")
+    log.debug("capturing %.2f s of audio", samples.shape[0] / SAMPLE_RATE_HZ)
+    return capture_codes(loaded, encode_audio(loaded, samples), spec)

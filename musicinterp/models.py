@@ -1,0 +1,189 @@
+"""Load MusicGen from the Hub (explicit revision), from a local directory, or build it offline.
+
+Offline models have random weights and say so: ``LoadedModel.weights`` is ``"random"`` and every
+store and report written from them carries ``weights: random``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from musicinterp.config import ModelSpec
+from musicinterp.frames import FRAME_RATE_HZ, SAMPLE_RATE_HZ
+
+log = logging.getLogger(__name__)
+
+WeightsKind = Literal["pretrained", "random", "trained-here"]
+CHECKPOINT_META_FILE = "musicinterp.json"
+PAD_TOKEN_ID = 2048  # MusicGen's pad / decoder-start token: one past the last code of 2048
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message names the model and the cause."""
+
+
+@dataclass
+class LoadedModel:
+    """A MusicGen model with what the store must record about it."""
+
+    model: Any  # transformers MusicgenForConditionalGeneration, in eval mode
+    tokenizer: Any | None  # None for offline models: only the empty text condition is available
+    model_id: str
+    revision: str
+    weights: WeightsKind
+
+    @property
+    def decoder_config(self):
+        return self.model.config.decoder
+
+    @property
+    def n_layers(self) -> int:
+        """Decoder blocks; the store holds ``n_layers + 1`` layers (0 = embeddings)."""
+        return self.decoder_config.num_hidden_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.decoder_config.hidden_size
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.decoder_config.num_codebooks
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "revision": self.revision,
+            "weights": self.weights,
+            "n_layers": self.n_layers,
+            "hidden_size": self.hidden_size,
+            "num_codebooks": self.num_codebooks,
+        }
+
+
+def _offline_config(name: str):
+    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
+
+    if name == "tiny":
+        text = T5Config(vocab_size=32128, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
+        audio = EncodecConfig(
+            sampling_rate=SAMPLE_RATE_HZ, audio_channels=1, hidden_size=32, num_filters=4,
+            num_residual_layers=1, num_lstm_layers=1, upsampling_ratios=[8, 5, 4, 4], codebook_size=2048,
+            codebook_dim=32, target_bandwidths=[2.2], normalize=False, use_causal_conv=False,
+            chunk_length_s=None, overlap=None,
+        )
+        decoder = MusicgenDecoderConfig(
+            vocab_size=2048, max_position_embeddings=2048, num_hidden_layers=2, ffn_dim=128,
+            num_attention_heads=4, hidden_size=64, num_codebooks=4, pad_token_id=PAD_TOKEN_ID,
+            bos_token_id=PAD_TOKEN_ID, dropout=0.0,
+        )
+    elif name == "musicgen-small":
+        # Shapes of facebook/musicgen-small: T5-base text encoder, EnCodec 32 kHz, 24x1024 decoder.
+        text = T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)
+        audio = EncodecConfig(
+            sampling_rate=SAMPLE_RATE_HZ, audio_channels=1, hidden_size=128, num_filters=64,
+            num_residual_layers=1, num_lstm_layers=2, upsampling_ratios=[8, 5, 4, 4], codebook_size=2048,
+            codebook_dim=128, target_bandwidths=[2.2], normalize=False, use_causal_conv=False,
+            chunk_length_s=None, overlap=None,
+        )
+        decoder = MusicgenDecoderConfig(
+            vocab_size=2048, max_position_embeddings=2048, num_hidden_layers=24, ffn_dim=4096,
+            num_attention_heads=16, hidden_size=1024, num_codebooks=4, pad_token_id=PAD_TOKEN_ID,
+            bos_token_id=PAD_TOKEN_ID, dropout=0.1,
+        )
+    else:  # ModelSpec validation makes this unreachable for users
+        raise ModelLoadError(f"unknown offline model {name!r}")
+    config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict())
+    return config
+
+
+def _set_generation_defaults(model) -> None:
+    gc = model.generation_config
+    gc.decoder_start_token_id = PAD_TOKEN_ID
+    gc.pad_token_id = PAD_TOKEN_ID
+    gc.bos_token_id = PAD_TOKEN_ID
+    gc.max_length = 1500
+    gc.guidance_scale = 3.0
+    gc.do_sample = True
+    gc.top_k = 250
+
+
+def build_offline(name: str, seed: int = 0):
+    """A MusicGen with random weights shaped like ``name`` ('tiny' or 'musicgen-small')."""
+    from transformers import MusicgenForConditionalGeneration
+
+    config = _offline_config(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MusicgenForConditionalGeneration(config)
+    _set_generation_defaults(model)
+    return model.eval()
+
+
+def _check_frame_rate(model, model_id: str) -> None:
+    audio = model.config.audio_encoder
+    if audio.sampling_rate != SAMPLE_RATE_HZ or round(audio.frame_rate) != FRAME_RATE_HZ:
+        raise ModelLoadError(
+            f"model {model_id!r}: EnCodec runs at {audio.sampling_rate} Hz / {audio.frame_rate} frames/s; "
+            f"musicinterp's grid needs {SAMPLE_RATE_HZ} Hz / {FRAME_RATE_HZ} frames/s"
+        )
+    if getattr(model.config.decoder, "audio_channels", 1) != 1:
+        raise ModelLoadError(f"model {model_id!r} is stereo; only mono MusicGen models are supported")
+
+
+def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
+    """Load the model a ModelSpec names; errors name the model and say what went wrong."""
+    if spec.source == "offline":
+        model = build_offline(spec.name, spec.seed)
+        loaded = LoadedModel(model, None, f"offline/{spec.name}", f"seed-{spec.seed}", "random")
+    elif spec.source == "hub":
+        loaded = _load_pretrained(spec.name, spec.revision, weights="pretrained")
+    else:
+        path = Path(spec.name)
+        if not path.is_dir():
+            raise ModelLoadError(f"model directory {spec.name!r} does not exist")
+        meta = read_checkpoint_meta(path)
+        weights = "trained-here" if spec.weights == "trained-here" else meta.get("weights", "pretrained")
+        loaded = _load_pretrained(str(path), meta.get("revision", "local"), weights=weights)
+        loaded.model_id = meta.get("model_id", str(path))
+    _check_frame_rate(loaded.model, loaded.model_id)
+    loaded.model.to(device)
+    log.info("loaded %s@%s (weights: %s)", loaded.model_id, loaded.revision, loaded.weights)
+    return loaded
+
+
+def _load_pretrained(name: str, revision: str | None, weights: WeightsKind) -> LoadedModel:
+    from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+    try:
+        model = MusicgenForConditionalGeneration.from_pretrained(name, revision=revision).eval()
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"could not load MusicGen {name!r} at revision {revision!r}: {e}. "
+            "Without access to the Hugging Face Hub, use model.source 'offline' or a local directory."
+        ) from e
+    try:
+        tokenizer = AutoProcessor.from_pretrained(name, revision=revision).tokenizer
+    except (OSError, ValueError, AttributeError):
+        log.warning("no tokenizer for %s; only the empty text condition can be used", name)
+        tokenizer = None
+    return LoadedModel(model, tokenizer, name, revision or "local", weights)
+
+
+def read_checkpoint_meta(path: Path) -> dict[str, Any]:
+    meta_path = path / CHECKPOINT_META_FILE
+    return json.loads(meta_path.read_text()) if meta_path.exists() else {}
+
+
+def save_checkpoint(model, path: str | Path, model_id: str, weights: WeightsKind, **meta: Any) -> Path:
+    """Save a model with ``save_pretrained`` (safetensors) plus musicinterp's provenance file."""
+    path = Path(path)
+    model.save_pretrained(path)
+    info = {"model_id": model_id, "weights": weights, "revision": "local", **meta}
+    (path / CHECKPOINT_META_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
+    return path

@@ -1,0 +1,269 @@
+"""The run store: one Zarr v3 store per run, readable with plain ``xarray.open_zarr``.
+
+Template first, regions after (the xarray-beam way): :func:`init_store` writes a lazy template
+(metadata and the small per-clip variables) once; :func:`write_clip` checks that its region covers
+whole chunks and writes one clip; :func:`mark_complete` sets the clip's completion flag last. Every
+per-clip variable is chunked one clip per chunk, so two writers never touch the same chunk and a
+half-written clip is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import xarray as xr
+import zarr
+
+from musicinterp.frames import DELAY_CONVENTION, FRAME_RATE_HZ, SAMPLE_RATE_HZ
+
+log = logging.getLogger(__name__)
+
+STORE_SCHEMA_VERSION = 1
+CHUNK_TARGET_BYTES = 2**20  # DESIGN.md: chunks of about 1 MB or more
+RESID_FILL = np.float16("nan")
+CODES_FILL = -1
+LAYER_CONVENTION = (
+    "layer 0 = token + positional embeddings (input of the first decoder block); "
+    "layer l = residual stream after decoder block l, before the final layer norm"
+)
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used as asked; the message names the store and the problem."""
+
+
+@dataclass(frozen=True)
+class ClipLayout:
+    clip_id: str
+    n_frames: int
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Shape and chunking of a run store, decided before anything is written."""
+
+    clips: tuple[ClipLayout, ...]
+    layers: tuple[int, ...]
+    hidden_size: int
+    num_codebooks: int
+
+    @property
+    def max_frames(self) -> int:
+        return max(c.n_frames for c in self.clips)
+
+    @property
+    def layers_per_chunk(self) -> int:
+        """Layers per resid chunk so that a chunk holds at least ~1 MB (one clip, all its frames)."""
+        per_layer = self.max_frames * self.hidden_size * 2
+        return max(1, min(len(self.layers), math.ceil(CHUNK_TARGET_BYTES / per_layer)))
+
+    @property
+    def resid_chunks(self) -> tuple[int, int, int, int]:
+        return (1, self.layers_per_chunk, self.max_frames, self.hidden_size)
+
+    def index_of(self, clip_id: str) -> int:
+        for i, c in enumerate(self.clips):
+            if c.clip_id == clip_id:
+                return i
+        raise StoreError(f"clip {clip_id!r} is not in this store")
+
+
+def _template(layout: StoreLayout, clip_vars: dict[str, list], attrs: dict[str, Any]) -> xr.Dataset:
+    import dask.array as da
+
+    n_clips, n_layers, t, d = len(layout.clips), len(layout.layers), layout.max_frames, layout.hidden_size
+    resid = da.full((n_clips, n_layers, t, d), RESID_FILL, dtype=np.float16, chunks=layout.resid_chunks)
+    codes = da.full((n_clips, layout.num_codebooks, t), CODES_FILL, dtype=np.int16,
+                    chunks=(1, layout.num_codebooks, t))
+    complete = da.zeros((n_clips,), dtype=bool, chunks=(1,))
+    ds = xr.Dataset(
+        {
+            "resid": (("clip", "layer", "time", "feature"), resid, {
+                "long_name": "residual stream", "description": LAYER_CONVENTION,
+                "fill": "NaN beyond the clip's n_frames"}),
+            "codes": (("clip", "codebook", "time"), codes, {
+                "long_name": "EnCodec codes of the clip (undelayed)", "fill": CODES_FILL}),
+            "complete": (("clip",), complete, {
+                "description": "written last: True only once every variable of the clip is written"}),
+            "n_frames": (("clip",), np.array([c.n_frames for c in layout.clips], dtype=np.int32),
+                         {"units": "frames at 50 Hz"}),
+            **{name: (("clip",), np.asarray(values)) for name, values in clip_vars.items()},
+        },
+        coords={
+            "clip": [c.clip_id for c in layout.clips],
+            "layer": np.array(layout.layers, dtype=np.int32),
+            "time": ("time", np.arange(t) / FRAME_RATE_HZ, {"units": "s", "description": "frame centre, i / 50 s"}),
+            "feature": np.arange(d, dtype=np.int32),
+            "codebook": np.arange(layout.num_codebooks, dtype=np.int32),
+            "decoder_step": ("time", np.arange(t, dtype=np.int32) + 1, {"description": DELAY_CONVENTION}),
+        },
+        attrs=attrs,
+    )
+    return ds
+
+
+def store_attrs(*, model: dict[str, Any], run_spec_json: str, fingerprint: str, capture: dict[str, Any],
+                package_version: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The attributes DESIGN.md asks every store to carry, with the weights kind in plain words."""
+    attrs = {
+        "schema_version": STORE_SCHEMA_VERSION,
+        "model_id": model["model_id"],
+        "model_revision": model["revision"],
+        "weights": model["weights"],
+        "weights_note": weights_note(model["weights"]),
+        "config_fingerprint": fingerprint,
+        "config_json": run_spec_json,
+        "musicinterp_version": package_version,
+        "frame_rate_hz": FRAME_RATE_HZ,
+        "sample_rate_hz": SAMPLE_RATE_HZ,
+        "delay_convention": DELAY_CONVENTION,
+        "layer_convention": LAYER_CONVENTION,
+        "guidance_half": capture["half"],
+        "guidance_scale": capture["guidance_scale"],
+        "text_condition": capture["description"],
+    }
+    attrs.update(extra or {})
+    return attrs
+
+
+def weights_note(weights: str) -> str:
+    """The weights kind in plain words, for stores and every report."""
+    return {
+        "random": "weights: random — an untrained model; nothing here says anything about a trained MusicGen",
+        "trained-here": "weights: trained-here — a small model trained by musicinterp on synthetic pieces",
+        "pretrained": "weights: pretrained — published weights loaded from the Hugging Face Hub",
+    }.get(weights, f"weights: {weights}")
+
+
+def _exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(f"{path.rstrip('/')}/zarr.json")
+
+
+def init_store(url: str, layout: StoreLayout, clip_vars: dict[str, list], attrs: dict[str, Any]) -> bool:
+    """Create the store from its template, or check that an existing one is the same run.
+
+    Returns True when created, False when an existing store of the same config fingerprint was
+    found (a resumed run). A store of another config is never overwritten.
+    """
+    if _exists(url):
+        existing = xr.open_zarr(url, consolidated=False).attrs.get("config_fingerprint")
+        if existing != attrs["config_fingerprint"]:
+            raise StoreError(
+                f"store {url!r} holds config {existing!r}, not {attrs['config_fingerprint']!r}; "
+                "choose another --out or delete the old store"
+            )
+        log.info("resuming store %s", url)
+        return False
+    ds = _template(layout, clip_vars, attrs)
+    encoding = {
+        "resid": {"chunks": layout.resid_chunks, "fill_value": RESID_FILL},
+        "codes": {"chunks": (1, layout.num_codebooks, layout.max_frames), "fill_value": CODES_FILL},
+        "complete": {"chunks": (1,), "fill_value": False},
+    }
+    ds.to_zarr(url, mode="w-", compute=False, encoding=encoding, consolidated=False, zarr_format=3)
+    # The template wrote metadata only; fill the small eager variables (provenance, n_frames).
+    eager = [name for name, var in ds.data_vars.items() if not hasattr(var.data, "dask")]
+    ds[eager].to_zarr(url, mode="r+", consolidated=False)
+    log.info("created store %s (%d clips, layers %s)", url, len(layout.clips), list(layout.layers))
+    return True
+
+
+def open_store(url: str) -> xr.Dataset:
+    try:
+        return xr.open_zarr(url, consolidated=None)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+        raise StoreError(f"no musicinterp store at {url!r}") from e
+
+
+def completed_clips(url: str) -> set[str]:
+    ds = open_store(url)
+    flags = ds["complete"].values
+    return {str(c) for c, done in zip(ds["clip"].values, flags) if done}
+
+
+def _check_region(ds: xr.Dataset, var: str, index: int, array: np.ndarray) -> None:
+    """Refuse a write that would not cover whole chunks of one clip (check, then act)."""
+    enc_chunks = ds[var].encoding.get("chunks") or ds[var].encoding.get("preferred_chunks")
+    expected = tuple(ds[var].shape[1:])
+    if tuple(array.shape) != expected:
+        raise StoreError(f"{var}: clip array has shape {array.shape}, store expects {expected}")
+    if enc_chunks is not None and enc_chunks[0] != 1:
+        raise StoreError(f"{var}: chunks {enc_chunks} span several clips; writers would collide")
+
+
+def write_clip(url: str, clip_id: str, resid: np.ndarray, codes: np.ndarray) -> int:
+    """Write one clip's residual stream ``(layer, frame, feature)`` and codes ``(codebook, frame)``.
+
+    Frames beyond the clip are padded with the fill value so the write covers whole chunks. Returns
+    the bytes of array data written. The completion flag is *not* set here.
+    """
+    ds = open_store(url)
+    index = list(ds["clip"].values).index(clip_id) if clip_id in ds["clip"].values else None
+    if index is None:
+        raise StoreError(f"clip {clip_id!r} is not in store {url!r}")
+    n = int(ds["n_frames"].values[index])
+    if resid.shape[1] != n or codes.shape[1] != n:
+        raise StoreError(
+            f"clip {clip_id!r}: capture has {resid.shape[1]} frames, manifest says {n}; the audio changed?"
+        )
+    if not np.isfinite(resid).all():
+        raise StoreError(f"clip {clip_id!r}: the residual stream holds NaN or inf; nothing was written")
+    t = ds.sizes["time"]
+    full_resid = np.full(ds["resid"].shape[1:], RESID_FILL, dtype=np.float16)
+    full_resid[:, :n] = resid
+    full_codes = np.full(ds["codes"].shape[1:], CODES_FILL, dtype=np.int16)
+    full_codes[:, :n] = codes
+    _check_region(ds, "resid", index, full_resid)
+    _check_region(ds, "codes", index, full_codes)
+    region = {"clip": slice(index, index + 1)}
+    out = xr.Dataset({
+        "resid": (("clip", "layer", "time", "feature"), full_resid[None]),
+        "codes": (("clip", "codebook", "time"), full_codes[None]),
+    })
+    out.to_zarr(url, region={**region, "layer": slice(None), "time": slice(0, t), "feature": slice(None),
+                             "codebook": slice(None)}, consolidated=False)
+    return int(resid.nbytes + codes.nbytes)
+
+
+def mark_complete(url: str, clip_id: str, done: bool = True) -> None:
+    ds = open_store(url)
+    index = list(ds["clip"].values).index(clip_id)
+    xr.Dataset({"complete": (("clip",), np.array([done]))}).to_zarr(
+        url, region={"clip": slice(index, index + 1)}, consolidated=False
+    )
+
+
+def finalize_store(url: str) -> None:
+    """Consolidate metadata so readers open the store with one request."""
+    zarr.consolidate_metadata(url)
+
+
+def store_size_bytes(url: str) -> int:
+    fs, path = fsspec.core.url_to_fs(url)
+    return int(fs.du(path, total=True))
+
+
+def describe_store(url: str) -> dict[str, Any]:
+    """What a store holds, for ``musicinterp inspect`` and reports."""
+    ds = open_store(url)
+    complete = ds["complete"].values.astype(bool)
+    clips = [str(c) for c in ds["clip"].values]
+    return {
+        "store": url,
+        "dims": {k: int(v) for k, v in ds.sizes.items()},
+        "clips": clips,
+        "complete": [c for c, f in zip(clips, complete) if f],
+        "incomplete": [c for c, f in zip(clips, complete) if not f],
+        "layers": [int(x) for x in ds["layer"].values],
+        "frames": {c: int(n) for c, n in zip(clips, ds["n_frames"].values)},
+        "attrs": {k: v for k, v in ds.attrs.items() if k != "config_json"},
+        "config": json.loads(ds.attrs.get("config_json", "{}")),
+        "size_bytes": store_size_bytes(url),
+    }
