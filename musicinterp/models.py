@@ -172,7 +172,9 @@ def _load_pretrained(name: str, revision: str | None, weights: WeightsKind) -> L
     except (OSError, ValueError, AttributeError):
         log.warning("no tokenizer for %s; only the empty text condition can be used", name)
         tokenizer = None
-    return LoadedModel(model, tokenizer, name, revision or "local", weights)
+    # Record the commit the revision resolved to (a branch name such as 'main' moves over time).
+    resolved = getattr(model.config, "_commit_hash", None) or revision or "local"
+    return LoadedModel(model, tokenizer, name, resolved, weights)
 
 
 def read_checkpoint_meta(path: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,10 +94,10 @@ def _template(layout: StoreLayout, clip_vars: dict[str, list], attrs: dict[str, 
                 "description": "written last: True only once every variable of the clip is written"}),
             "n_frames": (("clip",), np.array([c.n_frames for c in layout.clips], dtype=np.int32),
                          {"units": "frames at 50 Hz"}),
-            **{name: (("clip",), np.asarray(values)) for name, values in clip_vars.items()},
+            **{name: (("clip",), _column(values)) for name, values in clip_vars.items()},
         },
         coords={
-            "clip": [c.clip_id for c in layout.clips],
+            "clip": _column([c.clip_id for c in layout.clips]),
             "layer": np.array(layout.layers, dtype=np.int32),
             "time": ("time", np.arange(t) / FRAME_RATE_HZ, {"units": "s", "description": "frame centre, i / 50 s"}),
             "feature": np.arange(d, dtype=np.int32),
@@ -106,6 +107,13 @@ def _template(layout: StoreLayout, clip_vars: dict[str, list], attrs: dict[str, 
         attrs=attrs,
     )
     return ds
+
+
+def _column(values: list) -> np.ndarray:
+    """Strings as variable-length (object) arrays: Zarr v3 has a stable spec for those only."""
+    if values and all(isinstance(v, str) for v in values):
+        return np.array(values, dtype=object)
+    return np.asarray(values)
 
 
 def store_attrs(*, model: dict[str, Any], run_spec_json: str, fingerprint: str, capture: dict[str, Any],
@@ -177,7 +185,7 @@ def init_store(url: str, layout: StoreLayout, clip_vars: dict[str, list], attrs:
 
 def open_store(url: str) -> xr.Dataset:
     try:
-        return xr.open_zarr(url, consolidated=None)
+        return xr.open_zarr(url, consolidated=False)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
         raise StoreError(f"no musicinterp store at {url!r}") from e
 
@@ -241,8 +249,14 @@ def mark_complete(url: str, clip_id: str, done: bool = True) -> None:
 
 
 def finalize_store(url: str) -> None:
-    """Consolidate metadata so readers open the store with one request."""
-    zarr.consolidate_metadata(url)
+    """Consolidate metadata so readers open the store with one request.
+
+    Zarr v3 has no spec for consolidated metadata yet (zarr-python warns); xarray and zarr-python
+    read it, and other readers fall back to the per-array metadata that is always written too.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(url)
 
 
 def store_size_bytes(url: str) -> int:
