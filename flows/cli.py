@@ -22,15 +22,14 @@ POLL_S = 1.0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from musicinterp.benchmark import RunPaths
-    from musicinterp.store import StoreError, completed_clips, open_store
-
     try:
         spec = load_run_spec(args.config)
     except ConfigError as e:
         console.print(f"[red]{e}[/red]")
         return 2
-    from flows.benchmark import benchmark  # imports Prefect: only when a flow is run
+    from flows.benchmark import benchmark  # imports Prefect and torch: only when a flow is run
+    from musicinterp.benchmark import RunPaths
+    from musicinterp.store import StoreError, completed_clips, open_store
 
     paths = RunPaths.for_spec(spec, args.out)
     outcome: dict[str, Any] = {}

@@ -59,3 +59,17 @@ def test_source_kind_is_discriminated():
     assert [s.kind for s in spec.slice.sources] == ["audio_dir", "music21"]
     with pytest.raises(ConfigError, match="slice.sources.0"):
         parse_run_spec({"slice": {"sources": [{"kind": "midi"}]}})
+
+
+def test_readme__documents_every_config_field():
+    from pathlib import Path
+
+    from musicinterp.config import AudioDirSource, CaptureSpec, Music21Source, SliceSpec, SyntheticSource
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for prefix, model in (("model.", ModelSpec), ("slice.", SliceSpec), ("capture.", CaptureSpec)):
+        for field in model.model_fields:
+            assert f"`{prefix}{field}`" in readme, f"{prefix}{field} missing from README's config reference"
+    for model in (SyntheticSource, Music21Source, AudioDirSource):
+        for field in set(model.model_fields) - {"kind"}:
+            assert f"`{field}`" in readme, f"{model.__name__}.{field} missing from README"

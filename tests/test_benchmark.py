@@ -1,0 +1,112 @@
+"""The benchmark stages without Prefect: round trip, frame grid, resume after a crash, bad clips."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import xarray as xr
+
+from musicinterp import benchmark as bench
+from musicinterp.capture import capture_clip
+from musicinterp.config import RunSpec
+from musicinterp.slice import Manifest, load_clip_audio
+
+
+def _audio_spec(folder, name="t", n_shards=2, **capture) -> RunSpec:
+    return RunSpec(name=name, slice={"name": name, "sources": [{"kind": "audio_dir", "path": str(folder)}],
+                                     "n_shards": n_shards}, capture=capture)
+
+
+def _write_tone(path, seconds, sr=32000, freq=330.0):
+    t = np.arange(int(round(seconds * sr))) / sr
+    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr, subtype="FLOAT")
+
+
+def _run_all(spec, out) -> bench.RunSummary:
+    prepared = bench.prepare_run(spec, str(out))
+    for shard in range(prepared.n_shards):
+        bench.capture_shard(spec, prepared.root, shard)
+    return bench.summarise_run(prepared)
+
+
+def test_store__time_coordinate_and_frames_match_durations(tmp_path):
+    durations = {"a.wav": 1.0, "b.wav": 2.5, "c.wav": 3.33, "d.wav": 4.011}
+    for name, seconds in durations.items():
+        _write_tone(tmp_path / name, seconds)
+    summary = _run_all(_audio_spec(tmp_path, n_shards=1), tmp_path / "out")
+    ds = xr.open_zarr(summary.store)
+    for clip, n in zip(ds["clip"].values, ds["n_frames"].values):
+        seconds = float(ds["duration_s"].sel(clip=clip))
+        expected = math.ceil(round(seconds * 32000) / 640)
+        assert n == expected, clip
+        resid = ds["resid"].sel(clip=clip).values
+        assert np.isfinite(resid[:, :n]).all() and np.isnan(resid[:, n:]).all()
+    assert sorted(int(n) for n in ds["n_frames"].values) == [50, 125, 167, 201]
+    np.testing.assert_allclose(ds["time"].values, np.arange(ds.sizes["time"]) / 50)
+    assert summary.ok and summary.complete == 4
+
+
+def test_store__holds_what_the_model_produced(tmp_path, tiny_model):
+    _write_tone(tmp_path / "a.wav", 2.0)
+    spec = _audio_spec(tmp_path, n_shards=1)
+    summary = _run_all(spec, tmp_path / "out")
+    manifest = Manifest.from_json(f"{summary.root}/manifest.json")
+    clip = manifest.clips[0]
+    direct = capture_clip(tiny_model, load_clip_audio(clip), spec.capture)
+    ds = xr.open_zarr(summary.store)
+    np.testing.assert_array_equal(ds["resid"].sel(clip=clip.clip_id).values[:, : clip.n_frames], direct.resid)
+    np.testing.assert_array_equal(ds["codes"].sel(clip=clip.clip_id).values[:, : clip.n_frames], direct.codes)
+    assert ds.attrs["weights"] == "random" and ds.attrs["guidance_half"] == "conditional"
+
+
+def test_run__resumed_after_crash_equals_uninterrupted(tmp_path, monkeypatch):
+    for i, seconds in enumerate([1.5, 2.0, 2.5, 3.0, 1.2]):
+        _write_tone(tmp_path / f"{i}.wav", seconds, freq=200 + 50 * i)
+    spec = _audio_spec(tmp_path, n_shards=2)
+    clean = _run_all(spec, tmp_path / "clean")
+
+    # Crash after the third clip's data is written but before its completion flag.
+    calls = {"n": 0}
+    real_mark = bench.mark_complete
+
+    def crashing_mark(url, clip_id, done=True):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("worker killed")
+        real_mark(url, clip_id, done)
+
+    monkeypatch.setattr(bench, "mark_complete", crashing_mark)
+    prepared = bench.prepare_run(spec, str(tmp_path / "crashed"))
+    with pytest.raises(KeyboardInterrupt):
+        for shard in range(prepared.n_shards):
+            bench.capture_shard(spec, prepared.root, shard)
+    monkeypatch.setattr(bench, "mark_complete", real_mark)
+    half = xr.open_zarr(f"{prepared.root}/store.zarr", consolidated=False)
+    assert int(half["complete"].sum()) == 2  # the half-written clip is not marked complete
+
+    resumed = _run_all(spec, tmp_path / "crashed")
+    a, b = xr.open_zarr(clean.store), xr.open_zarr(resumed.store)
+    for var in ("resid", "codes", "complete", "n_frames", "sha256"):
+        np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=var)
+    assert resumed.complete == 5
+    recaptured = sum(s["captured"] for s in resumed.shards)
+    assert recaptured == 3  # the crashed clip and the two never reached; completed ones skipped
+
+
+def test_run__bad_clip_does_not_sink_the_others(tmp_path):
+    for i in range(3):
+        _write_tone(tmp_path / f"{i}.wav", 2.0, freq=300 + 40 * i)
+    spec = _audio_spec(tmp_path, n_shards=1)
+    prepared = bench.prepare_run(spec, str(tmp_path / "out"))
+    _write_tone(tmp_path / "1.wav", 2.0, freq=999)  # the file changed after planning
+    result = bench.capture_shard(spec, prepared.root, 0)
+    assert len(result.captured) == 2 and len(result.failed) == 1
+    (clip, reason), = result.failed.items()
+    assert "1" in clip and "sha256" in reason
+    summary = bench.summarise_run(prepared)
+    assert not summary.ok and clip in summary.failed
+    assert clip in (tmp_path / "out").joinpath(bench.RunPaths(prepared.root).root.split("/")[-1],
+                                               "summary.md").read_text()
