@@ -8,7 +8,6 @@ import json
 import logging
 import sys
 import threading
-import time
 from typing import Any
 
 from rich.console import Console

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -120,7 +120,7 @@ class AudioDirSource(Spec):
     licence: str | None = Field(None, description="Licence to record for every clip of this folder.")
 
 
-SourceSpec = Annotated[Union[SyntheticSource, Music21Source, AudioDirSource], Field(discriminator="kind")]
+SourceSpec = Annotated[SyntheticSource | Music21Source | AudioDirSource, Field(discriminator="kind")]
 
 
 class SliceSpec(Spec):

@@ -1,0 +1,6 @@
+"""Per-frame recurrence and tension labels on the 50 Hz grid (Essentia); see README.md here."""
+
+from musicinterp.annotate.labels import Annotation, annotate, annotate_full, prepare_samples, to_csv
+from musicinterp.annotate.spec import AnnotationSpec
+
+__all__ = ["Annotation", "AnnotationSpec", "annotate", "annotate_full", "prepare_samples", "to_csv"]

@@ -1,0 +1,115 @@
+"""Recurrence labels from a chroma self-similarity matrix.
+
+Method (README, "Recurrence"): HPCP with the clip's mean chroma removed, time-delay embedded
+(Serrà et al. 2012), cosine self-similarity, path enhancement by averaging along diagonals
+(Müller & Kurth 2006; forward-backward, i.e. a centred average), and two rules that keep
+continuation out: a minimum lag, and "the content must depart before it returns" (the similarity
+between t and some frame between t and t + lag must fall below ``depart_threshold``).
+
+Everything is done in lag coordinates: diagonal ``l`` of the similarity matrix holds
+``sim(t, t + l)``, so path enhancement is a 1-D average along it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import uniform_filter1d
+
+from musicinterp.annotate.features import smooth
+from musicinterp.annotate.spec import AnnotationSpec, frames_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recurrence:
+    """Per-frame results in frames (-1 = none); see :func:`recurrence_labels` for seconds."""
+
+    next_lag: np.ndarray  # int, lag to the next occurrence of the content at t
+    prev_lag: np.ndarray  # int, lag since its previous occurrence
+    strength: np.ndarray  # float in [0, 1]: best path-enhanced similarity over accepted lags
+    similarity: np.ndarray  # (n, n) float32 self-similarity (for plots)
+
+
+def embed(hpcp: np.ndarray, present: np.ndarray, spec: AnnotationSpec, causal: bool) -> np.ndarray:
+    """Mean-removed, time-delay embedded, norm-floored chroma vectors ``(n, 12 * embed_dim)``.
+
+    ``present`` marks frames with tonal content; others get a zero vector (similar to nothing).
+    ``causal``: the mean is the running mean of frames <= t, the delays reach into the past only
+    and the smoothing is trailing, so row t depends on frames <= t alone.
+    """
+    n = len(hpcp)
+    c = smooth(hpcp.astype(np.float64), frames_of(spec.chroma_smooth_s), causal=causal)
+    w = present.astype(np.float64)[:, None]
+    if causal:
+        mean = np.cumsum(c * w, axis=0) / np.maximum(np.cumsum(w, axis=0), 1.0)
+    else:
+        mean = (c * w).sum(axis=0) / max(w.sum(), 1.0)
+    r = (c - mean) * w
+    step = frames_of(spec.embed_step_s)
+    m = spec.embed_dim
+    offsets = [-k * step for k in range(m)] if causal else [(k - (m - 1) / 2) * step for k in range(m)]
+    idx = np.arange(n)
+    cols = [r[np.clip(idx + int(round(o)), 0, n - 1)] for o in offsets]
+    x = np.concatenate(cols, axis=1)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    floor = spec.norm_floor * np.sqrt(m)
+    return (x / np.maximum(norm, floor)).astype(np.float32)
+
+
+def _track_first_band(lag_arr, best_arr, state, ok, e, lag):
+    """Keep, per frame, the lag of the best similarity within the first band of accepted lags."""
+    start = ok & (state == 0)
+    lag_arr[start] = lag
+    best_arr[start] = e[start]
+    state[start] = 1
+    inband = state == 1
+    better = inband & ok & (e > best_arr)
+    lag_arr[better] = lag
+    best_arr[better] = e[better]
+    state[inband & ~ok] = 2
+
+
+def detect(x: np.ndarray, spec: AnnotationSpec, causal: bool = False) -> Recurrence:
+    """Accepted recurrences of every frame from embedded vectors ``x`` (see :func:`embed`)."""
+    n = len(x)
+    sim = x @ x.T
+    min_lag = frames_of(spec.min_lag_s)
+    plen = frames_of(spec.path_len_s)
+    origin = (plen - 1) // 2 if causal else 0
+    next_lag = np.full(n, -1, dtype=np.int64)
+    prev_lag = np.full(n, -1, dtype=np.int64)
+    next_best = np.zeros(n)
+    prev_best = np.zeros(n)
+    next_state = np.zeros(n, dtype=np.int8)
+    prev_state = np.zeros(n, dtype=np.int8)
+    strength = np.zeros(n)
+    runmin = np.full(n, np.inf)
+    ones = np.ones(n)
+    for lag in range(1, n):
+        m = n - lag
+        d = sim.diagonal(lag).astype(np.float64)  # d[u] = sim(u, u + lag)
+        if lag >= min_lag:
+            cnt = uniform_filter1d(ones[:m], plen, mode="constant", origin=origin)
+            e = uniform_filter1d(d, plen, mode="constant", origin=origin) / np.maximum(cnt, 1e-9)
+            ok = (e > spec.rec_threshold) & (runmin[:m] < spec.depart_threshold)
+            if ok.any() or (next_state[:m] == 1).any() or (prev_state[lag:] == 1).any():
+                _track_first_band(next_lag[:m], next_best[:m], next_state[:m], ok, e, lag)
+                _track_first_band(prev_lag[lag:], prev_best[lag:], prev_state[lag:], ok, e, lag)
+                ev = np.where(ok, e, 0.0)
+                np.maximum(strength[:m], ev, out=strength[:m])
+                np.maximum(strength[lag:], ev, out=strength[lag:])
+        np.minimum(runmin[:m], d, out=runmin[:m])
+    return Recurrence(next_lag=next_lag, prev_lag=prev_lag, strength=np.clip(strength, 0, 1),
+                      similarity=sim)
+
+
+def tonal_presence(peak_energy: np.ndarray, rel_db: float = -50.0) -> np.ndarray:
+    """Frames whose spectral-peak energy is within ``rel_db`` of the clip's loudest (95th pct) frame."""
+    ref = np.percentile(peak_energy, 95) if len(peak_energy) else 0.0
+    if ref <= 0:
+        return np.zeros(len(peak_energy), dtype=bool)
+    return peak_energy > ref * 10 ** (rel_db / 10)
