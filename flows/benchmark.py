@@ -14,8 +14,10 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
-from musicinterp.benchmark import RunSummary, summary_markdown
+from musicinterp.benchmark import N_PLOTS, RunPaths, RunSummary, summary_markdown
 from musicinterp.config import RunSpec
+from musicinterp.slice import Manifest
+from tasks.annotate import annotate_clip
 from tasks.benchmark import capture_shard, plan_run, summarise_run
 
 DEFAULT_OUT = "runs"
@@ -31,6 +33,19 @@ def _artifact_key(spec: RunSpec, what: str) -> str:
     return f"{name}-{what}"
 
 
+def _inline_images(plots: dict[str, str]) -> dict[str, str]:
+    """PNG plots as data URIs, so the artifact shows them wherever the run's files live."""
+    import base64
+
+    import fsspec
+
+    out = {}
+    for clip, url in plots.items():
+        with fsspec.open(url, "rb") as f:
+            out[clip] = "data:image/png;base64," + base64.b64encode(f.read()).decode()
+    return out
+
+
 def _run_name() -> str:
     spec = flow_run.parameters.get("spec")
     name = spec.get("name") if isinstance(spec, dict) else getattr(spec, "name", "benchmark")
@@ -44,17 +59,22 @@ def benchmark(spec: RunSpec = RunSpec(), out: str = DEFAULT_OUT) -> dict[str, An
     prepared = plan_run(spec, out)
     n = prepared["n_shards"]
     progress = create_progress_artifact(0.0, key=_artifact_key(spec, "progress"),
-                                        description=f"{spec.name}: shards finished")
+                                        description=f"{spec.name}: shards captured and clips annotated")
     futures = [capture_shard.submit(spec, prepared, shard) for shard in range(n)]
+    if spec.annotate:
+        clips = Manifest.from_json(RunPaths(prepared["root"]).manifest).clips
+        futures += [annotate_clip.submit(spec, prepared, c.clip_id, c.sha256, plot=i < N_PLOTS)
+                    for i, c in enumerate(clips)]
     for finished, future in enumerate(as_completed(futures), start=1):
         state = future.state
         if state.is_failed():
             logger.error("%s", state.message)
-        update_progress_artifact(progress, 100.0 * finished / n)
-    summary = RunSummary(**summarise_run(prepared))
+        update_progress_artifact(progress, 100.0 * finished / len(futures))
+    summary = RunSummary(**summarise_run(prepared, annotate=spec.annotate))
     create_table_artifact(summary.shards, key=_artifact_key(spec, "shards"),
                           description=f"{spec.name}: shards")
-    create_markdown_artifact(summary_markdown(summary), key=_artifact_key(spec, "summary"),
+    create_markdown_artifact(summary_markdown(summary, images=_inline_images(summary.plots)),
+                             key=_artifact_key(spec, "summary"),
                              description=f"{spec.name}: run summary")
     logger.info("store: %s", summary.store)
     if not summary.ok:

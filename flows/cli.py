@@ -1,5 +1,5 @@
 """The ``musicinterp`` command line. It lives beside the flows because ``run`` starts one;
-``inspect`` needs only the library."""
+``inspect``, ``annotate`` and ``validate-annotations`` need only the library."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from musicinterp.annotate.labels import WINDOW_S
 from musicinterp.config import ConfigError, load_run_spec
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # never break a path across lines
 POLL_S = 1.0
 
 
@@ -79,7 +80,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     out.print(f"layers: {info['layers'][0]}..{info['layers'][-1]} ({len(info['layers'])}; 0 = embeddings)")
     out.print(f"config fingerprint: {attrs.get('config_fingerprint')}   musicinterp {attrs.get('musicinterp_version')}")
     out.print(f"size on disk: {info['size_bytes'] / 2**20:.1f} MiB")
-    out.print(f"complete: {len(info['complete'])} of {len(info['clips'])} clips")
+    out.print(f"complete: {len(info['complete'])} of {len(info['clips'])} clips; "
+              f"annotated: {len(info['annotated'])}; labels: {', '.join(info['labels']) or 'none'}")
     table = Table("clip", "frames", "seconds", "complete")
     done = set(info["complete"])
     for clip in info["clips"]:
@@ -87,6 +89,89 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         table.add_row(clip, str(n), f"{n / 50:.2f}", "yes" if clip in done else "[red]no[/red]")
     out.print(table)
     return 0
+
+
+def _annotation_spec(path: str | None):
+    from musicinterp.config import AnnotationSpec, ConfigError, format_validation_error
+
+    if not path:
+        return AnnotationSpec()
+    import yaml
+    from pydantic import ValidationError
+
+    try:
+        data = yaml.safe_load(open(path)) or {}
+        return AnnotationSpec.model_validate(data.get("annotation", data))
+    except FileNotFoundError as e:
+        raise ConfigError(f"settings file {path!r} does not exist") from e
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(path, e)) from e
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    import time
+
+    from musicinterp.annotate import annotate_windows, to_csv
+    from musicinterp.config import ConfigError
+    from musicinterp.frames import SAMPLE_RATE_HZ
+    from musicinterp.slice import check_audio
+    from musicinterp.sources.audio_dir import read_audio
+    from musicinterp.sources.base import ClipError
+
+    try:
+        spec = _annotation_spec(args.settings)
+        samples = read_audio(args.audio)
+        check_audio(samples, args.audio, spec.min_duration_s)
+        t0 = time.perf_counter()
+        labels, ann = annotate_windows(samples, spec, args.audio, args.window_s,
+                                       on_window=lambda i, n: console.print(f"window {i}/{n}") if n > 1 else None)
+    except (ConfigError, ClipError) as e:
+        console.print(f"[red]{e}[/red]")
+        return 2
+    elapsed = time.perf_counter() - t0
+    seconds = len(samples) / SAMPLE_RATE_HZ
+    to_csv(labels, args.out)
+    lab = labels
+    console.print(f"{args.audio}: {seconds:.1f} s, {len(lab['time'])} frames, annotated in {elapsed:.1f} s "
+                  f"(real-time factor {elapsed / seconds:.3f})")
+    console.print(f"recurring frames: {lab['rec_lag_next_s_valid'].mean():.1%}; "
+                  f"resolution events: {int(lab['res_event'].sum())}")
+    console.print(f"labels: {args.out}")
+    if args.plot:
+        if ann is None:
+            console.print("[yellow]--plot draws files annotated in one window only; none drawn[/yellow]")
+        else:
+            from musicinterp.annotate.plot import plot_annotation
+
+            plot_annotation(ann, args.plot, title=args.audio)
+            console.print(f"plot:   {args.plot}")
+    return 0
+
+
+def cmd_validate_annotations(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from musicinterp.annotate.validate import run_validation, validation_markdown
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("validating", total=None)
+
+        def progress(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"validating: {what}")
+
+        result = run_validation(n_synthetic=args.synthetic, n_chorales=args.chorales, duration_s=args.duration_s,
+                                seed=args.seed, progress=progress)
+    (out / "annotation-validation.json").write_text(json.dumps(result, indent=2, default=str))
+    md = validation_markdown(result)
+    (out / "annotation-validation.md").write_text(md)
+    Console().print(md)
+    console.print(f"report: {out / 'annotation-validation.md'}")
+    targets = result.get("targets", {})
+    passed = all(t.get("pass", False) for t in targets.values()) if isinstance(targets, dict) else False
+    return 0 if passed else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("store", help="path or URL of a store.zarr")
     insp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     insp.set_defaults(func=cmd_inspect)
+    ann = sub.add_parser("annotate", help="recurrence and tension labels of one audio file, as CSV (one row per frame)")
+    ann.add_argument("audio", help="audio file (wav, flac, ogg, mp3, ...; any rate, mono or stereo)")
+    ann.add_argument("--out", required=True, help="CSV to write")
+    ann.add_argument("--plot", help="PNG to draw: self-similarity with recurrences, tension curves")
+    ann.add_argument("--settings", help="YAML with annotation settings (an 'annotation:' mapping or its fields)")
+    ann.add_argument("--window-s", type=float, default=WINDOW_S,
+                     help=f"files longer than this are annotated in consecutive windows (default {WINDOW_S:g})")
+    ann.set_defaults(func=cmd_annotate)
+    val = sub.add_parser("validate-annotations",
+                         help="score the labels against ground truth (synthetic returns, chorale repeats, fermatas)")
+    val.add_argument("--synthetic", type=int, default=30, help="pieces per synthetic set (easy, hard); default 30")
+    val.add_argument("--chorales", type=int, default=20, help="chorales with repeat signs; default 20")
+    val.add_argument("--duration-s", type=float, default=24.0, help="length of the synthetic pieces (s)")
+    val.add_argument("--seed", type=int, default=200, help="seed of the synthetic pieces (tuning used 100-109)")
+    val.add_argument("--out", default="validation", help="folder for the JSON and markdown report")
+    val.set_defaults(func=cmd_validate_annotations)
     return parser
 
 

@@ -17,8 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
 
 from musicinterp import __version__
+from musicinterp.annotate import annotate_full, label_schema
+from musicinterp.annotate.plot import plot_annotation
+from musicinterp.annotate.validate import returns_from_measures
 from musicinterp.capture import capture_clip
 from musicinterp.config import RunSpec
 from musicinterp.frames import FRAME_RATE_HZ
@@ -37,11 +41,13 @@ from musicinterp.store import (
     store_size_bytes,
     weights_note,
     write_clip,
+    write_labels,
 )
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
+N_PLOTS = 3  # annotation plots drawn per run (the first clips of the manifest), shown in the summary
 STORE_DIR = "store.zarr"
 RUN_FILE = "run.json"
 
@@ -70,6 +76,12 @@ class RunPaths:
 
     def shard_file(self, shard: int) -> str:
         return f"{self.root}/shards/{shard:05d}.json"
+
+    def annotation_file(self, index: int) -> str:
+        return f"{self.root}/annotations/{index:05d}.json"
+
+    def plot_file(self, index: int) -> str:
+        return f"{self.root}/plots/{index:05d}.png"
 
 
 @dataclass(frozen=True)
@@ -160,7 +172,8 @@ def prepare_run(spec: RunSpec, out: str) -> PreparedRun:
         capture=spec.capture.model_dump(), package_version=__version__,
         extra={"run_name": spec.name, "store_uid": store_uid},
     )
-    created = init_store(paths.store, layout, clip_vars, attrs)
+    labels = label_schema(spec.annotation) if spec.annotate else None
+    created = init_store(paths.store, layout, clip_vars, attrs, labels=labels)
     if created:
         manifest.to_json(paths.manifest)
     else:
@@ -266,6 +279,91 @@ def capture_one(model: LoadedModel, spec: RunSpec, store: str, clip: ClipRecord)
 
 
 @dataclass
+class AnnotationResult:
+    clip_id: str
+    index: int
+    annotated: bool = False
+    skipped: bool = False  # already annotated in the store
+    reason: str = ""  # why the clip could not be annotated (silent, too short), if so
+    plot: str | None = None
+    rec_positive_fraction: float = 0.0
+    res_events: int = 0
+    elapsed_s: float = 0.0
+
+
+def clip_index(manifest: Manifest, clip_id: str) -> int:
+    for i, c in enumerate(manifest.clips):
+        if c.clip_id == clip_id:
+            return i
+    raise ClipError(clip_id, "is not in the run's manifest")
+
+
+def truth_returns(clip: ClipRecord) -> list[dict]:
+    """Ground-truth returns of a clip: planted (synthetic) or from the expanded score's measures."""
+    if "returns" in clip.truth:
+        return list(clip.truth["returns"])
+    if "measures" in clip.truth:
+        return returns_from_measures(clip.truth["measures"])
+    return []
+
+
+def annotate_one(spec: RunSpec, root: str, clip_id: str, plot: bool = False) -> AnnotationResult:
+    """Annotate one clip into the store's label variables, then set its ``annotated`` flag.
+
+    A clip that cannot be annotated (silent, shorter than ``annotation.min_duration_s``) is recorded
+    with the reason and left unannotated; it is not an error. Other exceptions propagate (the task
+    retries). Idempotent: an annotated clip is skipped.
+    """
+    paths = RunPaths(root)
+    manifest = Manifest.from_json(paths.manifest)
+    index = clip_index(manifest, clip_id)
+    clip = manifest.clips[index]
+    result = AnnotationResult(clip_id=clip_id, index=index)
+    if bool(open_store(paths.store)["annotated"].values[index]):
+        result.skipped = True
+        return result
+    t0 = time.perf_counter()
+    samples = load_clip_audio(clip)
+    try:
+        ann = annotate_full(samples, spec.annotation, clip_id=clip_id)
+    except ClipError as e:
+        result.reason = e.problem
+        log.warning("clip %s not annotated: %s", clip_id, e.problem)
+    else:
+        write_labels(paths.store, clip_id, {k: v for k, v in ann.labels.items() if k != "time"})
+        mark_complete(paths.store, clip_id, flag="annotated")
+        result.annotated = True
+        result.rec_positive_fraction = round(float(ann.labels["rec_lag_next_s_valid"].mean()), 4)
+        result.res_events = int(ann.labels["res_event"].sum())
+        if plot:
+            result.plot = _save_plot(ann, paths.plot_file(index), clip)
+    result.elapsed_s = round(time.perf_counter() - t0, 3)
+    _write_json(paths.annotation_file(index), asdict(result))
+    return result
+
+
+def _save_plot(ann, url: str, clip: ClipRecord) -> str:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "plot.png"
+        plot_annotation(ann, local, title=clip.clip_id, truth=truth_returns(clip) or None)
+        fs, path = fsspec.core.url_to_fs(url)
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(str(local), path)
+    return url
+
+
+def read_annotation_results(root: str, n_clips: int) -> list[AnnotationResult]:
+    paths, out = RunPaths(root), []
+    for i in range(n_clips):
+        fs, path = fsspec.core.url_to_fs(paths.annotation_file(i))
+        if fs.exists(path):
+            out.append(AnnotationResult(**_read_json(paths.annotation_file(i))))
+    return out
+
+
+@dataclass
 class RunSummary:
     root: str
     store: str
@@ -279,16 +377,22 @@ class RunSummary:
     failed: dict[str, str]
     rejected: list[dict[str, str]]
     shards: list[dict[str, Any]]
+    annotate: bool = True
+    annotated: int = 0
+    not_annotated: dict[str, str] = field(default_factory=dict)  # clip -> reason (silent, too short)
+    plots: dict[str, str] = field(default_factory=dict)  # clip -> png url
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.rejected and self.complete == self.n_clips
+        captured = not self.failed and not self.rejected and self.complete == self.n_clips
+        return captured and (not self.annotate or self.annotated + len(self.not_annotated) == self.n_clips)
 
 
-def summarise_run(prepared: PreparedRun) -> RunSummary:
+def summarise_run(prepared: PreparedRun, annotate: bool = True) -> RunSummary:
     """Totals over the shards, checked against the store's completion flags; consolidates metadata."""
     paths = RunPaths(prepared.root)
     results = read_shard_results(prepared.root, prepared.n_shards)
+    annotations = read_annotation_results(prepared.root, prepared.n_clips) if annotate else []
     finalize_store(paths.store)
     ds = open_store(paths.store)
     complete = ds["complete"].values.astype(bool)
@@ -298,8 +402,16 @@ def summarise_run(prepared: PreparedRun) -> RunSummary:
     for clip, flag in zip(ds["clip"].values, complete):
         if not flag and str(clip) not in failed:
             failed[str(clip)] = "not captured (its shard did not finish)"
+    annotated = ds["annotated"].values.astype(bool) if "annotated" in ds else np.zeros(len(complete), bool)
+    not_annotated = {a.clip_id: a.reason for a in annotations if a.reason}
+    if annotate:
+        for clip, flag in zip(ds["clip"].values, annotated):
+            if not flag and str(clip) not in not_annotated and str(clip) not in failed:
+                failed[str(clip)] = "not annotated (its annotation task did not finish)"
     summary = RunSummary(
-        root=prepared.root, store=paths.store, weights=prepared.weights, n_clips=prepared.n_clips,
+        root=prepared.root, annotate=annotate, annotated=int(annotated.sum()), not_annotated=not_annotated,
+        plots={a.clip_id: a.plot for a in annotations if a.plot},
+        store=paths.store, weights=prepared.weights, n_clips=prepared.n_clips,
         complete=int(complete.sum()),
         frames=int(ds["n_frames"].values[complete].sum()),
         audio_s=float(ds["n_frames"].values[complete].sum() / FRAME_RATE_HZ),
@@ -315,7 +427,11 @@ def summarise_run(prepared: PreparedRun) -> RunSummary:
     return summary
 
 
-def summary_markdown(s: RunSummary) -> str:
+def summary_markdown(s: RunSummary, images: dict[str, str] | None = None) -> str:
+    """The run in markdown; ``images`` maps clip ids to image sources (default: the plots' paths
+    relative to the run folder, as ``summary.md`` beside them needs)."""
+    if images is None:
+        images = {c: url[len(s.root) + 1:] if url.startswith(s.root) else url for c, url in s.plots.items()}
     lines = [
         f"# Benchmark run `{Path(s.root).name}`",
         "",
@@ -323,6 +439,7 @@ def summary_markdown(s: RunSummary) -> str:
         "",
         f"- store: `{s.store}`",
         f"- clips complete: {s.complete} of {s.n_clips}; frames: {s.frames}; audio: {s.audio_s:.1f} s",
+        f"- clips annotated: {s.annotated} of {s.n_clips}" if s.annotate else "- annotation: off",
         f"- size on disk: {s.bytes_on_disk / 2**20:.1f} MiB; capture time: {s.elapsed_s:.1f} s",
         "",
         "| shard | clips | captured | skipped (already complete) | failed | frames | audio s | MiB written | s |",
@@ -335,4 +452,22 @@ def summary_markdown(s: RunSummary) -> str:
         lines += ["", "## Failed clips", ""] + [f"- `{c}`: {r}" for c, r in s.failed.items()]
     if s.rejected:
         lines += ["", "## Inputs left out of the slice", ""] + [f"- `{r['item']}`: {r['problem']}" for r in s.rejected]
+    if s.not_annotated:
+        lines += ["", "## Clips captured but not annotated", ""] + [f"- `{c}`: {r}" for c, r in s.not_annotated.items()]
+    if images:
+        lines += ["", "## Annotations of the first clips", "",
+                  "Left: self-similarity of the clip's chroma with the detected recurrences (ground-truth "
+                  "returns boxed where known); right: tension components, composite and resolution events.", ""]
+        lines += [f"### `{c}`\n\n![annotation of {c}]({src})\n" for c, src in images.items()]
     return "\n".join(lines) + "\n"
+
+
+def run_inline(spec: RunSpec, out: str) -> RunSummary:
+    """The whole benchmark in this process, stage after stage, without Prefect (notebooks, tests)."""
+    prepared = prepare_run(spec, out)
+    for shard in range(prepared.n_shards):
+        capture_shard(spec, prepared.root, shard)
+    if spec.annotate:
+        for i, clip in enumerate(Manifest.from_json(RunPaths(prepared.root).manifest).clips):
+            annotate_one(spec, prepared.root, clip.clip_id, plot=i < N_PLOTS)
+    return summarise_run(prepared, annotate=spec.annotate)

@@ -75,7 +75,8 @@ class StoreLayout:
         raise StoreError(f"clip {clip_id!r} is not in this store")
 
 
-def _template(layout: StoreLayout, clip_vars: dict[str, list], attrs: dict[str, Any]) -> xr.Dataset:
+def _template(layout: StoreLayout, clip_vars: dict[str, list], attrs: dict[str, Any],
+              labels: dict[str, dict[str, str]]) -> xr.Dataset:
     import dask.array as da
 
     n_clips, n_layers, t, d = len(layout.clips), len(layout.layers), layout.max_frames, layout.hidden_size
@@ -83,6 +84,13 @@ def _template(layout: StoreLayout, clip_vars: dict[str, list], attrs: dict[str, 
     codes = da.full((n_clips, layout.num_codebooks, t), CODES_FILL, dtype=np.int16,
                     chunks=(1, layout.num_codebooks, t))
     complete = da.zeros((n_clips,), dtype=bool, chunks=(1,))
+    label_vars = {
+        name: (("clip", "time"), da.zeros((n_clips, t), dtype=meta["dtype"], chunks=(1, t)),
+               {**{k: v for k, v in meta.items() if k != "dtype"},
+                "fill": "0 / False beyond the clip's n_frames (see in_clip)"})
+        for name, meta in labels.items()
+    }
+    in_clip = np.arange(t)[None, :] < np.array([c.n_frames for c in layout.clips])[:, None]
     ds = xr.Dataset(
         {
             "resid": (("clip", "layer", "time", "feature"), resid, {
@@ -91,7 +99,11 @@ def _template(layout: StoreLayout, clip_vars: dict[str, list], attrs: dict[str, 
             "codes": (("clip", "codebook", "time"), codes, {
                 "long_name": "EnCodec codes of the clip (undelayed)", "fill": CODES_FILL}),
             "complete": (("clip",), complete, {
-                "description": "written last: True only once every variable of the clip is written"}),
+                "description": "written last: True only once the clip's resid and codes are written"}),
+            "annotated": (("clip",), da.zeros((n_clips,), dtype=bool, chunks=(1,)), {
+                "description": "written last: True only once the clip's labels are written"}),
+            "in_clip": (("clip", "time"), in_clip, {"description": "frame lies inside the clip (time < n_frames)"}),
+            **label_vars,
             "n_frames": (("clip",), np.array([c.n_frames for c in layout.clips], dtype=np.int32),
                          {"units": "frames at 50 Hz"}),
             **{name: (("clip",), _column(values)) for name, values in clip_vars.items()},
@@ -154,7 +166,8 @@ def _exists(url: str) -> bool:
     return fs.exists(f"{path.rstrip('/')}/zarr.json")
 
 
-def init_store(url: str, layout: StoreLayout, clip_vars: dict[str, list], attrs: dict[str, Any]) -> bool:
+def init_store(url: str, layout: StoreLayout, clip_vars: dict[str, list], attrs: dict[str, Any],
+               labels: dict[str, dict[str, str]] | None = None) -> bool:
     """Create the store from its template, or check that an existing one is the same run.
 
     Returns True when created, False when an existing store of the same config fingerprint was
@@ -169,11 +182,15 @@ def init_store(url: str, layout: StoreLayout, clip_vars: dict[str, list], attrs:
             )
         log.info("resuming store %s", url)
         return False
-    ds = _template(layout, clip_vars, attrs)
+    labels = labels or {}
+    ds = _template(layout, clip_vars, attrs, labels)
     encoding = {
         "resid": {"chunks": layout.resid_chunks, "fill_value": RESID_FILL},
         "codes": {"chunks": (1, layout.num_codebooks, layout.max_frames), "fill_value": CODES_FILL},
         "complete": {"chunks": (1,), "fill_value": False},
+        "annotated": {"chunks": (1,), "fill_value": False},
+        # one clip per chunk (a few kB): small, but two writers never share a chunk
+        **{name: {"chunks": (1, layout.max_frames), "fill_value": 0} for name in labels},
     }
     ds.to_zarr(url, mode="w-", compute=False, encoding=encoding, consolidated=False, zarr_format=3)
     # The template wrote metadata only; fill the small eager variables (provenance, n_frames).
@@ -240,12 +257,47 @@ def write_clip(url: str, clip_id: str, resid: np.ndarray, codes: np.ndarray) -> 
     return int(resid.nbytes + codes.nbytes)
 
 
-def mark_complete(url: str, clip_id: str, done: bool = True) -> None:
+def mark_complete(url: str, clip_id: str, done: bool = True, flag: str = "complete") -> None:
+    """Set a clip's completion flag (``complete`` for activations, ``annotated`` for labels)."""
     ds = open_store(url)
     index = list(ds["clip"].values).index(clip_id)
-    xr.Dataset({"complete": (("clip",), np.array([done]))}).to_zarr(
+    xr.Dataset({flag: (("clip",), np.array([done]))}).to_zarr(
         url, region={"clip": slice(index, index + 1)}, consolidated=False
     )
+
+
+def label_names(ds: xr.Dataset) -> list[str]:
+    """The store's ``(clip, time)`` label variables."""
+    return [str(k) for k, v in ds.data_vars.items() if v.dims == ("clip", "time") and k != "in_clip"]
+
+
+def write_labels(url: str, clip_id: str, labels: dict[str, np.ndarray]) -> int:
+    """Write one clip's labels (``name -> (n_frames,)``) into the store's label variables.
+
+    Every label variable of the store must be given, no more, each with the clip's frame count and
+    finite values; nothing is written otherwise. The ``annotated`` flag is *not* set here.
+    """
+    ds = open_store(url)
+    if clip_id not in ds["clip"].values:
+        raise StoreError(f"clip {clip_id!r} is not in store {url!r}")
+    index = list(ds["clip"].values).index(clip_id)
+    n, t = int(ds["n_frames"].values[index]), ds.sizes["time"]
+    names = label_names(ds)
+    given = {k: v for k, v in labels.items() if k != "time"}
+    if set(given) != set(names):
+        raise StoreError(f"clip {clip_id!r}: labels {sorted(set(given) ^ set(names))} do not match the store's")
+    out = {}
+    for name in names:
+        v = np.asarray(given[name])
+        if v.shape != (n,):
+            raise StoreError(f"clip {clip_id!r}: label {name} has shape {v.shape}, the clip has {n} frames")
+        if v.dtype.kind == "f" and not np.isfinite(v).all():
+            raise StoreError(f"clip {clip_id!r}: label {name} holds NaN or inf; nothing was written")
+        full = np.zeros(t, dtype=ds[name].dtype)
+        full[:n] = v
+        out[name] = (("clip", "time"), full[None])
+    xr.Dataset(out).to_zarr(url, region={"clip": slice(index, index + 1), "time": slice(0, t)}, consolidated=False)
+    return int(sum(a[1].nbytes for a in out.values()))
 
 
 def finalize_store(url: str) -> None:
@@ -274,6 +326,8 @@ def describe_store(url: str) -> dict[str, Any]:
         "dims": {k: int(v) for k, v in ds.sizes.items()},
         "clips": clips,
         "complete": [c for c, f in zip(clips, complete) if f],
+        "annotated": [c for c, f in zip(clips, ds["annotated"].values) if f] if "annotated" in ds else [],
+        "labels": label_names(ds),
         "incomplete": [c for c, f in zip(clips, complete) if not f],
         "layers": [int(x) for x in ds["layer"].values],
         "frames": {c: int(n) for c, n in zip(clips, ds["n_frames"].values)},

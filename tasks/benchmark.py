@@ -57,6 +57,6 @@ def capture_shard(spec: RunSpec, prepared: dict[str, Any], shard: int) -> dict[s
 
 
 @task(name="summarise-run")
-def summarise_run(prepared: dict[str, Any]) -> dict[str, Any]:
+def summarise_run(prepared: dict[str, Any], annotate: bool = True) -> dict[str, Any]:
     """Totals from the store and the shard records; consolidates the store's metadata."""
-    return asdict(bench.summarise_run(bench.PreparedRun(**prepared)))
+    return asdict(bench.summarise_run(bench.PreparedRun(**prepared), annotate=annotate))

@@ -26,10 +26,7 @@ def _write_tone(path, seconds, sr=32000, freq=330.0):
 
 
 def _run_all(spec, out) -> bench.RunSummary:
-    prepared = bench.prepare_run(spec, str(out))
-    for shard in range(prepared.n_shards):
-        bench.capture_shard(spec, prepared.root, shard)
-    return bench.summarise_run(prepared)
+    return bench.run_inline(spec, str(out))
 
 
 def test_store__time_coordinate_and_frames_match_durations(tmp_path):
@@ -110,3 +107,36 @@ def test_run__bad_clip_does_not_sink_the_others(tmp_path):
     assert not summary.ok and clip in summary.failed
     assert clip in (tmp_path / "out").joinpath(bench.RunPaths(prepared.root).root.split("/")[-1],
                                                "summary.md").read_text()
+
+
+def test_run__labels_in_the_store_are_the_annotation_of_the_clip(tmp_path):
+    from musicinterp.annotate import annotate, label_schema
+
+    _write_tone(tmp_path / "quiet.wav", 3.0)
+    sf.write(tmp_path / "silent.wav", np.zeros(3 * 32000, dtype=np.float32), 32000)
+    spec = RunSpec(name="lab", slice={"sources": [{"kind": "synthetic", "n_pieces": 1, "duration_s": 8.0},
+                                                  {"kind": "audio_dir", "path": str(tmp_path)}], "n_shards": 1})
+    summary = _run_all(spec, tmp_path / "out")
+    ds = xr.open_zarr(summary.store)
+    manifest = Manifest.from_json(f"{summary.root}/manifest.json")
+    clip = next(c for c in manifest.clips if c.source == "synthetic")
+    expected = annotate(load_clip_audio(clip), spec.annotation, clip_id=clip.clip_id)
+    assert set(label_schema(spec.annotation)) == {k for k in expected if k != "time"}
+    n = clip.n_frames
+    for name, values in expected.items():
+        if name == "time":
+            np.testing.assert_allclose(ds["time"].values[:n], values)
+            continue
+        stored = ds[name].sel(clip=clip.clip_id).values
+        np.testing.assert_array_equal(stored[:n], values, err_msg=name)
+        assert not stored[n:].any(), name  # padding beyond the clip is 0 / False
+    assert ds["rec_lag_next_s"].attrs["valid_mask"] == "rec_lag_next_s_valid"
+    assert ds["in_clip"].sel(clip=clip.clip_id).values.sum() == n
+    flags = dict(zip(ds["clip"].values, ds["annotated"].values))
+    silent_id = next(c.clip_id for c in manifest.clips if "silent" in c.clip_id)
+    assert flags[clip.clip_id] and not flags[silent_id]
+    assert "silent" in summary.not_annotated[silent_id]
+    assert summary.ok and summary.annotated == 2
+    assert clip.clip_id in summary.plots and any((tmp_path / "out").rglob("plots/00000.png"))
+    md = (tmp_path / "out").joinpath(summary.root.split("/")[-1], "summary.md").read_text()
+    assert "![annotation of" in md and "not annotated" in md

@@ -47,3 +47,55 @@ def test_inspect__json_and_missing_store(tmp_path, capsys):
     assert info["complete"] == ["piece-a"] and info["dims"]["time"] == 20
     assert main(["inspect", str(tmp_path / "nope.zarr")]) == 2
     assert "no musicinterp store" in capsys.readouterr().err
+
+
+def test_annotate__writes_the_documented_columns_and_a_plot(tmp_path, capsys):
+    import csv
+
+    import soundfile as sf
+
+    from musicinterp.sources.synthetic import compose
+
+    x, truth = compose({"seed": 4, "index": 0, "duration_s": 10.0, "hard": False, "returns": True})
+    stereo_44k = np.repeat(x[:, None], 2, axis=1)  # any rate, any channel count
+    sf.write(tmp_path / "piece.flac", stereo_44k, 32000)
+    out, png = tmp_path / "labels.csv", tmp_path / "plot.png"
+    assert main(["annotate", str(tmp_path / "piece.flac"), "--out", str(out), "--plot", str(png)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 500 and rows[1]["time"] == "0.02"
+    for col in ("rec_lag_next_s", "rec_within_4s", "rec_within_8s", "tension"):
+        assert col in rows[0]
+    assert {r["rec_within_8s"] for r in rows} <= {"0", "1", ""}
+    assert rows[-1]["rec_within_8s"] in ("", "1")  # the horizon runs past the end: not a negative
+    (r,) = truth["returns"]
+    mid = int((r["source_start_s"] + r["source_end_s"]) / 2 * 50)
+    assert abs(float(rows[mid]["rec_lag_next_s"]) - (r["start_s"] - r["source_start_s"])) < 0.5
+    assert png.stat().st_size > 10_000 and "real-time factor" in capsys.readouterr().err
+
+
+def test_annotate__bad_files_exit_2_naming_them(tmp_path, capsys):
+    import soundfile as sf
+
+    assert main(["annotate", str(tmp_path / "missing.wav"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "missing.wav: file does not exist" in capsys.readouterr().err
+    sf.write(tmp_path / "short.wav", np.full(16000, 0.1, np.float32), 32000)
+    assert main(["annotate", str(tmp_path / "short.wav"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "short.wav" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+    nan = np.full(96000, 0.1, np.float32)
+    nan[5] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 32000, subtype="FLOAT")
+    assert main(["annotate", str(tmp_path / "nan.wav"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "NaN" in capsys.readouterr().err
+
+
+def test_annotate__long_files_go_in_windows_that_tile_the_frames(tmp_path):
+    import soundfile as sf
+
+    from musicinterp.sources.synthetic import compose
+
+    x, _ = compose({"seed": 1, "index": 0, "duration_s": 9.0, "hard": False, "returns": True})
+    sf.write(tmp_path / "long.wav", x, 32000, subtype="FLOAT")
+    out = tmp_path / "l.csv"
+    assert main(["annotate", str(tmp_path / "long.wav"), "--out", str(out), "--window-s", "4"]) == 0
+    times = [float(r["time"]) for r in __import__("csv").DictReader(out.open())]
+    assert len(times) == 450 and times == [round(i / 50, 2) for i in range(450)]

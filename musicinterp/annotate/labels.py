@@ -17,13 +17,14 @@ import numpy as np
 
 from musicinterp.annotate import recurrence, tension
 from musicinterp.annotate.features import HOP_SAMPLES, LOOKAHEAD_SAMPLES, Features, compute_features
-from musicinterp.annotate.spec import AnnotationSpec, frames_of
+from musicinterp.annotate.spec import TENSION_COMPONENTS, AnnotationSpec, frames_of
 from musicinterp.frames import FRAME_RATE_HZ, SAMPLE_RATE_HZ, n_frames
 from musicinterp.sources.base import ClipError
 
 log = logging.getLogger(__name__)
 
 CSV_REQUIRED = ("rec_lag_next_s", "rec_within_4s", "rec_within_8s", "tension")
+WINDOW_S = 300.0  # longest audio annotated as one piece (memory grows with frames squared)
 CLIPPED_FRACTION_WARN = 0.001
 DC_WARN = 1e-3
 # causal labels at frame t may use audio up to the end of frame t: samples < (t + 1) * HOP
@@ -108,6 +109,55 @@ def _causal_rate(features: Features, present: np.ndarray, spec: AnnotationSpec) 
     return out
 
 
+COMPONENT_UNITS = {"loudness": "db", "onset_density": "hz", "pitch_height": "midi", "flatness": "db"}
+_COMPONENT_DOC = {
+    "loudness": ("dBFS", "RMS level of a 64 ms window, floored 60 dB below the clip's loudest frame"),
+    "onset_density": ("onsets/s", "spectral-flux onsets in a 2 s window"),
+    "pitch_height": ("MIDI", "energy-weighted mean pitch of the spectral peaks (40 Hz-5 kHz)"),
+    "dissonance": ("0-1", "Essentia Dissonance of the spectral peaks (Plomp & Levelt 1965, Sethares 1998)"),
+    "flatness": ("dB", "spectral flatness of the power spectrum, 50 Hz-8 kHz"),
+    "key_unclarity": ("0-2", "1 - best Pearson correlation of 4 s chroma with the 24 Krumhansl-Kessler profiles"),
+    "tensile_strain": ("spiral-array units", "distance of the 1 s chroma cloud from the clip's key "
+                       "(Herremans & Chew 2016)"),
+}
+
+
+def component_label(name: str) -> str:
+    return f"tension_{name}" + (f"_{COMPONENT_UNITS[name]}" if name in COMPONENT_UNITS else "")
+
+
+def label_schema(spec: AnnotationSpec | None = None) -> dict[str, dict[str, str]]:
+    """Every label :func:`annotate` returns (``time`` aside), in order, with dtype, units and meaning.
+
+    The store's template is made from this before any clip is annotated; a test checks that
+    :func:`annotate` returns exactly these names and dtypes.
+    """
+    spec = spec or AnnotationSpec()
+    out: dict[str, dict[str, str]] = {}
+
+    def add(name: str, dtype: str, units: str, doc: str, valid: bool = False) -> None:
+        out[name] = {"dtype": dtype, "units": units, "description": doc}
+        if valid:
+            out[name]["valid_mask"] = f"{name}_valid"
+            out[f"{name}_valid"] = {"dtype": "bool", "units": "", "description": f"where {name} is defined"}
+
+    add("rec_lag_next_s", "float32", "s", "lag to the next recurrence of the content heard at t", True)
+    add("rec_lag_prev_s", "float32", "s", "lag since the previous occurrence of the content heard at t", True)
+    add("rec_strength", "float32", "0-1", "path-enhanced similarity of the best accepted recurrence of t")
+    for h in spec.horizons_s:
+        add(f"rec_within_{horizon_name(h)}", "int8", "0/1", f"the content at t recurs within {h:g} s", True)
+    add("rec_rate_causal", "float32", "0-1",
+        f"fraction of the last {spec.rate_window_s:g} s that returned earlier material (audio up to t only)")
+    add("tension", "float32", "z", "composite tension (weighted mean of the z-scored components), z-scored")
+    for name in TENSION_COMPONENTS:
+        units, doc = _COMPONENT_DOC[name]
+        add(component_label(name), "float32", units, doc)
+    add("res_event", "int8", "0/1", "tension-resolution event (arrival after a fall of the composite)")
+    for h in spec.horizons_s:
+        add(f"res_within_{horizon_name(h)}", "int8", "0/1", f"a resolution event falls in (t, t + {h:g} s]", True)
+    return out
+
+
 def annotate_full(samples, spec: AnnotationSpec | None = None, clip_id: str = "<clip>",
                   sample_rate_hz: int = SAMPLE_RATE_HZ) -> Annotation:
     """Labels and intermediates of one clip (see :func:`annotate`)."""
@@ -133,9 +183,8 @@ def annotate_full(samples, spec: AnnotationSpec | None = None, clip_id: str = "<
     lab["rec_rate_causal"] = _causal_rate(f, present, spec).astype(np.float32)
 
     lab["tension"] = ten.composite.astype(np.float32)
-    units = {"loudness": "db", "onset_density": "hz", "pitch_height": "midi", "flatness": "db"}
     for k, v in ten.components.items():
-        lab[f"tension_{k}" + (f"_{units[k]}" if k in units else "")] = v.astype(np.float32)
+        lab[component_label(k)] = v.astype(np.float32)
     ev = np.zeros(n, dtype=np.int8)
     ev[ten.events] = 1
     lab["res_event"] = ev
@@ -161,6 +210,34 @@ def annotate(samples, spec: AnnotationSpec | None = None, clip_id: str = "<clip>
     :class:`~musicinterp.sources.base.ClipError` naming ``clip_id`` for unusable input.
     """
     return annotate_full(samples, spec, clip_id, sample_rate_hz).labels
+
+
+def annotate_windows(samples: np.ndarray, spec: AnnotationSpec | None = None, clip_id: str = "<clip>",
+                     window_s: float = WINDOW_S, on_window=None) -> tuple[dict[str, np.ndarray], Annotation | None]:
+    """Labels of audio of any length, annotated ``window_s`` at a time (32 kHz mono samples).
+
+    The self-similarity grows with the square of the frames, so long files are cut into consecutive
+    windows (a multiple of the 640-sample hop, so the frames tile) and recurrence is found within a
+    window only; a last window shorter than ``min_duration_s`` joins the one before. Returns the
+    labels and, when there was a single window, the full :class:`Annotation` (for plots).
+    """
+    spec = spec or AnnotationSpec()
+    step = int(window_s * FRAME_RATE_HZ) * HOP_SAMPLES
+    starts = list(range(0, len(samples), step)) or [0]
+    if len(starts) > 1 and len(samples) - starts[-1] < spec.min_duration_s * SAMPLE_RATE_HZ:
+        starts.pop()
+    bounds = list(zip(starts, [*starts[1:], len(samples)]))
+    parts = []
+    for i, (a, b) in enumerate(bounds):
+        if on_window is not None:
+            on_window(i + 1, len(bounds))
+        name = clip_id if len(bounds) == 1 else f"{clip_id} [{a / SAMPLE_RATE_HZ:g}-{b / SAMPLE_RATE_HZ:g} s]"
+        parts.append(annotate_full(samples[a:b], spec, clip_id=name))
+    if len(parts) == 1:
+        return parts[0].labels, parts[0]
+    labels = {k: np.concatenate([p.labels[k] for p in parts]) for k in parts[0].labels}
+    labels["time"] = np.arange(len(labels["time"])) / FRAME_RATE_HZ
+    return labels, None
 
 
 def to_csv(labels: dict[str, np.ndarray], path: str | Path) -> Path:

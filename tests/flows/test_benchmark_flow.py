@@ -35,6 +35,8 @@ def test_benchmark_flow__captures_all_clips_and_publishes_artifacts(tmp_path):
     summary = asyncio.run(_artifact("flow-ok-summary"))
     assert table is not None and summary is not None
     assert "weights: random" in summary.data
+    assert summary.data.count("data:image/png;base64,") == 3  # annotation plots of the first clips
+    assert bool(ds["annotated"].all()) and "rec_within_4s" in ds and "tension" in ds
     # a second run of the same config is the same run: nothing is recaptured
     again = benchmark(spec=spec, out=str(tmp_path))
     assert again["store"] == out["store"]
