@@ -29,7 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     from flows.benchmark import benchmark  # imports Prefect and torch: only when a flow is run
     from musicinterp.benchmark import RunPaths
-    from musicinterp.store import StoreError, completed_clips, open_store
+    from musicinterp.store import StoreError, open_store
 
     paths = RunPaths.for_spec(spec, args.out)
     outcome: dict[str, Any] = {}
@@ -42,12 +42,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
         task = bar.add_task(f"{spec.name}: planning", total=None)
+        labels = bar.add_task(f"{spec.name}: clips annotated", total=None, visible=spec.annotate)
         while worker.is_alive():
             worker.join(POLL_S)
             try:
-                total = open_store(paths.store).sizes["clip"]
+                ds = open_store(paths.store)
+                total = ds.sizes["clip"]
                 bar.update(task, description=f"{spec.name}: clips captured", total=total,
-                           completed=len(completed_clips(paths.store)))
+                           completed=int(ds["complete"].values.sum()))
+                if spec.annotate:
+                    bar.update(labels, total=total, completed=int(ds["annotated"].values.sum()))
             except (StoreError, OSError, KeyError, ValueError):
                 pass  # the store does not exist yet, or is being created
     state = outcome.get("state")

@@ -268,7 +268,7 @@ def mark_complete(url: str, clip_id: str, done: bool = True, flag: str = "comple
 
 def label_names(ds: xr.Dataset) -> list[str]:
     """The store's ``(clip, time)`` label variables."""
-    return [str(k) for k, v in ds.data_vars.items() if v.dims == ("clip", "time") and k != "in_clip"]
+    return sorted(str(k) for k, v in ds.data_vars.items() if v.dims == ("clip", "time") and k != "in_clip")
 
 
 def write_labels(url: str, clip_id: str, labels: dict[str, np.ndarray]) -> int:

@@ -64,11 +64,20 @@ def test_source_kind_is_discriminated():
 def test_readme__documents_every_config_field():
     from pathlib import Path
 
-    from musicinterp.config import AudioDirSource, CaptureSpec, Music21Source, SliceSpec, SyntheticSource
+    from musicinterp.config import (
+        AnnotationSpec,
+        AudioDirSource,
+        CaptureSpec,
+        Music21Source,
+        RunSpec,
+        SliceSpec,
+        SyntheticSource,
+    )
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    for prefix, model in (("model.", ModelSpec), ("slice.", SliceSpec), ("capture.", CaptureSpec)):
-        for field in model.model_fields:
+    for prefix, model in (("", RunSpec), ("model.", ModelSpec), ("slice.", SliceSpec), ("capture.", CaptureSpec),
+                          ("annotation.", AnnotationSpec)):
+        for field in set(model.model_fields) - ({"model", "slice", "capture", "annotation"} if not prefix else set()):
             assert f"`{prefix}{field}`" in readme, f"{prefix}{field} missing from README's config reference"
     for model in (SyntheticSource, Music21Source, AudioDirSource):
         for field in set(model.model_fields) - {"kind"}:
