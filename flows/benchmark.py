@@ -1,8 +1,17 @@
-"""The benchmark flow: plan slice -> init store -> capture each shard -> summarise."""
+"""The benchmark flows: plan -> each shard (capture + annotate) -> summarise.
+
+``benchmark`` is the parent: it plans the slice and creates the store, then runs every shard as the
+child flow ``benchmark-shard``, either in this process one after another (``dispatch="local"``, the
+embedded default) or as deployment runs on a work pool (``dispatch="deployments"``, the fleet: see
+deployments/). It tracks every shard's state, publishes progress and a shard table, summarises the
+store and fails loudly with the list of failed shards. A rerun (``only_shards``) runs exactly the
+shards it is given; the store's completion flags make any shard run idempotent.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -11,7 +20,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.futures import as_completed
+from prefect.futures import wait
 from prefect.runtime import flow_run
 
 from musicinterp.benchmark import N_PLOTS, RunPaths, RunSummary, summary_markdown
@@ -21,16 +30,135 @@ from tasks.annotate import annotate_clip
 from tasks.benchmark import capture_shard, plan_run, summarise_run
 
 DEFAULT_OUT = "runs"
+SHARD_DEPLOYMENT = "benchmark-shard/benchmark-shard"
+POLL_S = 2.0
 
 
 class RunIncomplete(RuntimeError):
     """Some clips failed or were left out; everything else was captured and summarised."""
 
 
-def _artifact_key(spec: RunSpec, what: str) -> str:
+def artifact_key(name: str, what: str) -> str:
     """Artifact keys allow lowercase letters, digits and dashes only."""
-    name = "".join(c if c.isalnum() else "-" for c in spec.name.lower())
-    return f"{name}-{what}"
+    return f"{''.join(c if c.isalnum() else '-' for c in name.lower())}-{what}"
+
+
+def _spec_name() -> str:
+    spec = flow_run.parameters.get("spec")
+    return spec.get("name") if isinstance(spec, dict) else getattr(spec, "name", "benchmark")
+
+
+def _run_name() -> str:
+    return f"benchmark-{_spec_name()}"
+
+
+def _shard_run_name() -> str:
+    return f"{_spec_name()}-shard-{flow_run.parameters.get('shard')}"
+
+
+@flow(name="benchmark-shard", flow_run_name=_shard_run_name, persist_result=True)
+def benchmark_shard(spec: RunSpec, prepared: dict[str, Any], shard: int) -> dict[str, Any]:
+    """Capture one shard's clips into the store and annotate them (one task per clip)."""
+    capture = capture_shard.submit(spec, prepared, shard)
+    annotations = []
+    if spec.annotate:
+        manifest = Manifest.from_json(RunPaths(prepared["root"]).manifest)
+        for i, clip in enumerate(manifest.clips):
+            if clip.shard == shard:
+                annotations.append(annotate_clip.submit(spec, prepared, clip.clip_id, clip.sha256, plot=i < N_PLOTS))
+    wait([capture, *annotations])
+    failed = [f for f in (capture, *annotations) if f.state.is_failed()]
+    if failed:
+        raise RuntimeError(f"shard {shard}: " + "; ".join(str(f.state.message) for f in failed))
+    return {"shard": shard, "capture": capture.result(), "annotated": len(annotations)}
+
+
+def _run_local(spec: RunSpec, prepared: dict[str, Any], shards: list[int], on_done) -> dict[int, dict[str, Any]]:
+    out = {}
+    for shard in shards:
+        t0 = time.perf_counter()
+        state = benchmark_shard(spec=spec, prepared=prepared, shard=shard, return_state=True)
+        out[shard] = {"state": state.name, "failed": state.is_failed(), "message": state.message or "",
+                      "duration_s": round(time.perf_counter() - t0, 1), "worker": "local (this process)"}
+        on_done(shard, out[shard])
+    return out
+
+
+def _run_deployments(spec: RunSpec, prepared: dict[str, Any], shards: list[int], on_done) -> dict[int, dict[str, Any]]:
+    """Create one child run per shard on the shard deployment, then follow them to a final state."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    parent = flow_run.id
+    runs = {}
+    for shard in shards:
+        # deterministic: a retry of this parent finds its children instead of starting them twice;
+        # a rerun is another parent, so it gets fresh children
+        key = f"{prepared['fingerprint']}-{prepared['store_uid']}-shard{shard}-{parent}"
+        runs[shard] = run_deployment(SHARD_DEPLOYMENT, parameters={"spec": spec, "prepared": prepared, "shard": shard},
+                                     idempotency_key=key, timeout=0, as_subflow=True)
+    out: dict[int, dict[str, Any]] = {}
+    with get_client(sync_client=True) as client:
+        while len(out) < len(runs):
+            time.sleep(POLL_S)
+            for shard, run in runs.items():
+                if shard in out:
+                    continue
+                fr = client.read_flow_run(run.id)
+                if fr.state is not None and fr.state.is_final():
+                    worker = fr.work_pool_name or ""
+                    if fr.infrastructure_pid:
+                        worker += f" (pid {fr.infrastructure_pid})"
+                    out[shard] = {"state": fr.state.name, "failed": not fr.state.is_completed(),
+                                  "message": fr.state.message or "", "attempts": fr.run_count, "worker": worker,
+                                  "duration_s": round(fr.total_run_time.total_seconds(), 1), "flow_run": str(fr.id)}
+                    on_done(shard, out[shard])
+    return out
+
+
+@flow(name="benchmark", flow_run_name=_run_name, persist_result=True)
+def benchmark(spec: RunSpec = RunSpec(), out: str = DEFAULT_OUT,
+              dispatch: Literal["local", "deployments"] = "local",
+              only_shards: list[int] | None = None) -> dict[str, Any]:
+    """Capture MusicGen's residual stream for every clip of the slice into one Zarr store, annotated.
+
+    ``dispatch``: run the shards in this process ("local") or as runs of the ``benchmark-shard``
+    deployment on a work pool ("deployments"). ``only_shards``: run just these shards (a rerun).
+    """
+    logger = get_run_logger()
+    prepared = plan_run(spec, out)
+    shards = list(range(prepared["n_shards"])) if only_shards is None else sorted(set(only_shards))
+    bad = [s for s in shards if not 0 <= s < prepared["n_shards"]]
+    if bad:
+        raise ValueError(f"only_shards: {bad} out of range; the run has shards 0..{prepared['n_shards'] - 1}")
+    progress = create_progress_artifact(0.0, key=artifact_key(spec.name, "progress"),
+                                        description=f"{spec.name}: shards finished")
+    finished: list[int] = []
+
+    def on_done(shard: int, info: dict[str, Any]) -> None:
+        finished.append(shard)
+        update_progress_artifact(progress, 100.0 * len(finished) / len(shards))
+        (logger.error if info["failed"] else logger.info)("shard %d: %s %s", shard, info["state"], info["message"])
+
+    runner = _run_local if dispatch == "local" else _run_deployments
+    states = runner(spec, prepared, shards, on_done)
+    summary = RunSummary(**summarise_run(prepared, annotate=spec.annotate))
+    by_shard = {s["shard"]: s for s in summary.shards}
+    table = [{"shard": s, "clips": by_shard.get(s, {}).get("clips", ""), "state": states[s]["state"],
+              "attempts": states[s].get("attempts", 1), "duration_s": states[s]["duration_s"],
+              "worker": states[s]["worker"]} for s in shards]
+    create_table_artifact(table, key=artifact_key(spec.name, "shards"), description=f"{spec.name}: shards")
+    create_markdown_artifact(summary_markdown(summary, images=_inline_images(summary.plots)),
+                             key=artifact_key(spec.name, "summary"), description=f"{spec.name}: run summary")
+    logger.info("store: %s", summary.store)
+    failed_shards = sorted(s for s, info in states.items() if info["failed"])
+    if not summary.ok or failed_shards:
+        problems = {**summary.failed, **{r["item"]: r["problem"] for r in summary.rejected}}
+        raise RunIncomplete(
+            f"failed shards: {failed_shards}; {len(problems)} clip(s) or file(s) failed; the other "
+            f"{summary.complete} clips are in {summary.store}: " + "; ".join(f"{k}: {v}" for k, v in problems.items())
+        )
+    return {"store": summary.store, "root": summary.root, "complete": summary.complete, "n_clips": summary.n_clips}
 
 
 def _inline_images(plots: dict[str, str]) -> dict[str, str]:
@@ -44,43 +172,3 @@ def _inline_images(plots: dict[str, str]) -> dict[str, str]:
         with fsspec.open(url, "rb") as f:
             out[clip] = "data:image/png;base64," + base64.b64encode(f.read()).decode()
     return out
-
-
-def _run_name() -> str:
-    spec = flow_run.parameters.get("spec")
-    name = spec.get("name") if isinstance(spec, dict) else getattr(spec, "name", "benchmark")
-    return f"benchmark-{name}"
-
-
-@flow(name="benchmark", flow_run_name=_run_name, persist_result=True)
-def benchmark(spec: RunSpec = RunSpec(), out: str = DEFAULT_OUT) -> dict[str, Any]:
-    """Capture MusicGen's residual stream for every clip of the slice into one Zarr store."""
-    logger = get_run_logger()
-    prepared = plan_run(spec, out)
-    n = prepared["n_shards"]
-    progress = create_progress_artifact(0.0, key=_artifact_key(spec, "progress"),
-                                        description=f"{spec.name}: shards captured and clips annotated")
-    futures = [capture_shard.submit(spec, prepared, shard) for shard in range(n)]
-    if spec.annotate:
-        clips = Manifest.from_json(RunPaths(prepared["root"]).manifest).clips
-        futures += [annotate_clip.submit(spec, prepared, c.clip_id, c.sha256, plot=i < N_PLOTS)
-                    for i, c in enumerate(clips)]
-    for finished, future in enumerate(as_completed(futures), start=1):
-        state = future.state
-        if state.is_failed():
-            logger.error("%s", state.message)
-        update_progress_artifact(progress, 100.0 * finished / len(futures))
-    summary = RunSummary(**summarise_run(prepared, annotate=spec.annotate))
-    create_table_artifact(summary.shards, key=_artifact_key(spec, "shards"),
-                          description=f"{spec.name}: shards")
-    create_markdown_artifact(summary_markdown(summary, images=_inline_images(summary.plots)),
-                             key=_artifact_key(spec, "summary"),
-                             description=f"{spec.name}: run summary")
-    logger.info("store: %s", summary.store)
-    if not summary.ok:
-        problems = {**summary.failed, **{r["item"]: r["problem"] for r in summary.rejected}}
-        raise RunIncomplete(
-            f"{len(problems)} clip(s) or file(s) failed; the other {summary.complete} clips are in {summary.store}: "
-            + "; ".join(f"{k}: {v}" for k, v in problems.items())
-        )
-    return {"store": summary.store, "root": summary.root, "complete": summary.complete, "n_clips": summary.n_clips}

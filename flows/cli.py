@@ -21,6 +21,11 @@ console = Console(stderr=True, soft_wrap=True)  # never break a path across line
 POLL_S = 1.0
 
 
+def _progress_bar() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         spec = load_run_spec(args.config)
@@ -39,8 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     worker = threading.Thread(target=target, name="benchmark-flow", daemon=True)
     worker.start()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as bar:
+    with _progress_bar() as bar:
         task = bar.add_task(f"{spec.name}: planning", total=None)
         labels = bar.add_task(f"{spec.name}: clips annotated", total=None, visible=spec.annotate)
         while worker.is_alive():
@@ -159,8 +163,7 @@ def cmd_validate_annotations(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as bar:
+    with _progress_bar() as bar:
         task = bar.add_task("validating", total=None)
 
         def progress(done: int, total: int, what: str) -> None:

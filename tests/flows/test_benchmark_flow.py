@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -78,3 +80,35 @@ def test_benchmark_flow__bad_inputs_are_named_and_the_rest_completes(tmp_path):
     assert [c for c, s in silent.items() if s] == [c for c in silent if "silent" in c]
     summary = (roots[0] / "summary.md").read_text()
     assert "nan.wav" in summary and "weights: random" in summary
+
+
+def test_benchmark_flow__rerun_of_the_failed_shard_completes_the_store(tmp_path):
+    from musicinterp import benchmark as bench
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    t = np.arange(int(2.5 * 32000)) / 32000
+    for i in range(4):
+        _write(audio / f"{i}.wav", (0.3 * np.sin(2 * np.pi * (200 + 60 * i) * t)).astype(np.float32), subtype="FLOAT")
+    spec = RunSpec(name="flow-rerun", slice={"sources": [{"kind": "audio_dir", "path": str(audio)}], "n_shards": 4},
+                   annotate=False)
+    clean = benchmark(spec=spec, out=str(tmp_path / "clean"))
+
+    prepared = bench.prepare_run(spec, str(tmp_path / "faulty"))  # the flow reopens this run
+    clips = Manifest.from_json(f"{prepared.root}/manifest.json").clips
+    victim = next(c for c in clips if c.clip_id.startswith("audio_dir:2"))
+    original = (audio / "2.wav").read_bytes()
+    _write(audio / "2.wav", np.zeros(len(t), np.float32), subtype="FLOAT")  # the fault: the file changed
+    state = benchmark(spec=spec, out=str(tmp_path / "faulty"), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(RunIncomplete, match=rf"failed shards: \[{victim.shard}\]"):
+        state.result()
+
+    (audio / "2.wav").write_bytes(original)  # fixed; rerun exactly the failed shard
+    again = benchmark(spec=spec, out=str(tmp_path / "faulty"), only_shards=[victim.shard])
+    shard_records = sorted((tmp_path / "faulty").glob("*/shards/*.json"))
+    captured = {json.loads(p.read_text())["shard"]: json.loads(p.read_text())["captured"] for p in shard_records}
+    assert captured[victim.shard] == [victim.clip_id]  # only the failed clip was captured again
+    a, b = xr.open_zarr(clean["store"]), xr.open_zarr(again["store"])
+    for var in ("resid", "codes", "complete", "sha256"):
+        np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=var)
