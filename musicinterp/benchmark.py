@@ -22,7 +22,7 @@ import numpy as np
 from musicinterp import __version__
 from musicinterp.annotate import annotate_full, label_schema
 from musicinterp.annotate.plot import plot_annotation
-from musicinterp.annotate.validate import returns_from_measures
+from musicinterp.annotate.validate import returns_from_score
 from musicinterp.capture import capture_clip
 from musicinterp.config import RunSpec
 from musicinterp.frames import FRAME_RATE_HZ
@@ -303,7 +303,7 @@ def truth_returns(clip: ClipRecord) -> list[dict]:
     if "returns" in clip.truth:
         return list(clip.truth["returns"])
     if "measures" in clip.truth:
-        return returns_from_measures(clip.truth["measures"])
+        return returns_from_score(clip.truth["measures"], clip.truth.get("notes", []))
     return []
 
 

@@ -188,6 +188,9 @@ class AnnotationSpec(Spec):
     norm_floor: float = Field(
         0.25, gt=0, description="Chroma residuals (after mean removal) smaller than this per stacked "
         "vector count as 'no content' (sustained drones, noise).")
+    min_run_s: float = Field(
+        2.0, ge=0, le=30.0, description="A recurrence must persist this long (a run of consecutive "
+        "recurring frames) to count; shorter matches are chance (default: the path-enhancement length).")
     rate_window_s: float = Field(8.0, gt=0, description="Trailing window of the causal recurrence rate (s).")
     horizons_s: list[float] = Field(
         default_factory=lambda: [2.0, 4.0, 8.0], description="Horizons h of rec_within_h / res_within_h (s).")

@@ -240,3 +240,15 @@ def test_validate__small_synthetic_set_meets_targets():
             {"start_s": 4, "end_s": 6, "number": 1}, {"start_s": 6, "end_s": 8, "number": 2},
             {"start_s": 8, "end_s": 9.5, "number": 3}, {"start_s": 9.5, "end_s": 10, "number": 3}]
     assert returns_from_measures(meas) == [{"source_start_s": 0.0, "source_end_s": 4.0, "start_s": 4.0, "end_s": 8.0}]
+
+
+def test_recurrence__short_matches_are_dropped_long_runs_kept():
+    from musicinterp.annotate.recurrence import keep_runs
+
+    lag = np.full(30, -1)
+    lag[2:5] = 40  # 3 frames: a chance match
+    lag[10:25] = [50, 51, 49, 50, 80, 81, 80, 50, 50, 50, 51, 50, 50, 50, 50]  # 15 frames, jittering lag
+    kept = keep_runs(lag, min_run=10)
+    assert (kept[2:5] == -1).all()
+    np.testing.assert_array_equal(kept[10:25], lag[10:25])
+    assert (kept[:10] == -1).all() and (kept[25:] == -1).all()

@@ -103,8 +103,27 @@ def detect(x: np.ndarray, spec: AnnotationSpec, causal: bool = False) -> Recurre
                 np.maximum(strength[:m], ev, out=strength[:m])
                 np.maximum(strength[lag:], ev, out=strength[lag:])
         np.minimum(runmin[:m], d, out=runmin[:m])
+    if not causal:  # the causal pass's trailing path average already asks the past path_len to match
+        min_run = frames_of(spec.min_run_s) if spec.min_run_s > 0 else 1
+        next_lag = keep_runs(next_lag, min_run)
+        prev_lag = keep_runs(prev_lag, min_run)
+        strength[(next_lag < 0) & (prev_lag < 0)] = 0.0
     return Recurrence(next_lag=next_lag, prev_lag=prev_lag, strength=np.clip(strength, 0, 1),
                       similarity=sim)
+
+
+def keep_runs(lag: np.ndarray, min_run: int) -> np.ndarray:
+    """Keep only recurrences that persist: runs of consecutive frames that all recur (whatever the
+    lag: a held chord matches a band of lags and its best lag jitters) lasting at least ``min_run``
+    frames. A shorter run is a chance match of a chord or two, not a returning passage.
+    """
+    valid = lag >= 0
+    out = lag.copy()
+    edges = np.flatnonzero(np.diff(np.r_[0, valid.astype(np.int8), 0]))
+    for start, stop in zip(edges[::2], edges[1::2]):
+        if stop - start < min_run:
+            out[start:stop] = -1
+    return out
 
 
 def tonal_presence(peak_energy: np.ndarray, rel_db: float = -50.0) -> np.ndarray:

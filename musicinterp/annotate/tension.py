@@ -112,13 +112,16 @@ def resolutions(tension: np.ndarray, spec: AnnotationSpec) -> np.ndarray:
     """
     peaks, _ = find_peaks(tension, prominence=spec.resolution_drop)
     max_fall = frames_of(spec.resolution_max_fall_s)
+    # the components are centred moving averages of windows that run off the clip's end there, so a
+    # fall that only ends at the clip's last frames is the edge, not an arrival
+    last_ok = len(tension) - 1 - frames_of(spec.tension_smooth_s / 2)
     events = []
     for j, p in enumerate(peaks):
         end = min(len(tension), p + max_fall + 1, peaks[j + 1] if j + 1 < len(peaks) else len(tension))
         if end <= p + 1:
             continue
         q = p + 1 + int(np.argmin(tension[p + 1:end]))
-        if tension[p] - tension[q] >= spec.resolution_drop:
+        if tension[p] - tension[q] >= spec.resolution_drop and q <= last_ok:
             events.append(q)
     return np.asarray(events, dtype=np.int64)
 

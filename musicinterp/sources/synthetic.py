@@ -1,7 +1,9 @@
 """Pieces generated here with a planted recurrence: A, other material, A again, other material.
 
 Every piece is drawn from a seed: key, tempo, timbre and the section boundaries vary from piece to
-piece. Section A (a melody over a chord per beat pair) returns once after material of its own; the
+piece. Section A (a melody over a chord per beat pair) returns once after material of its own; every
+other section is in a key of its own (a contrasting section, as in much tonal music), so that chance
+chord coincidences between sections do not make unplanned recurrences. The
 ground truth ``truth["returns"]`` says where (``source_start_s..source_end_s`` heard again at
 ``start_s..end_s``). *Hard* pieces vary the return: 3-6 % slower, another timbre, and white noise at
 20 dB SNR over the return. *No-return* pieces put fresh material where the return would be; they
@@ -70,20 +72,22 @@ def compose(recipe: dict) -> tuple[np.ndarray, dict]:
     r_start = a_start + a_len + gap
     r_end = r_start + a_len * stretch
 
+    # the other sections' tonics: distinct, none in A's key (offsets of 1..11 semitones)
+    others = iter(tonic + int(k) for k in rng.permutation(np.arange(1, 12)))
     a_notes = _section(rng, 0.0, a_len, beat_s, tonic, scale, timbre)
-    notes = _section(rng, 0.0, a_start, beat_s, tonic, scale, timbre) if a_start > 0.05 else []
+    notes = _section(rng, 0.0, a_start, beat_s, next(others), scale, timbre) if a_start > 0.05 else []
     notes += _shift(a_notes, a_start, 1.0, timbre)
-    notes += _section(rng, a_start + a_len, gap, beat_s, tonic, scale, timbre)
+    notes += _section(rng, a_start + a_len, gap, beat_s, next(others), scale, timbre)
     sections = [{"label": "A", "start_s": a_start, "end_s": a_start + a_len},
                 {"label": "B", "start_s": a_start + a_len, "end_s": r_start}]
     if recipe["returns"]:
         notes += _shift(a_notes, r_start, stretch, ret_timbre)
         sections.append({"label": "A'", "start_s": r_start, "end_s": r_end})
     else:
-        notes += _section(rng, r_start, r_end - r_start, beat_s, tonic, scale, timbre)
+        notes += _section(rng, r_start, r_end - r_start, beat_s, next(others), scale, timbre)
         sections.append({"label": "C", "start_s": r_start, "end_s": r_end})
     if dur - r_end > 0.05:
-        notes += _section(rng, r_end, dur - r_end, beat_s, tonic, scale, timbre)
+        notes += _section(rng, r_end, dur - r_end, beat_s, next(others), scale, timbre)
         sections.append({"label": "D", "start_s": r_end, "end_s": dur})
     samples = render(notes, dur)
     if recipe["hard"]:
