@@ -56,13 +56,13 @@ def test_annotate__writes_the_documented_columns_and_a_plot(tmp_path, capsys):
 
     from musicinterp.sources.synthetic import compose
 
-    x, truth = compose({"seed": 4, "index": 0, "duration_s": 10.0, "hard": False, "returns": True})
+    x, truth = compose({"seed": 4, "index": 0, "duration_s": 14.0, "hard": False, "returns": True})
     stereo_44k = np.repeat(x[:, None], 2, axis=1)  # any rate, any channel count
     sf.write(tmp_path / "piece.flac", stereo_44k, 32000)
     out, png = tmp_path / "labels.csv", tmp_path / "plot.png"
     assert main(["annotate", str(tmp_path / "piece.flac"), "--out", str(out), "--plot", str(png)]) == 0
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 500 and rows[1]["time"] == "0.02"
+    assert len(rows) == 700 and rows[1]["time"] == "0.02"
     for col in ("rec_lag_next_s", "rec_within_4s", "rec_within_8s", "tension"):
         assert col in rows[0]
     assert {r["rec_within_8s"] for r in rows} <= {"0", "1", ""}
