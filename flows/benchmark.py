@@ -1,4 +1,4 @@
-"""The benchmark flows: plan -> each shard (capture + annotate) -> summarise.
+"""The benchmark flows: plan -> each shard (capture + annotate) -> summarise -> analyse.
 
 ``benchmark`` is the parent: it plans the slice and creates the store, then runs every shard as the
 child flow ``benchmark-shard``, either in this process one after another (``dispatch="local"``, the
@@ -23,6 +23,7 @@ from prefect.artifacts import (
 from prefect.futures import wait
 from prefect.runtime import flow_run
 
+from flows.analysis import analysis
 from musicinterp.benchmark import N_PLOTS, RunPaths, RunSummary, summary_markdown
 from musicinterp.config import RunSpec
 from musicinterp.slice import Manifest
@@ -31,6 +32,7 @@ from tasks.benchmark import capture_shard, plan_run, summarise_run
 
 DEFAULT_OUT = "runs"
 SHARD_DEPLOYMENT = "benchmark-shard/benchmark-shard"
+ANALYSIS_DEPLOYMENT = "analysis/analysis"
 POLL_S = 2.0
 
 
@@ -158,7 +160,25 @@ def benchmark(spec: RunSpec = RunSpec(), out: str = DEFAULT_OUT,
             f"failed shards: {failed_shards}; {len(problems)} clip(s) or file(s) failed; the other "
             f"{summary.complete} clips are in {summary.store}: " + "; ".join(f"{k}: {v}" for k, v in problems.items())
         )
-    return {"store": summary.store, "root": summary.root, "complete": summary.complete, "n_clips": summary.n_clips}
+    result = {"store": summary.store, "root": summary.root, "complete": summary.complete, "n_clips": summary.n_clips}
+    if spec.analyze:
+        result["analysis"] = _run_analysis(spec, summary.store, f"{summary.root}/analysis", dispatch)
+    return result
+
+
+def _run_analysis(spec: RunSpec, store: str, out: str, dispatch: str) -> dict[str, Any]:
+    """The probe analysis of the finished store: a subflow here, or a run of the analysis deployment."""
+    params = {"store": store, "spec": spec.analysis, "out": out, "control_store": spec.control_store,
+              "name": spec.name}
+    if dispatch == "local":
+        return analysis(**params)
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(ANALYSIS_DEPLOYMENT, parameters=params, as_subflow=True,
+                         idempotency_key=f"analysis-{spec.fingerprint()}-{flow_run.id}")
+    if not run.state or not run.state.is_completed():
+        raise RuntimeError(f"analysis run {run.name} ended {run.state.name if run.state else 'without a state'}")
+    return {"out": out, "flow_run": str(run.id)}
 
 
 def _inline_images(plots: dict[str, str]) -> dict[str, str]:

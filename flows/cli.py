@@ -8,12 +8,14 @@ import json
 import logging
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from flows.ops import add_ops_commands
 from musicinterp.annotate.labels import WINDOW_S
 from musicinterp.config import ConfigError, load_run_spec
 
@@ -99,17 +101,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _annotation_spec(path: str | None):
-    from musicinterp.config import AnnotationSpec, ConfigError, format_validation_error
-
-    if not path:
-        return AnnotationSpec()
-    import yaml
+def _settings(path: str | None, model, section: str):
+    """A settings model from YAML: the file holds a ``section:`` mapping (as in a run config) or its fields."""
     from pydantic import ValidationError
 
+    from musicinterp.config import ConfigError, format_validation_error
+
+    if not path:
+        return model()
+    import yaml
+
     try:
-        data = yaml.safe_load(open(path)) or {}
-        return AnnotationSpec.model_validate(data.get("annotation", data))
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return model.model_validate(data.get(section, data))
     except FileNotFoundError as e:
         raise ConfigError(f"settings file {path!r} does not exist") from e
     except ValidationError as e:
@@ -120,14 +124,14 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     import time
 
     from musicinterp.annotate import annotate_windows, to_csv
-    from musicinterp.config import ConfigError
+    from musicinterp.config import AnnotationSpec, ConfigError
     from musicinterp.frames import SAMPLE_RATE_HZ
     from musicinterp.slice import check_audio
     from musicinterp.sources.audio_dir import read_audio
     from musicinterp.sources.base import ClipError
 
     try:
-        spec = _annotation_spec(args.settings)
+        spec = _settings(args.settings, AnnotationSpec, "annotation")
         samples = read_audio(args.audio)
         check_audio(samples, args.audio, spec.min_duration_s)
         t0 = time.perf_counter()
@@ -157,8 +161,6 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def cmd_validate_annotations(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from musicinterp.annotate.validate import run_validation, validation_markdown
 
     out = Path(args.out)
@@ -177,6 +179,38 @@ def cmd_validate_annotations(args: argparse.Namespace) -> int:
     Console().print(md)
     console.print(f"report: {out / 'annotation-validation.md'}")
     return 0 if result["passed"] else 1
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from musicinterp.analysis.data import AnalysisError, open_analysis_store
+    from musicinterp.config import AnalysisSpec, ConfigError
+
+    try:
+        spec = _settings(args.settings, AnalysisSpec, "analysis")
+        for url in filter(None, (args.store, args.control_store)):
+            open_analysis_store(url)
+    except (ConfigError, AnalysisError) as e:
+        console.print(f"[red]{e}[/red]")
+        return 2
+    from flows.analysis import analysis, default_out
+
+    out = args.out or default_out(args.store)
+    state = analysis(store=args.store, spec=spec, out=out, control_store=args.control_store,
+                     name=args.name, return_state=True)
+    if not state.is_completed():
+        console.print(f"[red]analysis did not complete: {state.message}[/red]")
+        return 1
+    result = state.result()
+    Console().print((Path(out) / "findings.md").read_text())
+    console.print(f"results: {out}/results.parquet, {out}/results.csv; figures and findings.md in {out}")
+    console.print(f"{result['significant']} significant cells (q < {spec.alpha:g}); weights: {result['weights']}")
+    return 0
+
+
+def cmd_train_toy(args: argparse.Namespace) -> int:
+    from flows.toy import train_toy_cli
+
+    return train_toy_cli(args.out, args.steps, args.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip this many chorales of the scan (the first 20 informed the resolution rule)")
     val.add_argument("--out", default="validation", help="folder for the JSON and markdown report")
     val.set_defaults(func=cmd_validate_annotations)
+    ana = sub.add_parser("analyze", help="probe every layer of a store for future events, against causal controls")
+    ana.add_argument("store", help="path or URL of a store of the documented schema (resid + (clip, time) labels)")
+    ana.add_argument("--out", help="folder for results, figures and findings (default: beside the store)")
+    ana.add_argument("--control-store", help="the same slice from a random-weight model: the 'random-model' control")
+    ana.add_argument("--settings", help="YAML with analysis settings (an 'analysis:' mapping or its fields)")
+    ana.add_argument("--name", default="analysis", help="name used in artifact keys (default: analysis)")
+    ana.set_defaults(func=cmd_analyze)
+    toy = sub.add_parser("train-toy", help="train the positive-control model (a cue decides whether A returns)")
+    toy.add_argument("--out", default="checkpoints/toy-cue", help="checkpoint folder (default: checkpoints/toy-cue)")
+    toy.add_argument("--steps", type=int, help="optimiser steps (default: ToySpec's)")
+    toy.add_argument("--seed", type=int, help="seed of the training pieces and weights")
+    toy.set_defaults(func=cmd_train_toy)
+    add_ops_commands(sub)
     return parser
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -120,7 +120,27 @@ class AudioDirSource(Spec):
     licence: str | None = Field(None, description="Licence to record for every clip of this folder.")
 
 
-SourceSpec = Annotated[SyntheticSource | Music21Source | AudioDirSource, Field(discriminator="kind")]
+class CueSource(Spec):
+    """Known-answer pieces: a cue in the first second decides whether section A returns at 5 s.
+
+    Nothing audible near the return point gives it away (see musicinterp/sources/cue.py); the
+    positive-control model (``musicinterp train-toy``) is trained on them.
+    """
+
+    kind: Literal["cue"] = "cue"
+    n_pieces: int = Field(8, ge=1, le=100_000, description="Number of pieces.")
+    duration_s: float = Field(
+        8.0, ge=7.0, le=30.0, description="Length of each piece in seconds (the return section is 5.0-6.6 s)."
+    )
+    seed: int = Field(0, description="Seed for the pieces; the same seed gives the same audio.")
+    return_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="Fraction of pieces whose cue says 'return' (A comes back at 5 s)."
+    )
+
+
+SourceSpec = Annotated[
+    SyntheticSource | Music21Source | AudioDirSource | CueSource, Field(discriminator="kind")
+]
 
 
 class SliceSpec(Spec):
@@ -229,6 +249,92 @@ class AnnotationSpec(Spec):
         return v
 
 
+DEFAULT_TARGETS = ("rec_within_2s", "rec_within_4s", "rec_within_8s", "res_within_2s", "res_within_4s",
+                   "res_within_8s")
+# How far each tension component looks past its frame (s), from its windows in musicinterp/annotate/tension.py:
+# every component is a centred 1 s moving average (+0.5 s) of a 64-128 ms analysis window (+0.064 s); onset
+# density also counts onsets in a centred 2 s window (+1 s) found with a 25-frame median threshold (+0.24 s);
+# key unclarity correlates a centred 4 s chroma window (+2 s, chroma smoothed 0.2 s: +0.1 s); tensile strain
+# uses a centred 1 s chroma cloud (+0.5 s, +0.1 s) against the whole clip's key (a clip-level constant).
+DESCRIPTOR_LOOKAHEAD_S = {
+    "tension_loudness_db": 0.564, "tension_onset_density_hz": 1.804, "tension_pitch_height_midi": 0.564,
+    "tension_dissonance": 0.564, "tension_flatness_db": 0.564, "tension_key_unclarity": 2.664,
+    "tension_tensile_strain": 1.164,
+}
+
+
+class AnalysisSpec(Spec):
+    """Probes and statistics: does layer L at frame t predict an event at t + h beyond causal controls?
+
+    See musicinterp/analysis/README.md for the method and why each default was chosen.
+    """
+
+    targets: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TARGETS),
+        description="Binary (clip, time) label variables to predict, each with a '<name>_valid' mask; a name "
+        "ending in '_<h>s' is read as horizon h seconds (its own value at t - h becomes a control).")
+    layers: list[int] | None = Field(
+        None, description="Layers to probe (None = every layer in the store). Layer 0 (the token embeddings) "
+        "is always added as a control layer.")
+    reduced_width: int | None = Field(
+        64, ge=1, description="Width of the seeded Gaussian random projection applied to each frame's float32 "
+        "activations while reading (None = keep every feature). Fold-independent, so no leakage; PCA would "
+        "have to be refit inside every training fold and needs a pass over all data first.")
+    frame_stride: int = Field(
+        5, ge=1, description="Keep every k-th frame (5 = 10 Hz): less autocorrelation between kept frames, "
+        "less memory and time. Inference is by clip/source either way.")
+    n_folds: int = Field(5, ge=2, description="Outer cross-validation folds, grouped by source_id (GroupKFold).")
+    inner_folds: int = Field(
+        3, ge=2, description="Inner grouped folds, inside each outer training fold only, that choose the "
+        "regularisation strength.")
+    c_grid: list[float] = Field(
+        default_factory=lambda: [0.001, 0.01, 0.1, 1.0],
+        description="Inverse L2 strengths C of the logistic regression (sklearn convention) tried by the inner "
+        "CV; chosen by inner out-of-fold log-loss.")
+    solver: Literal["newton", "lbfgs"] = Field(
+        "newton", description="'newton': the project's exact Newton solver of the same L2 logistic objective "
+        "(several times faster on small problems; tested equal to sklearn); 'lbfgs': sklearn LogisticRegression.")
+    n_permutations: int = Field(
+        99, ge=1, description="Circular-shift permutations of the target within each clip; both models are refit "
+        "(inner CV included) every time. p = (1 + #null gain >= observed) / (1 + n_permutations).")
+    min_shift_s: float = Field(
+        4.0, gt=0, description="Smallest circular shift (s) of a permutation; clips too short for it swap labels "
+        "with a clip of the same length instead.")
+    n_bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples of clusters for the gain's CI.")
+    cluster_unit: Literal["source", "clip"] = Field(
+        "source", description="Unit resampled by the bootstrap and clustered by the Wald test: 'source' keeps the "
+        "clips of one track together (DESIGN: the unit of inference is the source when clips share one).")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Level of the tests, of the CI (1 - alpha) and of the BH FDR.")
+    shifted_labels_control: bool = Field(
+        True, description="Also run every (layer, target) with the labels circularly shifted within each clip "
+        "(a selectivity control after Hewitt & Liang 2019): any effect there is an artefact.")
+    descriptor_lookahead_s: dict[str, float] = Field(
+        default_factory=lambda: dict(DESCRIPTOR_LOOKAHEAD_S),
+        description="Tension descriptors used as controls and how far each looks past its frame (s); each is "
+        "shifted back by ceil(lookahead x 50) frames so that the control sees audio up to t only.")
+    censor_clip_end: bool = Field(
+        True, description="Drop frames within h of the clip's end. The labels mark them valid only when positive "
+        "(an event was seen before the end), so keeping them selects frames on the outcome.")
+    min_sources: int = Field(
+        3, ge=2, description="Fewer sources with valid frames than this give a result row with a note "
+        "instead of a test.")
+    seed: int = Field(0, description="Seed of the projection, the permutations, the bootstrap and the shifted labels.")
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"targets: give distinct label names, got {v}")
+        return v
+
+    @field_validator("c_grid")
+    @classmethod
+    def _c_grid(cls, v: list[float]) -> list[float]:
+        if not v or any(c <= 0 for c in v):
+            raise ValueError(f"c_grid: give positive values of C, got {v}")
+        return sorted(v)
+
+
 class RunSpec(Spec):
     """A benchmark run: model x slice x capture settings."""
 
@@ -238,6 +344,20 @@ class RunSpec(Spec):
     capture: CaptureSpec = Field(default_factory=CaptureSpec)
     annotation: AnnotationSpec = Field(default_factory=AnnotationSpec)
     annotate: bool = Field(True, description="Annotate every clip (recurrence and tension labels) into the store.")
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    analyze: bool = Field(
+        True, description="After a complete capture and annotation, run the probe analysis on the store.")
+    control_store: str | None = Field(
+        None, description="Store of the same slice captured from a random-weight model of the same architecture "
+        "(another run's store.zarr); analysed beside this one as the 'random-model' control.")
+
+    # What is captured and annotated names the run and its store; the analysis settings only key the
+    # analysis caches, so changing them reuses the captured store.
+    STORE_EXCLUDES: ClassVar[frozenset[str]] = frozenset({"analysis", "analyze", "control_store"})
+
+    def canonical_json(self) -> str:
+        data = {k: v for k, v in self.model_dump(mode="json").items() if k not in self.STORE_EXCLUDES}
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @field_validator("name")
     @classmethod

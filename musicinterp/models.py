@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from musicinterp.config import ModelSpec
@@ -121,8 +122,53 @@ def build_offline(name: str, seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MusicgenForConditionalGeneration(config)
+    model.eval()
+    _init_codebooks(model, seed)
     _set_generation_defaults(model)
-    return model.eval()
+    return model
+
+
+CALIBRATION_S = 24.0
+
+
+def _calibration_audio(seed: int, seconds: float = CALIBRATION_S) -> np.ndarray:
+    """Seeded stand-in music: 0.25 s events of 1-3 harmonic tones (80 Hz-2 kHz) over a little noise."""
+    rng = np.random.default_rng([seed, 7])
+    seg = SAMPLE_RATE_HZ // 4
+    t = np.arange(seg) / SAMPLE_RATE_HZ
+    out = []
+    for _ in range(int(seconds * 4)):
+        x = 0.01 * rng.standard_normal(seg)
+        for f in np.exp(rng.uniform(np.log(80), np.log(2000), size=rng.integers(1, 4))):
+            x += rng.uniform(0.05, 0.3) * sum(np.sin(2 * np.pi * f * k * t) / k for k in (1, 2, 3))
+        out.append(x)
+    return np.concatenate(out).astype(np.float32)
+
+
+@torch.no_grad()
+def _init_codebooks(model, seed: int) -> None:
+    """Give a random-weight EnCodec usable codebooks.
+
+    transformers creates EnCodec's codebooks as zeros (trained ones are loaded over them), so a freshly
+    built model maps every frame to code 0. EnCodec initialises its codebooks from the encoder's own
+    outputs (k-means on the first batch); we do the data-free equivalent: each residual codebook is a
+    seeded sample of the encoder's residual vectors on seeded calibration audio. Codes then follow the
+    audio (different sounds, different codes), which is all a random model needs.
+    """
+    audio = model.audio_encoder
+    x = torch.from_numpy(_calibration_audio(seed))[None, None]
+    residual = audio.encoder(x)[0].T  # (frames, dim)
+    g = torch.Generator().manual_seed(seed)
+    for layer in audio.quantizer.layers:
+        cb = layer.codebook
+        idx = torch.randint(0, len(residual), (cb.embed.shape[0],), generator=g)
+        jitter = 1e-3 * residual.std() * torch.randn(cb.embed.shape, generator=g)
+        cb.embed.copy_(residual[idx] + jitter)
+        cb.embed_avg.copy_(cb.embed)
+        cb.cluster_size.fill_(1.0)
+        cb.inited.fill_(1)
+        nearest = torch.cdist(residual, cb.embed).argmin(dim=1)
+        residual = residual - cb.embed[nearest]
 
 
 def _check_frame_rate(model, model_id: str) -> None:

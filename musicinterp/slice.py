@@ -25,6 +25,7 @@ from musicinterp.config import SliceSpec
 from musicinterp.frames import SAMPLE_RATE_HZ, n_frames
 from musicinterp.sources.audio_dir import load_audio_dir, plan_audio_dir
 from musicinterp.sources.base import ClipError, PlanFailure, Track, cut_truth
+from musicinterp.sources.cue import load_cue, plan_cue
 from musicinterp.sources.music21_source import load_music21, plan_music21
 from musicinterp.sources.synthetic import load_synthetic, plan_synthetic
 
@@ -33,10 +34,10 @@ log = logging.getLogger(__name__)
 SILENCE_PEAK = 1e-4  # -80 dBFS: below this a clip is captured but flagged silent
 
 _PLANNERS: dict[str, Callable[[Any], Iterator[Track | PlanFailure]]] = {
-    "synthetic": plan_synthetic, "music21": plan_music21, "audio_dir": plan_audio_dir,
+    "synthetic": plan_synthetic, "music21": plan_music21, "audio_dir": plan_audio_dir, "cue": plan_cue,
 }
 _LOADERS: dict[str, Callable[[str], np.ndarray]] = {
-    "synthetic": load_synthetic, "music21": load_music21, "audio_dir": load_audio_dir,
+    "synthetic": load_synthetic, "music21": load_music21, "audio_dir": load_audio_dir, "cue": load_cue,
 }
 
 

@@ -65,9 +65,11 @@ def test_readme__documents_every_config_field():
     from pathlib import Path
 
     from musicinterp.config import (
+        AnalysisSpec,
         AnnotationSpec,
         AudioDirSource,
         CaptureSpec,
+        CueSource,
         Music21Source,
         RunSpec,
         SliceSpec,
@@ -76,9 +78,11 @@ def test_readme__documents_every_config_field():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for prefix, model in (("", RunSpec), ("model.", ModelSpec), ("slice.", SliceSpec), ("capture.", CaptureSpec),
+                          ("analysis.", AnalysisSpec),
                           ("annotation.", AnnotationSpec)):
-        for field in set(model.model_fields) - ({"model", "slice", "capture", "annotation"} if not prefix else set()):
+        nested = {"model", "slice", "capture", "annotation", "analysis"} if not prefix else set()
+        for field in set(model.model_fields) - nested:
             assert f"`{prefix}{field}`" in readme, f"{prefix}{field} missing from README's config reference"
-    for model in (SyntheticSource, Music21Source, AudioDirSource):
+    for model in (SyntheticSource, Music21Source, AudioDirSource, CueSource):
         for field in set(model.model_fields) - {"kind"}:
             assert f"`{field}`" in readme, f"{model.__name__}.{field} missing from README"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 import xarray as xr
@@ -25,20 +27,27 @@ async def _artifact(key: str):
 
 
 def test_benchmark_flow__captures_all_clips_and_publishes_artifacts(tmp_path):
+    fast_analysis = {"targets": ["rec_within_2s"], "n_permutations": 9, "n_bootstrap": 50, "reduced_width": 8,
+                     "n_folds": 3, "inner_folds": 2}
     spec = RunSpec(name="flow-ok", slice={"sources": [{"kind": "synthetic", "n_pieces": 3, "duration_s": 3.0}],
-                                         "n_shards": 2})
+                                         "n_shards": 2}, analysis=fast_analysis)
     out = benchmark(spec=spec, out=str(tmp_path))
     ds = xr.open_zarr(out["store"])
     assert bool(ds["complete"].all()) and ds.sizes["clip"] == 3
     assert ds.attrs["weights"] == "random"
-    import asyncio
-
     table = asyncio.run(_artifact("flow-ok-shards"))
     summary = asyncio.run(_artifact("flow-ok-summary"))
     assert table is not None and summary is not None
     assert "weights: random" in summary.data
     assert summary.data.count("data:image/png;base64,") == 3  # annotation plots of the first clips
     assert bool(ds["annotated"].all()) and "rec_within_4s" in ds and "tension" in ds
+    # the analysis ran on the finished store: results table with the documented columns, findings artifact
+    results = pd.read_csv(f"{out['analysis']['out']}/results.csv")
+    assert list(results.columns[:12]) == ["layer", "horizon", "target", "metric", "gain", "ci_low", "ci_high",
+                                          "p_value", "q_value", "n_clips", "n_frames", "control"]
+    assert set(results["layer"]) == {0, 1, 2} and set(results["control"]) == {"none", "shifted-labels"}
+    findings = asyncio.run(_artifact("flow-ok-findings"))
+    assert findings is not None and "weights: random" in findings.data
     # a second run of the same config is the same run: nothing is recaptured
     again = benchmark(spec=spec, out=str(tmp_path))
     assert again["store"] == out["store"]
@@ -91,7 +100,7 @@ def test_benchmark_flow__rerun_of_the_failed_shard_completes_the_store(tmp_path)
     for i in range(4):
         _write(audio / f"{i}.wav", (0.3 * np.sin(2 * np.pi * (200 + 60 * i) * t)).astype(np.float32), subtype="FLOAT")
     spec = RunSpec(name="flow-rerun", slice={"sources": [{"kind": "audio_dir", "path": str(audio)}], "n_shards": 4},
-                   annotate=False)
+                   annotate=False, analyze=False)
     clean = benchmark(spec=spec, out=str(tmp_path / "clean"))
 
     prepared = bench.prepare_run(spec, str(tmp_path / "faulty"))  # the flow reopens this run

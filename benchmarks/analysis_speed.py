@@ -1,0 +1,92 @@
+"""Analysis speed: the probe grid against reading the activations once, in the same process.
+
+    python benchmarks/analysis_speed.py --clips 24 --frames 1500 --hidden 1024 --layers 4
+
+Writes a store in the run-store schema (tests/analysis_factories.py; AR(1) activations, planted signal in
+layer 1), then times (a) the baseline: reading every selected clip's residual stream once, one clip and one
+layer at a time, cast to float32 (what any analysis must at least do); (b) the reduction of every layer
+(:func:`reduce_layer`: read + project + subsample); (c) the probe grid (every layer x target, real analysis
+and shifted-labels control, permutation tests included) and the report. Prints each time and its ratio
+to (a). Threads pinned to one.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_v] = "1"
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from analysis_factories import make_store  # noqa: E402
+
+from musicinterp.analysis import finalize, load_labels, probe_layer_target, reduce_layer  # noqa: E402
+from musicinterp.analysis.data import open_analysis_store, selected_clips, store_layers  # noqa: E402
+from musicinterp.config import AnalysisSpec  # noqa: E402
+
+
+def read_once(store: str) -> int:
+    ds = open_analysis_store(store)
+    n = ds["n_frames"].values
+    total = 0
+    for i in selected_clips(ds):
+        for lpos in range(ds.sizes["layer"]):
+            a = ds["resid"].isel(clip=int(i), layer=lpos, time=slice(0, int(n[i]))).values.astype(np.float32)
+            total += a.nbytes
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clips", type=int, default=24)
+    ap.add_argument("--sources", type=int, default=12)
+    ap.add_argument("--frames", type=int, default=1500)
+    ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--layers", type=int, default=4, help="decoder layers (layer 0 is added)")
+    ap.add_argument("--permutations", type=int, default=99)
+    args = ap.parse_args()
+    spec = AnalysisSpec(targets=["rec_within_2s", "rec_within_4s", "res_within_2s"],
+                        n_permutations=args.permutations)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t = time.perf_counter()
+        store = make_store(tmp / "s.zarr", n_clips=args.clips, n_sources=args.sources, n_frames=args.frames,
+                           layers=args.layers, hidden=args.hidden, planted_layer=1, phi=0.98)
+        print(f"store: {args.clips} clips x {args.layers + 1} layers x {args.frames} frames x {args.hidden} "
+              f"(written in {time.perf_counter() - t:.1f} s)")
+        t = time.perf_counter()
+        nbytes = read_once(store)
+        t_read = time.perf_counter() - t
+        layers = store_layers(open_analysis_store(store), spec)
+        t = time.perf_counter()
+        labels = load_labels(store, spec, tmp / "labels.npz")
+        reduced = [reduce_layer(store, layer, spec, tmp / f"l{layer}.npz") for layer in layers]
+        t_reduce = time.perf_counter() - t
+        t = time.perf_counter()
+        rows = []
+        for r in reduced:
+            for target in spec.targets:
+                for control in ("none", "shifted-labels"):
+                    rows += probe_layer_target(str(r), str(labels), target, spec, control)
+        df = finalize(rows, spec, tmp / "out", "random")
+        t_probe = time.perf_counter() - t
+    n_probe = len(layers) * len(spec.targets) * 2
+    print(f"(a) read activations once ({nbytes / 2**20:.0f} MB as float32): {t_read:8.2f} s   1.00x")
+    print(f"(b) load labels + reduce {len(layers)} layers:              {t_reduce:8.2f} s   "
+          f"{t_reduce / t_read:6.2f}x")
+    print(f"(c) probe grid ({n_probe} layer x target x control, {args.permutations} permutations each) + report: "
+          f"{t_probe:8.2f} s   {t_probe / t_read:6.1f}x   ({t_probe / n_probe:.2f} s per probe)")
+    print(f"significant cells (q < 0.05, control none, auroc): "
+          f"{int(((df.control == 'none') & (df.metric == 'auroc') & (df.q_value < 0.05)).sum())}")
+
+
+if __name__ == "__main__":
+    main()

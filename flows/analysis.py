@@ -1,0 +1,101 @@
+"""The analysis flow: probes of every layer x target (x control) on a store, BH-corrected, with figures.
+
+Labels are prepared once and every layer is read once (reduced to a small npz); the probes are
+mapped over layer x target x control and cached by store fingerprint + analysis settings, so a
+rerun after a crash redoes only the probes that did not finish.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+
+from musicinterp import analysis as lib
+from musicinterp.config import AnalysisSpec
+from tasks import analysis as t
+
+HEADLINE_METRIC = "auroc"
+
+
+def artifact_key(name: str, what: str) -> str:
+    return f"{''.join(c if c.isalnum() else '-' for c in name.lower())}-{what}"
+
+
+def _run_name() -> str:
+    store = str(flow_run.parameters.get("store", "store"))
+    return f"analysis-{Path(store.rstrip('/')).parent.name or store}"
+
+
+def default_out(store: str) -> str:
+    """``{run folder}/analysis`` beside ``store.zarr``."""
+    return str(Path(store.rstrip("/")).parent / "analysis")
+
+
+@flow(name="analysis", flow_run_name=_run_name, persist_result=True)
+def analysis(store: str, spec: AnalysisSpec = AnalysisSpec(), out: str | None = None,
+             control_store: str | None = None, name: str = "analysis") -> dict[str, Any]:
+    """Does layer L at frame t predict the event at t + h beyond controls that see the audio up to t?
+
+    ``store``: any store of the documented schema. ``control_store``: the same slice from a random-weight
+    model of the same architecture (its rows are the 'random-model' control). Writes results.parquet,
+    results.csv, heatmaps and findings.md under ``out`` (default: beside the store).
+    """
+    logger = get_run_logger()
+    out = out or default_out(store)
+    work = f"{out}/work"
+    Path(work).mkdir(parents=True, exist_ok=True)
+    ds = lib.open_analysis_store(store)
+    weights = str(ds.attrs.get("weights", "unknown"))
+    jobs: list[tuple[str, str, list[str]]] = [
+        (store, "", ["none"] + (["shifted-labels"] if spec.shifted_labels_control else []))]
+    if control_store:
+        jobs.append((control_store, "control_", ["random-model"]))
+    total = sum(len(lib.data.store_layers(lib.open_analysis_store(s), spec)) * len(spec.targets) * len(c)
+                for s, _, c in jobs)
+    progress = create_progress_artifact(0.0, key=artifact_key(name, "analysis-progress"),
+                                        description=f"{name}: probes finished")
+    futures = []
+    for url, tag, controls in jobs:
+        fp = t.store_fingerprint(url)
+        labels = t.load_labels.submit(url, fp, spec, work, tag)
+        for layer in lib.data.store_layers(lib.open_analysis_store(url), spec):
+            reduced = t.reduce_layer.submit(url, fp, spec, work, tag, layer)
+            for target in spec.targets:
+                for control in controls:
+                    futures.append(t.probe.submit(reduced, labels, fp, spec, layer, target, control))
+    rows: list[dict[str, Any]] = []
+    for done, future in enumerate(as_completed(futures), start=1):
+        rows += future.result()
+        update_progress_artifact(progress, 100.0 * done / total)
+    df = t.finalize(rows, spec, out, weights)
+    findings = (Path(out) / "findings.md").read_text()
+    headline = df[(df["metric"] == HEADLINE_METRIC)].copy()
+    records = headline.round(4).astype(object).where(headline.notna(), None).to_dict("records")
+    create_table_artifact(records, key=artifact_key(name, "analysis-results"),
+                          description=f"{name}: {HEADLINE_METRIC} gain per layer x horizon x target x control")
+    create_markdown_artifact(findings + "\n" + _figures_markdown(out), key=artifact_key(name, "findings"),
+                             description=f"{name}: probe findings")
+    significant = int(((df["control"] == "none") & (df["metric"] == HEADLINE_METRIC) & (df["q_value"] < spec.alpha))
+                      .sum())
+    logger.info("analysis of %s: %d significant cells (weights: %s); results in %s", store, significant, weights, out)
+    return {"out": out, "significant": significant, "weights": weights, "n_rows": len(df)}
+
+
+def _figures_markdown(out: str) -> str:
+    figs = sorted(Path(out).glob(f"gain_*_{HEADLINE_METRIC}.png"))
+    lines = ["## Figures", ""] if figs else []
+    for fig in figs:
+        data = base64.b64encode(fig.read_bytes()).decode()
+        lines += [f"![{fig.stem}](data:image/png;base64,{data})", ""]
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""Probes and statistics: does layer L at frame t predict a musical event at t + h beyond causal controls?
+
+Pure Python (no Prefect). :func:`analyze_store` runs the whole grid in-process; the steps are public so a
+flow can map tasks over layer x target:
+
+    labels = load_labels(store, spec, out / "labels.npz")
+    reduced = reduce_layer(store, layer, spec, out / f"layer{layer}.npz")      # once per layer
+    rows = probe_layer_target(reduced, labels, target, spec, control="none")   # per (layer, target)
+    df = finalize(all_rows, spec, out, weights)                                 # BH, files, figures
+
+See README.md in this folder for the method and its null-simulation error rates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import xarray as xr
+
+from musicinterp.analysis.data import (
+    AnalysisError,
+    load_labels,
+    open_analysis_store,
+    parse_target,
+    reduce_layer,
+    store_layers,
+)
+from musicinterp.analysis.probe import probe_layer_target
+from musicinterp.analysis.report import COLUMNS, findings_markdown, results_frame, write_results
+from musicinterp.config import AnalysisSpec
+
+__all__ = ["COLUMNS", "AnalysisError", "AnalysisSpec", "analyze_store", "finalize", "findings_markdown",
+           "load_labels", "parse_target", "probe_layer_target", "reduce_layer"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+
+def finalize(rows: list[dict[str, Any]], spec: AnalysisSpec, out: str | Path, weights: str) -> pd.DataFrame:
+    """BH q-values across layers x horizons x targets (per control and metric), files and figures.
+
+    Returns the results table with exactly :data:`COLUMNS`.
+    """
+    df = results_frame(rows, spec.alpha)
+    return write_results(df, spec, out, weights)
+
+
+def _grid(store: str | Path | xr.Dataset, spec: AnalysisSpec, out: Path, tag: str, controls: list[str],
+          progress: Progress | None, done: list[int], total: int) -> list[dict[str, Any]]:
+    ds = open_analysis_store(store)
+    layers = store_layers(ds, spec)
+    labels = load_labels(ds, spec, out / f"{tag}labels.npz")
+    rows: list[dict[str, Any]] = []
+    for layer in layers:
+        reduced = reduce_layer(ds, layer, spec, out / f"{tag}layer{layer}.npz")
+        for target in spec.targets:
+            for control in controls:
+                rows += probe_layer_target(str(reduced), str(labels), target, spec, control)
+                done[0] += 1
+                if progress:
+                    progress(done[0], total, f"{control}: layer {layer} {target}")
+    return rows
+
+
+def analyze_store(store: str | Path | xr.Dataset, spec: AnalysisSpec, out: str | Path,
+                  control_store: str | Path | xr.Dataset | None = None,
+                  progress: Progress | None = None) -> pd.DataFrame:
+    """The whole grid in-process: each layer is reduced once, then every target is probed on it.
+
+    ``control_store``: a store of the same clips from a random-weight model of the same architecture; its
+    rows carry ``control='random-model'``. Writes results, figures and findings.md under ``out`` and
+    returns the results table (:data:`COLUMNS`).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = open_analysis_store(store)
+    weights = str(ds.attrs.get("weights", "unknown"))
+    controls = ["none"] + (["shifted-labels"] if spec.shifted_labels_control else [])
+    n_main = len(store_layers(ds, spec)) * len(spec.targets) * len(controls)
+    total = n_main
+    cds = None
+    if control_store is not None:
+        cds = open_analysis_store(control_store)
+        if cds.attrs.get("weights") != "random":
+            log.warning("control store has weights %r, not 'random'; its rows are still labelled 'random-model'",
+                        cds.attrs.get("weights"))
+        total += len(store_layers(cds, spec)) * len(spec.targets)
+    done = [0]
+    rows = _grid(ds, spec, out / "work", "", controls, progress, done, total)
+    if cds is not None:
+        rows += _grid(cds, spec, out / "work", "control_", ["random-model"], progress, done, total)
+    return finalize(rows, spec, out, weights)

@@ -1,0 +1,254 @@
+"""Metrics and inference that respect autocorrelation: the clip (or source) is the unit.
+
+- :func:`auroc`, :func:`log_loss`: weighted so that a cluster bootstrap is a reweighting;
+- :func:`bootstrap_gain_ci`: percentile CI of the gain, resampling clusters with replacement on the
+  out-of-fold predictions (the models are not refit: the CI is for the predictive gain of the fitted
+  procedure on these clips);
+- :func:`circular_shift_index`: the permutation scheme (circular shift of the target within each clip by
+  at least ``min_shift`` frames; clips too short swap with a clip of the same length);
+- :func:`permutation_p`: (1 + #null >= observed) / (1 + n);
+- :func:`cluster_wald_p`: statsmodels GLM(Binomial) of the target on [controls' out-of-fold score, layer
+  model's out-of-fold score] with cluster-robust covariance by cluster and a t(G - 1) reference; the
+  one-sided Wald p of the layer score;
+- :func:`bh`: Benjamini–Hochberg q-values (statsmodels);
+- :func:`naive_frame_p`: what NOT to do (frames as independent samples), kept for the null simulation.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+EPS = 1e-6
+
+
+def auroc(y: np.ndarray, score: np.ndarray, w: np.ndarray | None = None) -> float:
+    """Area under the ROC curve with ties counted half, optionally weighted per frame; NaN with one class."""
+    y = np.asarray(y).astype(bool)
+    w = np.ones(len(y)) if w is None else np.asarray(w, float)
+    order = np.argsort(score, kind="mergesort")
+    s, yy, ww = np.asarray(score)[order], y[order], w[order]
+    _, grp = np.unique(s, return_inverse=True)
+    pos = np.bincount(grp, weights=ww * yy)
+    neg = np.bincount(grp, weights=ww * ~yy)
+    wp, wn = pos.sum(), neg.sum()
+    if wp <= 0 or wn <= 0:
+        return float("nan")
+    below = np.cumsum(neg) - neg
+    return float((pos * (below + 0.5 * neg)).sum() / (wp * wn))
+
+
+class _SortedAuc:
+    """AUROC under many reweightings of the same scores (the bootstrap): sort once, bincount per weight."""
+
+    def __init__(self, y: np.ndarray, score: np.ndarray):
+        self.y = np.asarray(y).astype(bool)
+        _, self.grp = np.unique(score, return_inverse=True)
+        self.ng = int(self.grp.max()) + 1 if len(self.grp) else 0
+
+    def __call__(self, w: np.ndarray) -> float:
+        pos = np.bincount(self.grp, weights=w * self.y, minlength=self.ng)
+        neg = np.bincount(self.grp, weights=w * ~self.y, minlength=self.ng)
+        wp, wn = pos.sum(), neg.sum()
+        if wp <= 0 or wn <= 0:
+            return float("nan")
+        below = np.cumsum(neg) - neg
+        return float((pos * (below + 0.5 * neg)).sum() / (wp * wn))
+
+
+def log_loss(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float:
+    """Mean binary cross-entropy (nats), probabilities clipped to [1e-6, 1 - 1e-6]."""
+    p = np.clip(np.asarray(p, float), EPS, 1 - EPS)
+    y = np.asarray(y, float)
+    ll = -(y * np.log(p) + (1 - y) * np.log1p(-p))
+    if w is None:
+        return float(ll.mean())
+    return float((ll * w).sum() / w.sum())
+
+
+def gains(y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray, w: np.ndarray | None = None) -> dict[str, float]:
+    """AUROC gain (full - controls) and log-loss gain (controls - full): positive = the layer helps."""
+    return {"auroc": auroc(y, p_full, w) - auroc(y, p_controls, w),
+            "log_loss": log_loss(y, p_controls, w) - log_loss(y, p_full, w)}
+
+
+def bootstrap_gain_ci(y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray, unit: np.ndarray,
+                      n_boot: int, alpha: float, rng: np.random.Generator) -> dict[str, tuple[float, float]]:
+    """Percentile (1 - alpha) CI of each gain, resampling clusters (``unit``) with replacement."""
+    units, inv = np.unique(unit, return_inverse=True)
+    k = len(units)
+    auc0, auc1 = _SortedAuc(y, p_controls), _SortedAuc(y, p_full)
+    p0, p1 = np.clip(p_controls, EPS, 1 - EPS), np.clip(p_full, EPS, 1 - EPS)
+    yf = np.asarray(y, float)
+    ll0 = -(yf * np.log(p0) + (1 - yf) * np.log1p(-p0))
+    ll1 = -(yf * np.log(p1) + (1 - yf) * np.log1p(-p1))
+    out: dict[str, list[float]] = {"auroc": [], "log_loss": []}
+    for _ in range(n_boot):
+        counts = np.bincount(rng.integers(0, k, k), minlength=k).astype(float)
+        w = counts[inv]
+        if w.sum() <= 0:
+            continue
+        out["auroc"].append(auc1(w) - auc0(w))
+        out["log_loss"].append(((ll0 - ll1) * w).sum() / w.sum())
+    res = {}
+    for m, v in out.items():
+        v = np.asarray(v, float)
+        v = v[np.isfinite(v)]
+        res[m] = ((float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2)))
+                  if len(v) >= 10 else (float("nan"), float("nan")))
+    return res
+
+
+def circular_shift_index(clip: np.ndarray, min_shift: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Index ``perm`` such that ``label[perm]`` is the label circularly shifted within each clip.
+
+    Rows of one clip must be contiguous and in time order (as the labels file stores them). Each clip
+    is shifted by a uniform offset in [min_shift, n - min_shift]; a clip shorter than 2 x min_shift + 1
+    rows instead takes the labels of another such clip of the same length (a random derangement within
+    the length class); a clip with no partner falls back to any nonzero offset. Returns ``perm`` and the
+    number of clips that used a fallback.
+    """
+    perm = np.arange(len(clip))
+    starts = np.flatnonzero(np.r_[True, clip[1:] != clip[:-1]])
+    ends = np.r_[starts[1:], len(clip)]
+    short: dict[int, list[int]] = {}
+    for s, e in zip(starts, ends):
+        n = e - s
+        if n >= 2 * min_shift + 1:
+            off = int(rng.integers(min_shift, n - min_shift + 1))
+            perm[s:e] = s + (np.arange(n) + off) % n
+        else:
+            short.setdefault(n, []).append(s)
+    fallback = 0
+    for n, group in short.items():
+        fallback += len(group)
+        if len(group) >= 2:
+            order = rng.permutation(len(group))
+            while len(group) > 1 and np.any(order == np.arange(len(group))):
+                order = np.roll(order, 1) if rng.random() < 0.5 else rng.permutation(len(group))
+            for dst, src in zip(group, np.asarray(group)[order]):
+                perm[dst:dst + n] = src + np.arange(n)
+        elif n > 1:
+            s = group[0]
+            off = int(rng.integers(1, n))
+            perm[s:s + n] = s + (np.arange(n) + off) % n
+    return perm, fallback
+
+
+def permutation_p(observed: float, null: np.ndarray) -> float:
+    """(1 + #null >= observed) / (1 + n); NaN when the observed statistic is undefined."""
+    null = np.asarray(null, float)
+    if not np.isfinite(observed):
+        return float("nan")
+    null = np.where(np.isfinite(null), null, -np.inf)  # an undefined null draw never beats the observation
+    return float((1 + np.sum(null >= observed - 1e-12)) / (1 + len(null)))
+
+
+def _independent_columns(X: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """Keep columns (in order) that are not linear combinations of the ones kept before them."""
+    kept: list[int] = []
+    Q = np.zeros((X.shape[0], 0))
+    for j in range(X.shape[1]):
+        v = X[:, j] - Q @ (Q.T @ X[:, j])
+        norm = np.linalg.norm(v)
+        if norm > tol * max(1.0, np.linalg.norm(X[:, j])):
+            kept.append(j)
+            Q = np.column_stack([Q, v / norm])
+    return np.asarray(kept, dtype=int)
+
+
+def _design(controls: np.ndarray, score: np.ndarray | None = None) -> np.ndarray:
+    """Intercept, standardised controls (constant and collinear ones dropped), then the score if given."""
+    sd = controls.std(axis=0)
+    c = controls[:, sd > 1e-9]
+    c = (c - c.mean(axis=0)) / c.std(axis=0) if c.shape[1] else c
+    X = np.column_stack([np.ones(len(controls)), c])
+    X = X[:, _independent_columns(X)]
+    if score is None:
+        return X
+    s = (score - score.mean()) / (score.std() or 1.0)
+    return np.column_stack([X, s])
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, float), EPS, 1 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def cluster_wald_p(y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray,
+                   groups: np.ndarray) -> tuple[float, str]:
+    """One-sided cluster-robust Wald p that the layer's out-of-fold score adds to the controls'.
+
+    GLM(Binomial): ``y ~ 1 + logit(p_controls) + logit(p_full)`` with cluster-robust covariance by
+    ``groups`` and a t(G - 1) reference (statsmodels ``use_t``), H1: the coefficient of the full model's
+    score is positive. The controls enter through their own out-of-fold logit rather than one column
+    each: a cluster-robust covariance needs many more clusters than parameters, and a study has tens of
+    sources, not hundreds. One-sided because out-of-fold scores of a model that learned only noise are
+    *negatively* associated with the held-out labels (each training fold's class balance is the mirror
+    of its test fold's), so a two-sided test would call that artefact significant.
+
+    Returns ``(p, note)``; p is NaN with a note when the fit fails (separation, too few clusters).
+    """
+    import statsmodels.api as sm
+    from scipy import stats as st
+
+    g = np.unique(groups, return_inverse=True)[1]
+    n_groups = int(g.max()) + 1 if len(g) else 0
+    if n_groups < 3:
+        return float("nan"), "p_cluster: fewer than 3 clusters"
+    s0, s1 = _logit(p_controls), _logit(p_full)
+    X = np.column_stack([np.ones(len(y)), s0, s1])
+    if np.std(s0) < 1e-9:
+        X = X[:, [0, 2]]
+    if np.std(s1) < 1e-9 or len(_independent_columns(X)) < X.shape[1]:
+        return float("nan"), "p_cluster: the layer score is constant or collinear with the controls' score"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = sm.GLM(np.asarray(y, float), X, family=sm.families.Binomial()).fit(
+                cov_type="cluster", cov_kwds={"groups": g}, use_t=True)
+        if not fit.converged:
+            return float("nan"), "p_cluster: GLM did not converge (separation?)"
+        t = float(fit.tvalues[-1])
+    except Exception as e:  # noqa: BLE001 - statsmodels raises many kinds on degenerate data; reported, not hidden
+        return float("nan"), f"p_cluster: GLM failed ({type(e).__name__}: {e})"
+    if not np.isfinite(t):
+        return float("nan"), "p_cluster: undefined (separation or a singular covariance)"
+    return float(st.t.sf(t, df=n_groups - 1)), ""
+
+
+def naive_frame_p(y: np.ndarray, controls: np.ndarray, features: np.ndarray) -> float:
+    """Frame-level likelihood-ratio test of [controls + features] vs controls, frames as independent samples.
+
+    Over-confident on autocorrelated frames (DESIGN.md §3); used only by the null simulation to show it.
+    """
+    import statsmodels.api as sm
+    from scipy import stats as st
+
+    X0 = _design(controls)
+    f = features[:, features.std(axis=0) > 1e-9]
+    X1 = np.column_stack([X0, (f - f.mean(0)) / f.std(0)])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            l0 = sm.GLM(y.astype(float), X0, family=sm.families.Binomial()).fit().llf
+            l1 = sm.GLM(y.astype(float), X1, family=sm.families.Binomial()).fit().llf
+    except Exception:  # noqa: BLE001
+        return float("nan")
+    return float(st.chi2.sf(max(0.0, 2 * (l1 - l0)), df=X1.shape[1] - X0.shape[1]))
+
+
+def bh(pvalues: np.ndarray, alpha: float = 0.05) -> np.ndarray:
+    """Benjamini–Hochberg q-values; NaN p-values stay NaN and do not count as tests."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(pvalues, float)
+    q = np.full(len(p), np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        q[ok] = multipletests(p[ok], alpha=alpha, method="fdr_bh")[1]
+    return q

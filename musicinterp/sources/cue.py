@@ -1,0 +1,166 @@
+"""Cue pieces: whether section A returns is decided by a cue at the start, and by nothing near the return.
+
+The known-answer construction of DESIGN.md section 3 ("Known-answer models"), in audio. Every piece has
+the same layout (seconds):
+
+=============  ==========================================================================
+0.0 - 1.0      the cue: a held chord, either the *return* cue (200/250/300 Hz, reed) or the
+               *no-return* cue (300/350/450 Hz, flute)
+1.0 - 2.6      section A: one of :data:`MOTIFS` (a small fixed inventory), organ
+2.6 - 5.0      section B: random notes of the same kind
+5.0 - 6.6      the return point, at the same time in every piece: A again (return cue) or a
+               fresh random section C of the same kind as A (no-return cue)
+6.6 - end      section D: random notes
+=============  ==========================================================================
+
+Design choices that make the return predictable *only from memory*:
+
+- B and D are drawn from random streams that do not depend on the kind of the piece, so a piece and
+  its twin of the other kind (same seed and index, ``returns`` flipped) are sample-for-sample equal
+  everywhere except the cue and the return section. Nothing audible between the cue and the return
+  point tells the kinds apart.
+- Every note starts on a 640-sample frame boundary and its release ends inside its own slot, and the
+  mix is not normalised per piece, so a returning section is bit-for-bit the same audio as A; all
+  frequencies are multiples of 50 Hz (just-intonation ratios over a 50 Hz fundamental), so a held note
+  is periodic with the 20 ms frame hop and its EnCodec frames repeat.
+- A comes from :data:`MOTIFS` (four motifs), like the token-level construction that a small decoder
+  learned in DESIGN.md; C is random, so after a no-return cue the return section is unpredictable.
+
+Ground truth (``truth``): ``returns`` lists the planted return in the format of
+:mod:`musicinterp.sources.synthetic` (empty for no-return pieces), ``cue`` is ``"return"`` or
+``"no-return"``, ``motif`` the index of A in :data:`MOTIFS`, ``return_at_s`` the fixed return time, and
+``sections`` the labelled sections.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import numpy as np
+
+from musicinterp.config import CueSource
+from musicinterp.frames import HOP_SAMPLES, SAMPLE_RATE_HZ
+from musicinterp.sources.base import PlanFailure, Track
+from musicinterp.sources.synth import RELEASE_S, Note, render_note
+
+CUE_END_S = 1.0
+A_START_S = CUE_END_S
+A_LEN_S = 1.6
+RETURN_AT_S = 5.0  # the return point, the same in every piece
+RETURN_END_S = RETURN_AT_S + A_LEN_S
+MIN_DURATION_S = 7.0  # the return section and a little of D must fit
+SLOT_S = 0.2  # notes last one or two slots of 10 frames
+GAIN = 0.25  # fixed mix gain (no per-piece normalisation, so repeated audio is bit-identical)
+PITCHES_HZ = (200.0, 250.0, 300.0, 350.0, 400.0, 450.0, 500.0, 600.0)  # multiples of 50 Hz: frame-periodic
+BODY_TIMBRE = "organ"
+CUES: dict[str, tuple[tuple[float, ...], str]] = {
+    "return": ((200.0, 250.0, 300.0), "reed"),
+    "no-return": ((300.0, 350.0, 450.0), "flute"),
+}
+# section A: (pitch index, slots) pairs filling A_LEN_S = 8 slots
+MOTIFS: tuple[tuple[tuple[int, int], ...], ...] = (
+    ((0, 1), (2, 1), (4, 2), (7, 1), (4, 1), (2, 2)),
+    ((6, 2), (5, 1), (3, 1), (1, 2), (0, 2)),
+    ((3, 1), (3, 1), (6, 1), (2, 1), (7, 2), (5, 1), (1, 1)),
+    ((1, 2), (4, 1), (6, 1), (0, 1), (5, 1), (7, 2)),
+)
+
+
+def hz_to_midi(hz: float) -> float:
+    return 69.0 + 12.0 * float(np.log2(hz / 440.0))
+
+
+def _note(onset_s: float, slots: int, hz: float, velocity: float, timbre: str) -> Note:
+    """A note filling ``slots`` slots from ``onset_s``; its release ends exactly at the slot's end."""
+    return Note(round(onset_s, 6), slots * SLOT_S - RELEASE_S, hz_to_midi(hz), velocity, timbre)
+
+
+def _motif_notes(motif: int, start_s: float) -> list[Note]:
+    notes, t = [], start_s
+    for pitch, slots in MOTIFS[motif]:
+        notes.append(_note(t, slots, PITCHES_HZ[pitch], 0.8, BODY_TIMBRE))
+        t += slots * SLOT_S
+    return notes
+
+
+def _random_notes(rng: np.random.Generator, start_s: float, end_s: float) -> list[Note]:
+    """Random pitches of :data:`PITCHES_HZ`, one or two slots each, filling ``start_s..end_s``."""
+    notes, slot, n_slots = [], 0, int(round((end_s - start_s) / SLOT_S))
+    while slot < n_slots:
+        slots = min(int(rng.choice([1, 1, 2])), n_slots - slot)
+        notes.append(_note(start_s + slot * SLOT_S, slots, PITCHES_HZ[int(rng.integers(0, len(PITCHES_HZ)))],
+                           0.8, BODY_TIMBRE))
+        slot += slots
+    return notes
+
+
+def _cue_notes(cue: str) -> list[Note]:
+    chord, timbre = CUES[cue]
+    return [_note(0.0, int(round(CUE_END_S / SLOT_S)), hz, 0.6, timbre) for hz in chord]
+
+
+def _mix(notes: list[Note], duration_s: float) -> np.ndarray:
+    """Sum of the notes at a fixed gain; every onset must lie on a frame boundary."""
+    out = np.zeros(int(round(duration_s * SAMPLE_RATE_HZ)))
+    for note in notes:
+        start = int(round(note.onset_s * SAMPLE_RATE_HZ))
+        if start % HOP_SAMPLES:
+            raise ValueError(f"note at {note.onset_s} s does not start on a frame boundary")
+        if start >= len(out):
+            continue
+        wave = render_note(note)[: len(out) - start]
+        out[start : start + len(wave)] += wave
+    return (GAIN * out).astype(np.float32)
+
+
+def compose(recipe: dict) -> tuple[np.ndarray, dict]:
+    """Render the piece ``recipe`` describes (see :func:`plan_cue`); returns samples and ground truth."""
+    dur = float(recipe["duration_s"])
+    if dur < MIN_DURATION_S:
+        raise ValueError(f"cue pieces need duration_s >= {MIN_DURATION_S}, got {dur}")
+    seed, index, returns = int(recipe["seed"]), int(recipe["index"]), bool(recipe["returns"])
+    # independent streams: the kind of the piece changes the cue and the return section only
+    motif = int(np.random.default_rng([seed, index, 0]).integers(0, len(MOTIFS)))
+    b_notes = _random_notes(np.random.default_rng([seed, index, 1]), A_START_S + A_LEN_S, RETURN_AT_S)
+    d_notes = _random_notes(np.random.default_rng([seed, index, 3]), RETURN_END_S, dur)
+    cue = "return" if returns else "no-return"
+    notes = _cue_notes(cue) + _motif_notes(motif, A_START_S) + b_notes + d_notes
+    if returns:
+        notes += _motif_notes(motif, RETURN_AT_S)
+    else:
+        notes += _random_notes(np.random.default_rng([seed, index, 2]), RETURN_AT_S, RETURN_END_S)
+    sections = [
+        {"label": "cue", "start_s": 0.0, "end_s": CUE_END_S},
+        {"label": "A", "start_s": A_START_S, "end_s": A_START_S + A_LEN_S},
+        {"label": "B", "start_s": A_START_S + A_LEN_S, "end_s": RETURN_AT_S},
+        {"label": "A'" if returns else "C", "start_s": RETURN_AT_S, "end_s": RETURN_END_S},
+        {"label": "D", "start_s": RETURN_END_S, "end_s": dur},
+    ]
+    truth = {
+        "returns": ([{"source_start_s": A_START_S, "source_end_s": A_START_S + A_LEN_S,
+                      "start_s": RETURN_AT_S, "end_s": RETURN_END_S}] if returns else []),
+        "cue": cue, "motif": motif, "return_at_s": RETURN_AT_S, "sections": sections,
+    }
+    return _mix(notes, dur), truth
+
+
+def is_return_piece(seed: int, n_pieces: int, return_fraction: float) -> list[bool]:
+    """Which pieces of a source get the return cue: drawn from the seed, so it is stable."""
+    n_return = int(round(return_fraction * n_pieces))
+    chosen = set(np.random.default_rng([seed, 20_000_003]).permutation(n_pieces)[:n_return].tolist())
+    return [i in chosen for i in range(n_pieces)]
+
+
+def plan_cue(spec: CueSource) -> Iterator[Track | PlanFailure]:
+    """One track per piece, ``cue:s<seed><r|n>-p<index>`` (r: return cue, n: no-return cue)."""
+    for i, returns in enumerate(is_return_piece(spec.seed, spec.n_pieces, spec.return_fraction)):
+        recipe = {"seed": spec.seed, "index": i, "duration_s": spec.duration_s, "returns": returns}
+        samples, truth = compose(recipe)
+        yield Track(source="cue", source_id=f"cue:s{spec.seed}{'r' if returns else 'n'}-p{i:04d}",
+                    locator=json.dumps(recipe, sort_keys=True), licence="generated by musicinterp (CC0)",
+                    truth=truth, samples=samples)
+
+
+def load_cue(locator: str) -> np.ndarray:
+    return compose(json.loads(locator))[0]

@@ -1,0 +1,66 @@
+"""Tasks of the analysis flow: labels once, each layer reduced once, one probe per (layer, target, control)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
+
+from musicinterp import analysis
+from musicinterp.config import AnalysisSpec
+
+RETRY_DELAY_S = 2
+
+
+def store_fingerprint(store: str) -> str:
+    """Identity of a store's contents for caching: its attributes (config fingerprint, store uid, model)
+    and which clips are complete and annotated, so a store that gained clips is analysed afresh."""
+    ds = analysis.open_analysis_store(store)
+    h = hashlib.sha256(repr(sorted((k, str(v)) for k, v in ds.attrs.items())).encode())
+    for flag in ("complete", "annotated"):
+        if flag in ds:
+            h.update(ds[flag].values.tobytes())
+    h.update(repr(dict(ds.sizes)).encode())
+    return h.hexdigest()[:16]
+
+
+def _key(what: str, *names: str):
+    def key_fn(context, parameters: dict[str, Any]) -> str:
+        spec: AnalysisSpec = parameters["spec"]
+        parts = [str(parameters[n]) for n in names]
+        return "-".join([what, parameters["store_fp"], spec.fingerprint(), *parts])
+
+    return key_fn
+
+
+@task(name="analysis-labels", retries=1, retry_delay_seconds=RETRY_DELAY_S, persist_result=True,
+      cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_key("labels", "tag")))
+def load_labels(store: str, store_fp: str, spec: AnalysisSpec, work: str, tag: str) -> str:
+    """Targets, masks and controls of every kept frame, as one small npz."""
+    return str(analysis.load_labels(store, spec, f"{work}/{tag}labels.npz"))
+
+
+@task(name="analysis-reduce-layer", task_run_name="reduce {tag}layer {layer}", retries=1,
+      retry_delay_seconds=RETRY_DELAY_S, persist_result=True,
+      cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_key("reduce", "tag", "layer")))
+def reduce_layer(store: str, store_fp: str, spec: AnalysisSpec, work: str, tag: str, layer: int) -> str:
+    """Read one layer once, clip by clip, projected to the reduced width."""
+    return str(analysis.reduce_layer(store, layer, spec, f"{work}/{tag}layer{layer}.npz"))
+
+
+@task(name="analysis-probe", task_run_name="probe layer {layer} {target} ({control})", retries=1,
+      retry_delay_seconds=RETRY_DELAY_S, persist_result=True,
+      cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_key("probe", "layer", "target", "control")))
+def probe(reduced: str, labels: str, store_fp: str, spec: AnalysisSpec, layer: int, target: str, control: str
+          ) -> list[dict[str, Any]]:
+    """Controls alone vs controls + layer, with CI, permutation p and cluster-robust p."""
+    return analysis.probe_layer_target(reduced, labels, target, spec, control)
+
+
+@task(name="analysis-finalize")
+def finalize(rows: list[dict[str, Any]], spec: AnalysisSpec, out: str, weights: str) -> pd.DataFrame:
+    """BH across the grid, results table (parquet, CSV), heatmaps and findings."""
+    return analysis.finalize(rows, spec, out, weights)

@@ -1,0 +1,217 @@
+"""The positive control: cue pieces (known answers) and the toy model trained on them (shipped checkpoint)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from musicinterp.capture import capture_clip, encode_audio
+from musicinterp.config import CaptureSpec, CueSource, ModelSpec, SliceSpec
+from musicinterp.frames import FRAME_RATE_HZ, SAMPLE_RATE_HZ
+from musicinterp.models import LoadedModel, load_model
+from musicinterp.slice import load_clip_audio, plan_slice
+from musicinterp.sources.cue import (
+    A_LEN_S,
+    A_START_S,
+    CUE_END_S,
+    MOTIFS,
+    RETURN_AT_S,
+    RETURN_END_S,
+    compose,
+    plan_cue,
+)
+from musicinterp.toy import (
+    MAX_RATIO_TO_NO_RETURN,
+    MAX_RATIO_TO_RANDOM,
+    ToySpec,
+    build_toy,
+    evaluate_toy,
+    heldout_ids,
+    load_toy,
+    train_toy,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = ROOT / "checkpoints" / "toy-cue"
+TOY_RANDOM = ROOT / "checkpoints" / "toy-cue-random"
+FRESH_SEED = 4242  # neither the training (0), the held-out (1000) nor the calibration seed
+RET_FRAME = int(RETURN_AT_S * FRAME_RATE_HZ)
+A_FRAME = int(A_START_S * FRAME_RATE_HZ)
+A_FRAMES = int(A_LEN_S * FRAME_RATE_HZ)
+ENCODER_MEMORY_FRAMES = 12  # the toy EnCodec is causal and has no LSTM: a frame sees ~12 frames of audio
+
+
+def _piece(index: int, returns: bool, seed: int = 3) -> tuple[np.ndarray, dict]:
+    return compose({"seed": seed, "index": index, "duration_s": 8.0, "returns": returns})
+
+
+def _span(x: np.ndarray, a_s: float, b_s: float) -> np.ndarray:
+    return x[int(round(a_s * SAMPLE_RATE_HZ)) : int(round(b_s * SAMPLE_RATE_HZ))]
+
+
+NOT_SHIPPED = ("checkpoints/toy-cue is not shipped yet: no training run has passed the learned-structure "
+               "check (musicinterp.toy.evaluate_toy); train it with `musicinterp train-toy`")
+
+
+@pytest.fixture(scope="module")
+def toy():
+    if not (TOY / "model.safetensors").exists():
+        pytest.skip(NOT_SHIPPED)
+    return load_toy(TOY)
+
+
+@pytest.fixture(scope="module")
+def toy_random():
+    if not (TOY_RANDOM / "model.safetensors").exists():
+        pytest.skip(NOT_SHIPPED)
+    return load_toy(TOY_RANDOM)
+
+
+@pytest.fixture(scope="module")
+def toy_codec():
+    """The toy's EnCodec (causal, no LSTM, calibrated codebooks) with an untrained decoder: no checkpoint needed."""
+    return LoadedModel(build_toy(ToySpec()), None, "toy-untrained", "local", "random")
+
+
+# ---- cue pieces ---------------------------------------------------------------------------------------
+def test_cue__plan_gives_truth_with_the_return_at_the_fixed_time():
+    tracks = list(plan_cue(CueSource(n_pieces=10, seed=5, return_fraction=0.5)))
+    assert len(tracks) == 10 and all(t.source == "cue" for t in tracks)
+    kinds = [t.truth["cue"] for t in tracks]
+    assert kinds.count("return") == 5 and kinds.count("no-return") == 5
+    for t in tracks:
+        assert len(t.samples) == 8 * SAMPLE_RATE_HZ and t.samples.dtype == np.float32
+        assert ("r-p" in t.source_id) == (t.truth["cue"] == "return")
+        if t.truth["cue"] == "return":
+            assert t.truth["returns"] == [{"source_start_s": A_START_S, "source_end_s": A_START_S + A_LEN_S,
+                                           "start_s": RETURN_AT_S, "end_s": RETURN_END_S}]
+        else:
+            assert t.truth["returns"] == []
+        assert 0 <= t.truth["motif"] < len(MOTIFS)
+    # deterministic from (seed, index)
+    again = list(plan_cue(CueSource(n_pieces=10, seed=5)))
+    assert all(np.array_equal(a.samples, b.samples) and a.truth == b.truth for a, b in zip(tracks, again))
+
+
+def test_cue__return_section_is_section_a_sample_for_sample():
+    x, truth = _piece(0, returns=True)
+    a = _span(x, A_START_S, A_START_S + A_LEN_S)
+    assert np.abs(a).max() > 0.05
+    assert np.array_equal(a, _span(x, RETURN_AT_S, RETURN_END_S))
+    y, _ = _piece(0, returns=False)
+    assert not np.allclose(a, _span(y, RETURN_AT_S, RETURN_END_S), atol=1e-3)
+
+
+def test_cue__twins_differ_only_in_the_cue_and_the_return_section():
+    """Nothing audible between the cue and the return point tells the kinds apart."""
+    for index in range(4):
+        r, _ = _piece(index, returns=True)
+        n, _ = _piece(index, returns=False)
+        assert not np.allclose(_span(r, 0, CUE_END_S), _span(n, 0, CUE_END_S), atol=1e-3)
+        assert np.array_equal(_span(r, CUE_END_S, RETURN_AT_S), _span(n, CUE_END_S, RETURN_AT_S))
+        assert np.array_equal(_span(r, RETURN_END_S, 8.0), _span(n, RETURN_END_S, 8.0))
+
+
+def test_cue__cues_are_clearly_different_and_the_same_in_every_piece():
+    spectra = {}
+    for returns in (True, False):
+        cues = [_span(_piece(i, returns, seed=s)[0], 0.1, 0.9) for i, s in ((0, 1), (3, 7))]
+        assert np.array_equal(cues[0], cues[1])
+        spectra[returns] = np.abs(np.fft.rfft(cues[0]))
+    corr = np.corrcoef(spectra[True], spectra[False])[0, 1]
+    assert corr < 0.5
+
+
+def test_cue__too_short_pieces_are_refused():
+    with pytest.raises(ValueError, match="duration_s >= 7"):
+        compose({"seed": 0, "index": 0, "duration_s": 6.0, "returns": True})
+
+
+def test_cue__slice_plans_and_reloads_cue_clips():
+    manifest = plan_slice(SliceSpec(name="cue", sources=[CueSource(n_pieces=3, seed=2)], n_shards=2))
+    assert [c.source for c in manifest.clips] == ["cue"] * 3
+    clip = manifest.clips[0]
+    assert clip.duration_s == pytest.approx(8.0)
+    assert np.array_equal(load_clip_audio(clip), compose(json.loads(clip.locator))[0])
+
+
+def test_cue__codes_repeat_at_the_return_and_match_between_twins_before_it(toy_codec):
+    r, _ = _piece(1, returns=True)
+    n, _ = _piece(1, returns=False)
+    cr, cn = encode_audio(toy_codec, r).numpy(), encode_audio(toy_codec, n).numpy()
+    a = cr[:, A_FRAME : A_FRAME + A_FRAMES]
+    back = cr[:, RET_FRAME : RET_FRAME + A_FRAMES]
+    same = (a == back).all(axis=0)
+    assert same[ENCODER_MEMORY_FRAMES:].all()  # only the first frames still hear what came before
+    fresh = cn[:, RET_FRAME : RET_FRAME + A_FRAMES]
+    assert (a == fresh).all(axis=0).mean() < 0.5
+    # the codes up to the return point are the same in both kinds once the cue is out of earshot
+    assert np.array_equal(cr[:, A_FRAME + ENCODER_MEMORY_FRAMES : RET_FRAME],
+                          cn[:, A_FRAME + ENCODER_MEMORY_FRAMES : RET_FRAME])
+    assert not np.array_equal(cr[:, :A_FRAME], cn[:, :A_FRAME])
+    assert len(np.unique(cr[0])) > 10  # the codes carry the notes, not one constant
+
+
+# ---- the shipped toy model ------------------------------------------------------------------------------
+def test_toy__shipped_checkpoint_loads_as_trained_here(toy, toy_random):
+    assert toy.weights == "trained-here" and toy.model_id == "musicinterp/toy-cue"
+    assert load_model(ModelSpec(source="local", name=str(TOY), weights="trained-here")).weights == "trained-here"
+    assert toy_random.weights == "random"
+    meta = json.loads((TOY / "musicinterp.json").read_text())
+    assert meta["weights"] == "trained-here" and meta["toy_spec"]["seed"] == 0
+    assert (TOY / "model.safetensors").stat().st_size < 12e6
+    assert (TOY / "README.md").exists()
+    same_shape = [(a.shape == b.shape) for a, b in zip(toy.model.parameters(), toy_random.model.parameters())]
+    assert all(same_shape)
+    assert {p.dtype for p in toy.model.parameters()} == {torch.float32}
+
+
+def test_toy__capture_works_on_the_shipped_model(toy):
+    x, _ = _piece(2, returns=True, seed=FRESH_SEED)
+    cap = capture_clip(toy, x, CaptureSpec())
+    assert cap.resid.shape == (toy.n_layers + 1, 8 * FRAME_RATE_HZ, toy.hidden_size)
+    assert np.isfinite(cap.resid.astype(np.float32)).all()
+
+
+def test_toy__learned_the_return_far_below_random_on_unseen_pieces(toy, toy_random):
+    ids, returns = heldout_ids(toy, FRESH_SEED, 8)
+    assert 0 < returns.sum() < len(returns)
+    report = evaluate_toy(toy, toy_random, ids, returns)
+    t, r = report["trained"], report["random"]
+    assert report["learned"], report
+    assert t["return_return_cue"] <= MAX_RATIO_TO_RANDOM * r["return_return_cue"]
+    assert t["return_return_cue"] <= MAX_RATIO_TO_NO_RETURN * t["return_no_return_cue"]
+    # the random model is at chance over 2048 codes everywhere, whatever the cue
+    assert r["return_return_cue"] > 6.0 and abs(r["return_return_cue"] - r["return_no_return_cue"]) < 0.5
+    # before the return both kinds are the same audio: the trained model's loss there must not depend on the cue
+    assert abs(t["before_return_cue"] - t["before_no_return_cue"]) < 0.5
+
+
+# ---- training ---------------------------------------------------------------------------------------------
+def test_train_toy__a_few_steps_lower_the_loss_and_the_checkpoint_round_trips(tmp_path):
+    spec = ToySpec(n_pieces=4, heldout_pieces=2, steps=8, batch_size=2, lr=1e-2, warmup_steps=0, hidden_size=32,
+                   n_layers=1, n_heads=2, ffn_dim=64, loss_steps=50, codebook_clusters=16)
+    steps = []
+    report = train_toy(spec, tmp_path / "toy", progress=lambda s, n, loss: steps.append((s, loss)))
+    assert [s for s, _ in steps] == list(range(1, 9))
+    assert report["train_loss_last"] < report["train_loss_first"] - 0.5
+    assert report["trained"]["piece_all"] < report["random"]["piece_all"]
+    trained, random = load_toy(tmp_path / "toy"), load_toy(tmp_path / "toy-random")
+    assert (trained.weights, random.weights) == ("trained-here", "random")
+    assert trained.n_layers == 1 and trained.hidden_size == 32
+    meta = json.loads((tmp_path / "toy" / "musicinterp.json").read_text())
+    assert meta["toy_spec"] == spec.model_dump(mode="json") and meta["train_seconds"] > 0
+    # the same EnCodec in both, so the clips get the same codes
+    x, _ = _piece(0, returns=True)
+    assert torch.equal(encode_audio(trained, x), encode_audio(random, x))
+
+
+def test_toy_spec__bad_settings_are_named():
+    with pytest.raises(ValueError, match="not divisible by n_heads"):
+        train_toy(ToySpec(hidden_size=30, n_heads=4), "/nonexistent")
+    with pytest.raises(ValueError, match="heldout_seed must differ"):
+        train_toy(ToySpec(seed=1000), "/nonexistent")
