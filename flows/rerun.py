@@ -128,8 +128,54 @@ def expected_shards(run: FlowRun) -> list[int] | None:
         return None
 
 
+def shards_complete_in_store(run: FlowRun) -> set[int]:
+    """Shards whose clips are all complete (and annotated, if the run annotates) in the run's store.
+
+    The store is the source of truth: a shard whose run failed but that a later rerun completed is
+    not failed any more. Empty when the store cannot be read from here.
+    """
+    params = run.parameters or {}
+    try:
+        from musicinterp.benchmark import RunPaths
+        from musicinterp.slice import Manifest
+        from musicinterp.store import open_store
+
+        spec = RunSpec.model_validate(params.get("spec") or {})
+        paths = RunPaths.for_spec(spec, params.get("out", DEFAULT_OUT))
+        manifest = Manifest.from_json(paths.manifest)
+        ds = open_store(paths.store)
+    except Exception:  # noqa: BLE001 - not reachable from here, or never planned
+        return set()
+    done = {str(c) for c, f in zip(ds["clip"].values, ds["complete"].values) if f}
+    if spec.annotate and "annotated" in ds:
+        annotated = {str(c) for c, f in zip(ds["clip"].values, ds["annotated"].values) if f}
+        # clips that cannot be annotated (silent, too short) are recorded as such, not failed
+        done &= annotated | _unannotatable(paths)
+    return {s for s in range(manifest.n_shards) if all(c.clip_id in done for c in manifest.shard(s))}
+
+
+def _unannotatable(paths) -> set[str]:
+    import json
+
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(f"{paths.root}/annotations")
+    out = set()
+    for f in fs.glob(f"{root}/*.json") if fs.exists(root) else []:
+        with fs.open(f) as fh:
+            rec = json.load(fh)
+        if rec.get("reason"):
+            out.add(rec["clip_id"])
+    return out
+
+
 def shard_states(client: SyncPrefectClient, run: FlowRun) -> list[ShardState]:
-    """Every shard of a benchmark run with the state of its latest run, in shard order."""
+    """Every shard of a benchmark run with the state of its latest run, in shard order.
+
+    A shard whose latest run failed but whose clips are all complete in the store (a rerun finished
+    them) is reported with that state and not counted as failed.
+    """
+    in_store = shards_complete_in_store(run)
     cache: dict[uuid.UUID, str] = {}
     latest: dict[int, FlowRun] = {}
     for child in children(client, run):
@@ -141,16 +187,18 @@ def shard_states(client: SyncPrefectClient, run: FlowRun) -> list[ShardState]:
         child = latest.get(shard)
         if child is None:
             out.append(
-                ShardState(shard=shard, state="Not started", failed=run.state is not None and run.state.is_final())
+                ShardState(shard=shard, state="Not started",
+                           failed=run.state is not None and run.state.is_final() and shard not in in_store)
             )
             continue
         st = child.state
         final = st is not None and st.is_final()
+        healed = shard in in_store and final and not st.is_completed()
         out.append(
             ShardState(
                 shard=shard,
-                state=st.name if st else "Unknown",
-                failed=final and not st.is_completed(),
+                state=(st.name if st else "Unknown") + (" (completed since by a rerun)" if healed else ""),
+                failed=final and not st.is_completed() and not healed,
                 flow_run=str(child.id),
                 name=child.name,
                 message=(st.message or "") if st else "",

@@ -21,6 +21,7 @@ import numpy as np
 
 from musicinterp import __version__
 from musicinterp.annotate import annotate_full, label_schema
+from musicinterp.annotate.labels import truth_label_schema, truth_labels
 from musicinterp.annotate.plot import plot_annotation
 from musicinterp.annotate.validate import returns_from_score
 from musicinterp.capture import capture_clip
@@ -172,7 +173,7 @@ def prepare_run(spec: RunSpec, out: str) -> PreparedRun:
         capture=spec.capture.model_dump(), package_version=__version__,
         extra={"run_name": spec.name, "store_uid": store_uid},
     )
-    labels = label_schema(spec.annotation) if spec.annotate else None
+    labels = {**label_schema(spec.annotation), **truth_label_schema(spec.annotation)} if spec.annotate else None
     created = init_store(paths.store, layout, clip_vars, attrs, labels=labels)
     if created:
         manifest.to_json(paths.manifest)
@@ -330,7 +331,9 @@ def annotate_one(spec: RunSpec, root: str, clip_id: str, plot: bool = False) -> 
         result.reason = e.problem
         log.warning("clip %s not annotated: %s", clip_id, e.problem)
     else:
-        write_labels(paths.store, clip_id, {k: v for k, v in ann.labels.items() if k != "time"})
+        known = "returns" in clip.truth or "measures" in clip.truth
+        truth = truth_labels(truth_returns(clip) if known else None, clip.n_frames, spec.annotation)
+        write_labels(paths.store, clip_id, {**{k: v for k, v in ann.labels.items() if k != "time"}, **truth})
         mark_complete(paths.store, clip_id, flag="annotated")
         result.annotated = True
         result.rec_positive_fraction = round(float(ann.labels["rec_lag_next_s_valid"].mean()), 4)

@@ -138,5 +138,14 @@ def test_run__labels_in_the_store_are_the_annotation_of_the_clip(tmp_path):
     assert "silent" in summary.not_annotated[silent_id]
     assert summary.ok and summary.annotated == 2
     assert clip.clip_id in summary.plots and any((tmp_path / "out").rglob("plots/00000.png"))
+    # ground-truth labels beside the annotated ones: the planted return, known by construction
+    (r,) = clip.truth["returns"]
+    lag = r["start_s"] - r["source_start_s"]
+    inside = slice(int(r["source_start_s"] * 50) + 3, int(r["source_end_s"] * 50) - 3)
+    truth_lag = ds["truth_rec_lag_next_s"].sel(clip=clip.clip_id).values[inside]
+    np.testing.assert_allclose(truth_lag, lag, atol=0.05)
+    assert ds["truth_rec_within_8s"].sel(clip=clip.clip_id).values[inside].all() == (lag <= 8)
+    audio_clip = next(c.clip_id for c in manifest.clips if c.source == "audio_dir" and "quiet" in c.clip_id)
+    assert not ds["truth_rec_within_4s_valid"].sel(clip=audio_clip).any()  # no ground truth for a file
     md = (tmp_path / "out").joinpath(summary.root.split("/")[-1], "summary.md").read_text()
     assert "![annotation of" in md and "not annotated" in md

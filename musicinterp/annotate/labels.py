@@ -212,6 +212,42 @@ def annotate(samples, spec: AnnotationSpec | None = None, clip_id: str = "<clip>
     return annotate_full(samples, spec, clip_id, sample_rate_hz).labels
 
 
+def truth_label_schema(spec: AnnotationSpec | None = None) -> dict[str, dict[str, str]]:
+    """Recurrence labels from a clip's ground truth (planted or score-derived returns), beside the
+    annotated ones: the planted event itself, for known-answer analyses. Undefined (``_valid`` False)
+    on clips without ground truth."""
+    spec = spec or AnnotationSpec()
+    out: dict[str, dict[str, str]] = {}
+    for name, dtype, units, doc in (
+        [("truth_rec_lag_next_s", "float32", "s", "ground truth: lag to the next occurrence of the content at t")]
+        + [(f"truth_rec_within_{horizon_name(h)}", "int8", "0/1",
+            f"ground truth: the content at t recurs within {h:g} s") for h in spec.horizons_s]):
+        out[name] = {"dtype": dtype, "units": units, "description": doc, "valid_mask": f"{name}_valid"}
+        out[f"{name}_valid"] = {"dtype": "bool", "units": "", "description": f"where {name} is defined"}
+    return out
+
+
+def truth_labels(returns: list[dict] | None, n: int, spec: AnnotationSpec | None = None) -> dict[str, np.ndarray]:
+    """The :func:`truth_label_schema` labels of a clip of ``n`` frames; ``returns=None``: no ground truth."""
+    from musicinterp.annotate.validate import truth_lags
+
+    spec = spec or AnnotationSpec()
+    if returns is None:
+        nxt = np.full(n, np.nan)
+    else:
+        nxt = truth_lags(returns, n)[0]
+    has = np.isfinite(nxt)
+    lag_frames = np.where(has, np.round(np.nan_to_num(nxt) * FRAME_RATE_HZ), -1).astype(np.int64)
+    out = {"truth_rec_lag_next_s": np.where(has, nxt, 0.0).astype(np.float32), "truth_rec_lag_next_s_valid": has}
+    for h in spec.horizons_s:
+        v, ok = _within(lag_frames, has, frames_of(h))
+        if returns is None:
+            ok = np.zeros(n, dtype=bool)
+            v = np.zeros(n, dtype=np.int8)
+        out[f"truth_rec_within_{horizon_name(h)}"], out[f"truth_rec_within_{horizon_name(h)}_valid"] = v, ok
+    return out
+
+
 def annotate_windows(samples: np.ndarray, spec: AnnotationSpec | None = None, clip_id: str = "<clip>",
                      window_s: float = WINDOW_S, on_window=None) -> tuple[dict[str, np.ndarray], Annotation | None]:
     """Labels of audio of any length, annotated ``window_s`` at a time (32 kHz mono samples).

@@ -125,6 +125,12 @@ def test_failed_shard_is_named_and_rerun_alone_into_the_same_store(stack, worklo
     # nothing is left to rerun
     again = stack.cli("rerun", ri["run"]["id"])
     assert again.returncode == 0 and "nothing to rerun" in again.stderr, again.stderr
+    # the original run's status now reads the store: its failed shard was completed by the rerun
+    healed = _json(stack.cli("status", run_id, "--json"))
+    assert healed["failed_shards"] == [], healed["shards"]
+    assert "completed since by a rerun" in {s["shard"]: s["state"] for s in healed["shards"]}[victim.shard]
+    again = stack.cli("rerun", run_id)
+    assert again.returncode == 0 and "nothing to rerun" in again.stderr, again.stderr
 
     # the store equals an uninterrupted run's
     a, b = xr.open_zarr(workload["clean_store"]), xr.open_zarr(f"{prepared.root}/store.zarr")
