@@ -312,6 +312,9 @@ class AnalysisSpec(Spec):
         default_factory=lambda: dict(DESCRIPTOR_LOOKAHEAD_S),
         description="Tension descriptors used as controls and how far each looks past its frame (s); each is "
         "shifted back by ceil(lookahead x 50) frames so that the control sees audio up to t only.")
+    position_basis_s: float = Field(
+        1.0, ge=0, le=30.0, description="Position controls: Gaussian bumps of t every this many seconds (width the "
+        "same) besides t itself, so that any smooth function of position is a control; 0 = linear position only.")
     censor_clip_end: bool = Field(
         True, description="Drop frames within h of the clip's end. The labels mark them valid only when positive "
         "(an event was seen before the end), so keeping them selects frames on the outcome.")

@@ -34,7 +34,7 @@ import numpy as np
 import xarray as xr
 
 from musicinterp.config import AnalysisSpec
-from musicinterp.frames import FRAME_RATE_HZ
+from musicinterp.frames import CLIP_MAX_S, FRAME_RATE_HZ
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,9 @@ def control_matrix(per_clip: dict[str, np.ndarray], n: int, spec: AnalysisSpec,
                    have: set[str]) -> tuple[np.ndarray, list[str]]:
     """Causal controls of one clip at every frame ``(n, c)``: what the audio up to t (and time) gives away.
 
-    - position: ``pos_frac`` = t / n_frames and ``t_s`` = t in seconds;
+    - position: ``pos_frac`` = t / n_frames, ``t_s`` = t in seconds, and Gaussian bumps of t every
+      ``position_basis_s`` seconds (an event tied to a stretch of positions is not linear in position;
+      without the basis a layer's positional embedding alone would look like a gain);
     - the past of the labels: ``rec_lag_prev_valid`` / ``rec_lag_prev_s`` (0 where invalid) and
       ``rec_rate_causal`` (causal by construction);
     - tension descriptors, each shifted back by ceil(lookahead x 50) frames (``spec.descriptor_lookahead_s``),
@@ -211,6 +213,10 @@ def control_matrix(per_clip: dict[str, np.ndarray], n: int, spec: AnalysisSpec,
     """
     t = np.arange(n)
     cols = {"pos_frac": t / max(n, 1), "t_s": t / FRAME_RATE_HZ}
+    if spec.position_basis_s > 0:  # any smooth function of position, not just a line
+        width = spec.position_basis_s
+        for c in np.arange(0.0, CLIP_MAX_S + width / 2, width):
+            cols[f"pos_rbf@{c:g}s"] = np.exp(-0.5 * ((t / FRAME_RATE_HZ - c) / width) ** 2)
     if "rec_lag_prev_s" in have:
         ok = per_clip.get("rec_lag_prev_s_valid", np.ones(n, bool)).astype(bool)
         cols["rec_lag_prev_valid"] = ok.astype(np.float32)
