@@ -35,19 +35,11 @@ from statsmodels.stats.proportion import proportion_confint  # noqa: E402
 from musicinterp.analysis import stats  # noqa: E402
 from musicinterp.analysis.data import control_matrix, own_lag, save_labels, save_reduced  # noqa: E402
 from musicinterp.analysis.probe import probe_layer_target  # noqa: E402
+from musicinterp.analysis.stats import ar1_noise  # noqa: E402
 from musicinterp.config import DESCRIPTOR_LOOKAHEAD_S, AnalysisSpec  # noqa: E402
 
 TARGET = "sim_within_1s"
 H_FRAMES = 50
-
-
-def ar1(rng: np.random.Generator, n: int, d: int, phi: float) -> np.ndarray:
-    x = np.empty((n, d))
-    x[0] = rng.standard_normal(d)
-    e = rng.standard_normal((n, d)) * np.sqrt(1 - phi**2)
-    for t in range(1, n):
-        x[t] = phi * x[t - 1] + e[t]
-    return x
 
 
 def experiment(rng: np.random.Generator, spec: AnalysisSpec, work: Path, n_clips: int, n_sources: int,
@@ -65,7 +57,7 @@ def experiment(rng: np.random.Generator, spec: AnalysisSpec, work: Path, n_clips
         y = ((cs[np.minimum(t + H_FRAMES, n_frames - 1) + 1] - cs[t + 1]) > 0).astype(np.int8)
         v = t + H_FRAMES < n_frames  # censored clip end, as load_labels does
         lag, lagv = own_lag(y, v | y.astype(bool), H_FRAMES)
-        per = {k: ar1(rng, n_frames, 1, 0.98)[:, 0] for k in have}
+        per = {k: ar1_noise(rng, n_frames, 1, 0.98)[:, 0] for k in have}
         per["rec_lag_prev_s_valid"] = rng.random(n_frames) < 0.3
         m, names = control_matrix(per, n_frames, spec, have)
         for lst, a in ((ys, y), (vs, v), (lags, lag), (lagvs, lagv), (ctrls, m)):
@@ -82,7 +74,7 @@ def experiment(rng: np.random.Generator, spec: AnalysisSpec, work: Path, n_clips
     out: dict[str, list[float]] = {k: [] for k in ("perm_auroc", "perm_logloss", "p_cluster", "ci_auroc",
                                                    "ci_auroc_pos", "naive_lr", "naive_frame_boot")}
     for layer in range(1, n_layers + 1):
-        X = np.concatenate([ar1(rng, n_frames, width, 0.98)[keep] for _ in range(n_clips)]).astype(np.float32)
+        X = np.concatenate([ar1_noise(rng, n_frames, width, 0.98)[keep] for _ in range(n_clips)]).astype(np.float32)
         red = save_reduced(work / f"layer{layer}.npz", X, clip, frame, clips, layer, {"weights": "random"})
         rows = {r["metric"]: r for r in probe_layer_target(str(red), str(labels), TARGET, spec, "none",
                                                                     return_predictions=True)}

@@ -82,6 +82,16 @@ def _healthcheck(url: str) -> Exception | None:
         return e
 
 
+def _server_ok() -> bool:
+    """True when the configured server answers; otherwise say why (the caller exits 2)."""
+    try:
+        require_server()
+    except NoServer as e:
+        console.print(f"[red]{e}[/red]")
+        return False
+    return True
+
+
 def require_server() -> str:
     """The configured server's API URL, checked to answer; never an ephemeral server."""
     url = configured_api_url()
@@ -436,10 +446,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except ConfigError as e:
         console.print(f"[red]{e}[/red]")
         return 2
-    try:
-        require_server()
-    except NoServer as e:
-        console.print(f"[red]{e}[/red]")
+    if not _server_ok():
         return 2
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -471,10 +478,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    try:
-        require_server()
-    except NoServer as e:
-        console.print(f"[red]{e}[/red]")
+    if not _server_ok():
         return 2
     from prefect.client.orchestration import get_client
 
@@ -491,10 +495,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    try:
-        require_server()
-    except NoServer as e:
-        console.print(f"[red]{e}[/red]")
+    if not _server_ok():
         return 2
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment

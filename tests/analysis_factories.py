@@ -15,20 +15,12 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from musicinterp.analysis.stats import ar1_noise
+
 FRAME_RATE_HZ = 50
 HORIZONS_S = (2, 4, 8)
 TENSION = ("tension_loudness_db", "tension_onset_density_hz", "tension_pitch_height_midi", "tension_dissonance",
            "tension_flatness_db", "tension_key_unclarity", "tension_tensile_strain")
-
-
-def ar1(rng: np.random.Generator, n: int, d: int, phi: float) -> np.ndarray:
-    """Stationary AR(1) noise ``(n, d)`` with unit variance."""
-    x = np.empty((n, d))
-    x[0] = rng.standard_normal(d)
-    e = rng.standard_normal((n, d)) * np.sqrt(1 - phi**2)
-    for t in range(1, n):
-        x[t] = phi * x[t - 1] + e[t]
-    return x
 
 
 def within(events: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,10 +56,10 @@ def make_store(path: str | Path, *, n_clips: int = 24, n_sources: int = 12, n_fr
                 y, v = within(ev, h * FRAME_RATE_HZ)
                 lab[f"{kind}_within_{h}s"][c, :n], lab[f"{kind}_within_{h}s_valid"][c, :n] = y, v
         for k in cont:
-            cont[k][c, :n] = ar1(rng, n, 1, phi)[:, 0]
+            cont[k][c, :n] = ar1_noise(rng, n, 1, phi)[:, 0]
         cont_valid[c, :n] = rng.random(n) < 0.3
         for layer in range(n_layers):
-            x = ar1(rng, n, hidden, phi)
+            x = ar1_noise(rng, n, hidden, phi)
             if layer == planted_layer:
                 y = lab[planted_target][c, :n].astype(float)
                 x[:, :planted_dims] = planted_snr * (y[:, None] - 0.5) * 2 + rng.standard_normal((n, planted_dims))

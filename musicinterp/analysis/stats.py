@@ -252,3 +252,13 @@ def bh(pvalues: np.ndarray, alpha: float = 0.05) -> np.ndarray:
     if ok.any():
         q[ok] = multipletests(p[ok], alpha=alpha, method="fdr_bh")[1]
     return q
+
+
+def ar1_noise(rng: np.random.Generator, n: int, d: int, phi: float) -> np.ndarray:
+    """Stationary AR(1) noise ``(n, d)`` with unit variance: the autocorrelated null of the simulations."""
+    x = np.empty((n, d))
+    x[0] = rng.standard_normal(d)
+    e = rng.standard_normal((n, d)) * np.sqrt(1 - phi**2)
+    for t in range(1, n):
+        x[t] = phi * x[t - 1] + e[t]
+    return x
