@@ -82,14 +82,13 @@ def _healthcheck(url: str) -> Exception | None:
         return e
 
 
-def _server_ok() -> bool:
-    """True when the configured server answers; otherwise say why (the caller exits 2)."""
+def _server_url() -> str | None:
+    """The configured server's API URL when it answers; otherwise say why and return None (exit 2)."""
     try:
-        require_server()
+        return require_server()
     except NoServer as e:
         console.print(f"[red]{e}[/red]")
-        return False
-    return True
+        return None
 
 
 def require_server() -> str:
@@ -247,10 +246,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     from prefect.client.orchestration import get_client
 
-    try:
-        api = require_server()
-    except NoServer as e:
-        console.print(f"[red]{e}[/red]")
+    api = _server_url()
+    if api is None:
         return 2
     if args.control_slots < 2 or args.gpu_slots < 1:
         console.print(
@@ -328,10 +325,8 @@ def _flow_name_of(d: dict[str, Any]) -> str:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    try:
-        api = require_server()
-    except NoServer as e:
-        console.print(f"[red]{e}[/red]")
+    api = _server_url()
+    if api is None:
         return 2
     env = {
         **os.environ,
@@ -446,7 +441,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except ConfigError as e:
         console.print(f"[red]{e}[/red]")
         return 2
-    if not _server_ok():
+    if _server_url() is None:
         return 2
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -478,7 +473,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    if not _server_ok():
+    if _server_url() is None:
         return 2
     from prefect.client.orchestration import get_client
 
@@ -495,7 +490,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    if not _server_ok():
+    if _server_url() is None:
         return 2
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
