@@ -1,15 +1,20 @@
 """False-positive rates of the analysis's p-values on null data (DESIGN.md §3: a statistic not shown to keep
 its rate on null data is not done).
 
-    python benchmarks/null_simulation.py --experiments 200 --seed 0
+    python benchmarks/null_simulation.py --experiments 200 --seed 0                       # label swaps
+    python benchmarks/null_simulation.py --experiments 200 --seed 1 --frames 300 --min-shift-s 2   # shifts
 
 Each experiment: 24 clips from 12 sources (two clips per source share the source's event rate), 150 frames
-(3 s) each; one "layer" (--layers) of AR(1) activations (phi 0.98 per 50 Hz frame, 16 features, already at the
-reduced width); a target ``sim_within_1s`` = "an event falls in (t, t + 1 s]" from Poisson events,
-independent of the activations but autocorrelated (and correlated within a source); AR(1) controls in
-the store's control layout. The real probe (``probe_layer_target``) runs on the same npz files the
+(3 s) each (``--frames``); one "layer" (--layers) of AR(1) activations (phi 0.98 per 50 Hz frame, 16
+features, already at the reduced width); a target ``sim_within_1s`` = "an event falls in (t, t + 1 s]"
+from Poisson events, independent of the activations but autocorrelated (and correlated within a source);
+AR(1) controls in the store's control layout. The real probe (``probe_layer_target``) runs on the same npz files the
 pipeline writes, with the AnalysisSpec defaults except ``n_permutations`` (19 here, 99 by default: with
-19 the permutation p is still exact, 1/20 = 0.05 being its smallest value) and ``n_bootstrap`` (200).
+19 the permutation p is still exact, 1/20 = 0.05 being its smallest value), ``n_bootstrap`` (200) and
+``min_shift_s`` (``--min-shift-s``, 4 s by default). The permutation scheme follows from the clip length:
+3 s clips are shorter than twice the minimum shift, so every permutation hands each clip the labels of
+another clip (the swap scheme); 6 s clips with a 2 s minimum shift (above the 1 s correlation time of
+the AR(1) series and of the 1 s target) are circularly shifted within the clip.
 
 Printed: for each p-value the rate of p <= alpha over experiments x layers with a Clopper–Pearson 95%
 interval, and the rate for two naive frame-level procedures the DESIGN warns against (a likelihood-ratio
@@ -107,22 +112,29 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--permutations", type=int, default=19)
     ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--frames", type=int, default=150, help="frames per clip (50 per second)")
+    ap.add_argument("--min-shift-s", type=float, default=4.0, help="AnalysisSpec.min_shift_s")
     args = ap.parse_args()
-    spec = AnalysisSpec(targets=[TARGET], n_permutations=args.permutations, n_bootstrap=200, seed=args.seed)
+    spec = AnalysisSpec(targets=[TARGET], n_permutations=args.permutations, n_bootstrap=200, seed=args.seed,
+                        min_shift_s=args.min_shift_s)
+    kept = len(range(0, args.frames, spec.frame_stride))
+    shift = max(1, int(np.ceil(args.min_shift_s * 50 / spec.frame_stride)))
+    scheme = ("circular shift within each clip" if kept >= 2 * shift + 1
+              else "labels swapped between equal-length clips")
     rng = np.random.default_rng(args.seed)
     res: dict[str, list[float]] = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for e in range(args.experiments):
             spec_e = spec.model_copy(update={"seed": args.seed * 100_000 + e})
-            for k, v in experiment(rng, spec_e, Path(tmp), 24, 12, 150, args.layers, 16).items():
+            for k, v in experiment(rng, spec_e, Path(tmp), 24, 12, args.frames, args.layers, 16).items():
                 res.setdefault(k, []).extend(v)
             if (e + 1) % 20 == 0:
                 print(f"  {e + 1} experiments, {time.perf_counter() - t0:.0f} s", flush=True)
     alpha = spec.alpha
     print(f"\nnull simulation: {args.experiments} experiments x {args.layers} layers, 24 clips / 12 sources, "
-          f"150 frames, stride {spec.frame_stride}, {args.permutations} permutations, seed {args.seed}; "
-          f"{time.perf_counter() - t0:.0f} s")
+          f"{args.frames} frames, stride {spec.frame_stride}, {args.permutations} permutations ({scheme}, "
+          f"min_shift_s {args.min_shift_s:g}), seed {args.seed}; {time.perf_counter() - t0:.0f} s")
     print(f"{'procedure':<44} {'rate':>6}  95% interval      n   nominal")
     nominal = {"ci_auroc_pos": alpha / 2, "naive_frame_boot": alpha / 2}
     names = {

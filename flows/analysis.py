@@ -76,8 +76,11 @@ def analysis(store: str, spec: AnalysisSpec = AnalysisSpec(), out: str | None = 
                     futures.append(t.probe.submit(reduced, labels, fp, spec, layer, target, control))
     rows: list[dict[str, Any]] = []
     for done, future in enumerate(as_completed(futures), start=1):
-        rows += future.result()
+        new = future.result()
+        rows += new
         update_progress_artifact(progress, 100.0 * done / total)
+        r = new[0]
+        logger.info("probe %d/%d done: layer %s, %s (%s)", done, total, r["layer"], r["label"], r["control"])
     df = t.finalize(rows, spec, out, weights)
     findings = (Path(out) / "findings.md").read_text()
     headline = df[(df["metric"] == HEADLINE_METRIC)].copy()

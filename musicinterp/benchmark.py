@@ -332,7 +332,8 @@ def annotate_one(spec: RunSpec, root: str, clip_id: str, plot: bool = False) -> 
         log.warning("clip %s not annotated: %s", clip_id, e.problem)
     else:
         known = "returns" in clip.truth or "measures" in clip.truth
-        truth = truth_labels(truth_returns(clip) if known else None, clip.n_frames, spec.annotation)
+        truth = truth_labels(truth_returns(clip) if known else None, clip.n_frames, spec.annotation,
+                             return_points=clip.truth.get("return_points"))
         write_labels(paths.store, clip_id, {**{k: v for k, v in ann.labels.items() if k != "time"}, **truth})
         mark_complete(paths.store, clip_id, flag="annotated")
         result.annotated = True

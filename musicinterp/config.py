@@ -121,7 +121,7 @@ class AudioDirSource(Spec):
 
 
 class CueSource(Spec):
-    """Known-answer pieces: a cue in the first second decides whether section A returns at 5 s.
+    """Known-answer pieces: a cue in the first second decides whether section A returns at 9 s.
 
     Nothing audible near the return point gives it away (see musicinterp/sources/cue.py); the
     positive-control model (``musicinterp train-toy``) is trained on them.
@@ -130,11 +130,11 @@ class CueSource(Spec):
     kind: Literal["cue"] = "cue"
     n_pieces: int = Field(8, ge=1, le=100_000, description="Number of pieces.")
     duration_s: float = Field(
-        8.0, ge=7.0, le=30.0, description="Length of each piece in seconds (the return section is 5.0-6.6 s)."
+        11.0, ge=11.0, le=30.0, description="Length of each piece in seconds (the return section is 9.0-10.6 s)."
     )
     seed: int = Field(0, description="Seed for the pieces; the same seed gives the same audio.")
     return_fraction: float = Field(
-        0.5, ge=0.0, le=1.0, description="Fraction of pieces whose cue says 'return' (A comes back at 5 s)."
+        0.5, ge=0.0, le=1.0, description="Fraction of pieces whose cue says 'return' (A comes back at 9 s)."
     )
 
 
@@ -254,12 +254,13 @@ DEFAULT_TARGETS = ("rec_within_2s", "rec_within_4s", "rec_within_8s", "res_withi
 # How far each tension component looks past its frame (s), from its windows in musicinterp/annotate/tension.py:
 # every component is a centred 1 s moving average (+0.5 s) of a 64-128 ms analysis window (+0.064 s); onset
 # density also counts onsets in a centred 2 s window (+1 s) found with a 25-frame median threshold (+0.24 s);
-# key unclarity correlates a centred 4 s chroma window (+2 s, chroma smoothed 0.2 s: +0.1 s); tensile strain
-# uses a centred 1 s chroma cloud (+0.5 s, +0.1 s) against the whole clip's key (a clip-level constant).
+# key unclarity correlates a centred 4 s chroma window (+2 s, chroma smoothed 0.2 s: +0.1 s). Shifted back by
+# its look-ahead, a component sees audio in [t - 2 x look-ahead, t]: at most 5.33 s back (key unclarity).
+# Tensile strain is left out: it measures the chroma cloud against the key of the whole clip, which no shift
+# makes causal (the clip's future would leak into the controls).
 DESCRIPTOR_LOOKAHEAD_S = {
     "tension_loudness_db": 0.564, "tension_onset_density_hz": 1.804, "tension_pitch_height_midi": 0.564,
     "tension_dissonance": 0.564, "tension_flatness_db": 0.564, "tension_key_unclarity": 2.664,
-    "tension_tensile_strain": 1.164,
 }
 
 

@@ -2,14 +2,14 @@
 
 DESIGN.md section 3 ("Known-answer models"): a pipeline that claims to detect foresight must find it
 where it exists. :func:`train_toy` renders cue pieces (:mod:`musicinterp.sources.cue`: a cue in the
-first second decides whether section A returns at 5 s, and nothing audible near 5 s gives it away),
+first second decides whether section A returns at 9 s, and nothing audible near 9 s gives it away),
 encodes them with the model's EnCodec, trains a small MusicGen-architecture decoder on their delayed
 codes (teacher forcing, the empty text condition, cross-entropy over the four codebooks), checks on
 held-out pieces that it learned the structure, and saves it as a loadable checkpoint with weights
 kind ``trained-here``. The same architecture with its initial random weights is saved beside it
 (weights kind ``random``) as the negative control.
 
-The check: mean cross-entropy over the return section (frames 250-329) of held-out pieces. A model
+The check: mean cross-entropy over the return section (frames 450-529) of held-out pieces. A model
 that remembers the cue predicts A's codes there after the return cue, and cannot do better than
 chance after the no-return cue (the section is then random); the random-weight model is at chance
 everywhere. The report gives all of these numbers.
@@ -57,7 +57,7 @@ from musicinterp.models import (
     build_offline,
     save_checkpoint,
 )
-from musicinterp.sources.cue import RETURN_AT_S, RETURN_END_S, compose, is_return_piece
+from musicinterp.sources.cue import MIN_DURATION_S, RETURN_AT_S, RETURN_END_S, compose, is_return_piece
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class ToySpec(Spec):
     """How the positive-control model is made: pieces, architecture, optimiser."""
 
     n_pieces: int = Field(256, ge=4, le=100_000, description="Training cue pieces (half with the return cue).")
-    duration_s: float = Field(8.0, ge=7.0, le=30.0, description="Length of each piece in seconds.")
+    duration_s: float = Field(11.0, ge=11.0, le=30.0, description="Length of each piece in seconds.")
     seed: int = Field(0, ge=0, description="Seed of the training pieces and of the initial weights.")
     heldout_pieces: int = Field(32, ge=2, le=10_000, description="Held-out pieces for the check.")
     heldout_seed: int = Field(1000, ge=0, description="Seed of the held-out pieces (must differ from seed).")
@@ -249,7 +249,7 @@ def sampled_loss(loaded: LoadedModel, ids: torch.Tensor, n_steps: int, gen: torc
 
 @torch.no_grad()
 def return_losses(loaded: LoadedModel, ids: torch.Tensor, batch_size: int = 8) -> dict[str, np.ndarray]:
-    """Per piece: mean cross-entropy over the return section, over the 8 s before it, and over the piece."""
+    """Per piece: mean cross-entropy over the return section, over the 2 s before it, and over the piece."""
     parts = [frame_losses(loaded, ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)]
     ce = torch.cat(parts).numpy()
     ret = ce[:, :, RETURN_FRAMES.start : RETURN_FRAMES.stop]
@@ -328,7 +328,7 @@ def train_toy(
 
     facts = {
         "toy_spec": spec.model_dump(mode="json"), "toy_spec_fingerprint": spec.fingerprint(),
-        "construction": "musicinterp.sources.cue (cue at 0-1 s decides whether A returns at 5.0-6.6 s)",
+        "construction": "musicinterp.sources.cue (cue at 0-1 s decides whether A returns at 9.0-10.6 s)",
         "encodec": "offline 'tiny' EnCodec (seed 0), LSTM zeroed, causal convolutions, k-means codebooks "
                    f"({spec.codebook_clusters} + 3 x {spec.residual_clusters} codewords, "
                    f"calibration seed {CALIBRATION_SEED})",
@@ -405,7 +405,8 @@ def evaluate_toy(trained: LoadedModel, random: LoadedModel, held_ids: torch.Tens
             "return_frames": [RETURN_FRAMES.start, RETURN_FRAMES.stop]}
 
 
-def heldout_ids(loaded: LoadedModel, seed: int, n: int, duration_s: float = 8.0) -> tuple[torch.Tensor, np.ndarray]:
+def heldout_ids(loaded: LoadedModel, seed: int, n: int,
+                duration_s: float = MIN_DURATION_S) -> tuple[torch.Tensor, np.ndarray]:
     """Delayed inputs and return flags of ``n`` cue pieces of ``seed`` (for checks on a saved model)."""
     samples, returns = _pieces(seed, n, duration_s)
     with torch.no_grad():

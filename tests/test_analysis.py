@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -91,6 +92,7 @@ def test_analysis__table_has_exactly_the_documented_columns(grid):
     assert (out / "gain_rec_within_auroc.png").exists()
     text = (out / "findings.md").read_text()
     assert "weights: trained-here" in text and "random-model" not in text.split("##")[0]
+    assert re.search(r"Controls alone, rec_within at \d s: AUROC 0\.\d{3}", text)
 
 
 def test_bh__q_values_match_a_hand_computation():

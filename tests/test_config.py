@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from musicinterp.config import ConfigError, ModelSpec, RunSpec, load_run_spec, parse_run_spec
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_fingerprint__stable_and_sensitive():
@@ -19,9 +23,19 @@ def test_fingerprint__stable_and_sensitive():
 
 
 def test_load__shipped_configs_validate():
-    for path in ("configs/demo.yaml", "configs/musicgen-small.yaml"):
-        spec = load_run_spec(path)
-        assert spec.name
+    paths = sorted(ROOT.glob("configs/*.yaml"))
+    assert len(paths) >= 4
+    for path in paths:
+        assert load_run_spec(path).name
+
+
+def test_toy_config__names_the_store_that_the_random_twin_config_writes():
+    """configs/toy.yaml analyses the random twin's store beside its own; the folder carries the fingerprint,
+    so an edit of configs/toy-random.yaml must be followed there."""
+    toy, twin = load_run_spec(ROOT / "configs/toy.yaml"), load_run_spec(ROOT / "configs/toy-random.yaml")
+    assert toy.control_store == f"runs/{twin.name}-{twin.fingerprint(10)}/store.zarr"
+    assert toy.slice == twin.slice and toy.capture == twin.capture and toy.annotation == twin.annotation
+    assert toy.analysis == twin.analysis
 
 
 def test_load__unknown_offline_model_names_field(tmp_path):

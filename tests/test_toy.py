@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from musicinterp.annotate.labels import truth_labels
+from musicinterp.annotate.spec import AnnotationSpec
 from musicinterp.capture import capture_clip, encode_audio
-from musicinterp.config import CaptureSpec, CueSource, ModelSpec, SliceSpec
+from musicinterp.config import DESCRIPTOR_LOOKAHEAD_S, CaptureSpec, CueSource, ModelSpec, SliceSpec
 from musicinterp.frames import FRAME_RATE_HZ, SAMPLE_RATE_HZ
 from musicinterp.models import LoadedModel, load_model
 from musicinterp.slice import load_clip_audio, plan_slice
@@ -43,10 +45,11 @@ RET_FRAME = int(RETURN_AT_S * FRAME_RATE_HZ)
 A_FRAME = int(A_START_S * FRAME_RATE_HZ)
 A_FRAMES = int(A_LEN_S * FRAME_RATE_HZ)
 ENCODER_MEMORY_FRAMES = 12  # the toy EnCodec is causal and has no LSTM: a frame sees ~12 frames of audio
+PIECE_S = 11.0
 
 
 def _piece(index: int, returns: bool, seed: int = 3) -> tuple[np.ndarray, dict]:
-    return compose({"seed": seed, "index": index, "duration_s": 8.0, "returns": returns})
+    return compose({"seed": seed, "index": index, "duration_s": PIECE_S, "returns": returns})
 
 
 def _span(x: np.ndarray, a_s: float, b_s: float) -> np.ndarray:
@@ -84,17 +87,43 @@ def test_cue__plan_gives_truth_with_the_return_at_the_fixed_time():
     kinds = [t.truth["cue"] for t in tracks]
     assert kinds.count("return") == 5 and kinds.count("no-return") == 5
     for t in tracks:
-        assert len(t.samples) == 8 * SAMPLE_RATE_HZ and t.samples.dtype == np.float32
+        assert len(t.samples) == PIECE_S * SAMPLE_RATE_HZ and t.samples.dtype == np.float32
         assert ("r-p" in t.source_id) == (t.truth["cue"] == "return")
         if t.truth["cue"] == "return":
             assert t.truth["returns"] == [{"source_start_s": A_START_S, "source_end_s": A_START_S + A_LEN_S,
                                            "start_s": RETURN_AT_S, "end_s": RETURN_END_S}]
         else:
             assert t.truth["returns"] == []
+        assert t.truth["return_points"] == [{"start_s": RETURN_AT_S, "end_s": RETURN_END_S,
+                                             "returns": t.truth["cue"] == "return"}]
         assert 0 <= t.truth["motif"] < len(MOTIFS)
     # deterministic from (seed, index)
     again = list(plan_cue(CueSource(n_pieces=10, seed=5)))
     assert all(np.array_equal(a.samples, b.samples) and a.truth == b.truth for a, b in zip(tracks, again))
+
+
+def test_cue__truth_asks_whether_a_returns_only_just_before_the_return_point():
+    """truth_return_within_h: defined in the h seconds before the return point of every piece, 1 exactly
+    where A returns; the cue ends more than the controls' reach (5.33 s) before that window."""
+    spec = AnnotationSpec(horizons_s=[1, 2])
+    n = int(PIECE_S * FRAME_RATE_HZ)
+    t = np.arange(n) / FRAME_RATE_HZ
+    for returns in (True, False):
+        truth = _piece(0, returns)[1]
+        lab = truth_labels(truth["returns"], n, spec, return_points=truth["return_points"])
+        for h in (1, 2):
+            valid = lab[f"truth_return_within_{h}s_valid"]
+            assert np.array_equal(np.flatnonzero(valid), np.flatnonzero((t >= RETURN_AT_S - h) & (t < RETURN_AT_S)))
+            assert (lab[f"truth_return_within_{h}s"][valid] == int(returns)).all()
+            assert not lab[f"truth_return_within_{h}s"][~valid].any()
+            assert RETURN_AT_S - h - 2 * max(DESCRIPTOR_LOOKAHEAD_S.values()) > CUE_END_S
+    # without return points (the synthetic sources) every frame whose horizon ends in the clip is asked
+    ret = [{"source_start_s": 1.0, "source_end_s": 2.0, "start_s": 6.0, "end_s": 7.0}]
+    lab = truth_labels(ret, n, spec)
+    pos = np.flatnonzero(lab["truth_return_within_2s"])
+    assert pos[0] == 200 and pos[-1] == 299 and len(pos) == 100
+    assert lab["truth_return_within_2s_valid"].sum() == n - 100
+    assert not truth_labels(None, n, spec)["truth_return_within_2s_valid"].any()
 
 
 def test_cue__return_section_is_section_a_sample_for_sample():
@@ -113,7 +142,7 @@ def test_cue__twins_differ_only_in_the_cue_and_the_return_section():
         n, _ = _piece(index, returns=False)
         assert not np.allclose(_span(r, 0, CUE_END_S), _span(n, 0, CUE_END_S), atol=1e-3)
         assert np.array_equal(_span(r, CUE_END_S, RETURN_AT_S), _span(n, CUE_END_S, RETURN_AT_S))
-        assert np.array_equal(_span(r, RETURN_END_S, 8.0), _span(n, RETURN_END_S, 8.0))
+        assert np.array_equal(_span(r, RETURN_END_S, PIECE_S), _span(n, RETURN_END_S, PIECE_S))
 
 
 def test_cue__cues_are_clearly_different_and_the_same_in_every_piece():
@@ -127,15 +156,15 @@ def test_cue__cues_are_clearly_different_and_the_same_in_every_piece():
 
 
 def test_cue__too_short_pieces_are_refused():
-    with pytest.raises(ValueError, match="duration_s >= 7"):
-        compose({"seed": 0, "index": 0, "duration_s": 6.0, "returns": True})
+    with pytest.raises(ValueError, match="duration_s >= 11"):
+        compose({"seed": 0, "index": 0, "duration_s": 10.0, "returns": True})
 
 
 def test_cue__slice_plans_and_reloads_cue_clips():
     manifest = plan_slice(SliceSpec(name="cue", sources=[CueSource(n_pieces=3, seed=2)], n_shards=2))
     assert [c.source for c in manifest.clips] == ["cue"] * 3
     clip = manifest.clips[0]
-    assert clip.duration_s == pytest.approx(8.0)
+    assert clip.duration_s == pytest.approx(PIECE_S)
     assert np.array_equal(load_clip_audio(clip), compose(json.loads(clip.locator))[0])
 
 
@@ -173,7 +202,7 @@ def test_toy__shipped_checkpoint_loads_as_trained_here(toy, toy_random):
 def test_toy__capture_works_on_the_shipped_model(toy):
     x, _ = _piece(2, returns=True, seed=FRESH_SEED)
     cap = capture_clip(toy, x, CaptureSpec())
-    assert cap.resid.shape == (toy.n_layers + 1, 8 * FRAME_RATE_HZ, toy.hidden_size)
+    assert cap.resid.shape == (toy.n_layers + 1, PIECE_S * FRAME_RATE_HZ, toy.hidden_size)
     assert np.isfinite(cap.resid.astype(np.float32)).all()
 
 

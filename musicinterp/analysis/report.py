@@ -94,8 +94,22 @@ def heatmaps(df: pd.DataFrame, out: Path, alpha: float = 0.05, metric: str = "au
 def _cell(r: pd.Series) -> str:
     h = f" at {r['horizon']:g} s" if np.isfinite(r["horizon"]) else ""
     pc = f", p_cluster {r['p_cluster']:.3g}" if np.isfinite(r["p_cluster"]) else ""
+    sc = (f" (AUROC {r['score_controls']:.3f} -> {r['score_full']:.3f})"
+          if r["metric"] == "auroc" and np.isfinite(r.get("score_controls", np.nan)) else "")
     return (f"layer {int(r['layer'])}, {r['target']}{h}: gain {r['gain']:+.3f} "
-            f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], p {r['p_value']:.3g}, q {r['q_value']:.3g}{pc}")
+            f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]{sc}, p {r['p_value']:.3g}, q {r['q_value']:.3g}{pc}")
+
+
+def _controls_baseline(d: pd.DataFrame) -> list[str]:
+    """What the controls alone reach per target (the same for every layer up to the folds' C choice)."""
+    lines = []
+    for (target, h), g in d.groupby(["target", "horizon"], dropna=False):
+        sc = g["score_controls"].to_numpy(float)
+        sc = sc[np.isfinite(sc)]
+        if len(sc):
+            hs = f" at {h:g} s" if np.isfinite(h) else ""
+            lines.append(f"- Controls alone, {target}{hs}: AUROC {np.median(sc):.3f} (out of fold; 0.5 = chance).")
+    return lines
 
 
 def findings_markdown(df: pd.DataFrame, weights: str, alpha: float = 0.05) -> str:
@@ -128,6 +142,8 @@ def findings_markdown(df: pd.DataFrame, weights: str, alpha: float = 0.05) -> st
                          "none should be; treat the real analysis with suspicion.")
         lines.append(f"- {len(sig)} of {len(tested)} tested cells significant (q < {alpha:g}); "
                      f"{len(d) - len(tested)} cells could not be tested (see notes).")
+        if control == "none" and "score_controls" in d:
+            lines += _controls_baseline(tested)
         for _, r in sig.iterrows():
             lines.append(f"  - {_cell(r)}")
         if control == "none":

@@ -213,22 +213,32 @@ def annotate(samples, spec: AnnotationSpec | None = None, clip_id: str = "<clip>
 
 
 def truth_label_schema(spec: AnnotationSpec | None = None) -> dict[str, dict[str, str]]:
-    """Recurrence labels from a clip's ground truth (planted or score-derived returns), beside the
-    annotated ones: the planted event itself, for known-answer analyses. Undefined (``_valid`` False)
-    on clips without ground truth."""
+    """Labels from a clip's ground truth (planted or score-derived returns), beside the annotated ones:
+    the planted event itself, for known-answer analyses. Undefined (``_valid`` False) on clips without
+    ground truth."""
     spec = spec or AnnotationSpec()
     out: dict[str, dict[str, str]] = {}
     for name, dtype, units, doc in (
         [("truth_rec_lag_next_s", "float32", "s", "ground truth: lag to the next occurrence of the content at t")]
         + [(f"truth_rec_within_{horizon_name(h)}", "int8", "0/1",
-            f"ground truth: the content at t recurs within {h:g} s") for h in spec.horizons_s]):
+            f"ground truth: the content at t recurs within {h:g} s") for h in spec.horizons_s]
+        + [(f"truth_return_within_{horizon_name(h)}", "int8", "0/1",
+            f"ground truth: a return begins in (t, t + {h:g} s]; where the truth names the points where a return "
+            f"may begin, defined only within {h:g} s before them") for h in spec.horizons_s]):
         out[name] = {"dtype": dtype, "units": units, "description": doc, "valid_mask": f"{name}_valid"}
         out[f"{name}_valid"] = {"dtype": "bool", "units": "", "description": f"where {name} is defined"}
     return out
 
 
-def truth_labels(returns: list[dict] | None, n: int, spec: AnnotationSpec | None = None) -> dict[str, np.ndarray]:
-    """The :func:`truth_label_schema` labels of a clip of ``n`` frames; ``returns=None``: no ground truth."""
+def truth_labels(returns: list[dict] | None, n: int, spec: AnnotationSpec | None = None,
+                 return_points: list[dict] | None = None) -> dict[str, np.ndarray]:
+    """The :func:`truth_label_schema` labels of a clip of ``n`` frames; ``returns=None``: no ground truth.
+
+    ``return_points`` (``start_s`` each), when the truth has them, are the points where a return *may*
+    begin (the cue pieces: every piece has one, half of them return there). ``truth_return_within_<h>s``
+    is then defined only in the ``h`` seconds before such a point, where whether a return comes is the
+    open question; a stretch where nothing can happen would only teach a probe where the point is.
+    """
     from musicinterp.annotate.validate import truth_lags
 
     spec = spec or AnnotationSpec()
@@ -239,12 +249,27 @@ def truth_labels(returns: list[dict] | None, n: int, spec: AnnotationSpec | None
     has = np.isfinite(nxt)
     lag_frames = np.where(has, np.round(np.nan_to_num(nxt) * FRAME_RATE_HZ), -1).astype(np.int64)
     out = {"truth_rec_lag_next_s": np.where(has, nxt, 0.0).astype(np.float32), "truth_rec_lag_next_s_valid": has}
+    # frames to the next return onset strictly after t (-1: none)
+    to_onset = np.full(n, -1, dtype=np.int64)
+    for r0 in sorted({int(round(float(r["start_s"]) * FRAME_RATE_HZ)) for r in returns or []}, reverse=True):
+        to_onset[:min(max(r0, 0), n)] = r0 - np.arange(min(max(r0, 0), n))
+    points = sorted({int(round(float(p["start_s"]) * FRAME_RATE_HZ)) for p in return_points or []})
     for h in spec.horizons_s:
-        v, ok = _within(lag_frames, has, frames_of(h))
+        hf, name = frames_of(h), horizon_name(h)
+        v, ok = _within(lag_frames, has, hf)
         if returns is None:
             ok = np.zeros(n, dtype=bool)
             v = np.zeros(n, dtype=np.int8)
-        out[f"truth_rec_within_{horizon_name(h)}"], out[f"truth_rec_within_{horizon_name(h)}_valid"] = v, ok
+        out[f"truth_rec_within_{name}"], out[f"truth_rec_within_{name}_valid"] = v, ok
+        rv, rok = _within(to_onset, to_onset > 0, hf)
+        if points:
+            rok = np.zeros(n, dtype=bool)
+            for p in points:
+                rok[max(p - hf, 0):min(max(p, 0), n)] = True
+        if returns is None:
+            rv, rok = np.zeros(n, dtype=np.int8), np.zeros(n, dtype=bool)
+        out[f"truth_return_within_{name}"] = np.where(rok, rv, 0).astype(np.int8)
+        out[f"truth_return_within_{name}_valid"] = rok
     return out
 
 

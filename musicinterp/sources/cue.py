@@ -7,11 +7,16 @@ the same layout (seconds):
 0.0 - 1.0      the cue: a held chord, either the *return* cue (200/250/300 Hz, reed) or the
                *no-return* cue (300/350/450 Hz, flute)
 1.0 - 2.6      section A: one of :data:`MOTIFS` (a small fixed inventory), organ
-2.6 - 5.0      section B: random notes of the same kind
-5.0 - 6.6      the return point, at the same time in every piece: A again (return cue) or a
+2.6 - 9.0      section B: random notes of the same kind
+9.0 - 10.6     the return point, at the same time in every piece: A again (return cue) or a
                fresh random section C of the same kind as A (no-return cue)
-6.6 - end      section D: random notes
+10.6 - end     section D: random notes (pieces last at least 11 s)
 =============  ==========================================================================
+
+Why the return is 8 s after the cue: the analysis asks at the frames up to 2 s before the return
+whether A will come back, and its causal controls reach back at most 5.33 s from a frame (key
+unclarity: a centred 4 s window read 2.66 s late, ``DESCRIPTOR_LOOKAHEAD_S``); from 7.0 s that is
+1.67 s, after the cue has ended. Only a memory of more than 6 s can tell the kinds apart there.
 
 Design choices that make the return predictable *only from memory*:
 
@@ -27,9 +32,11 @@ Design choices that make the return predictable *only from memory*:
   learned in DESIGN.md; C is random, so after a no-return cue the return section is unpredictable.
 
 Ground truth (``truth``): ``returns`` lists the planted return in the format of
-:mod:`musicinterp.sources.synthetic` (empty for no-return pieces), ``cue`` is ``"return"`` or
-``"no-return"``, ``motif`` the index of A in :data:`MOTIFS`, ``return_at_s`` the fixed return time, and
-``sections`` the labelled sections.
+:mod:`musicinterp.sources.synthetic` (empty for no-return pieces), ``return_points`` the point where a
+return may start in every piece (``start_s``/``end_s`` of the return section, ``returns`` true or
+false: the truth labels ``truth_return_within_<h>s`` ask the question only just before it), ``cue`` is
+``"return"`` or ``"no-return"``, ``motif`` the index of A in :data:`MOTIFS`, ``return_at_s`` the fixed
+return time, and ``sections`` the labelled sections.
 """
 
 from __future__ import annotations
@@ -47,9 +54,9 @@ from musicinterp.sources.synth import RELEASE_S, Note, render_note
 CUE_END_S = 1.0
 A_START_S = CUE_END_S
 A_LEN_S = 1.6
-RETURN_AT_S = 5.0  # the return point, the same in every piece
+RETURN_AT_S = 9.0  # the return point, the same in every piece
 RETURN_END_S = RETURN_AT_S + A_LEN_S
-MIN_DURATION_S = 7.0  # the return section and a little of D must fit
+MIN_DURATION_S = 11.0  # the return section and a little of D must fit (2 s after the return point)
 SLOT_S = 0.2  # notes last one or two slots of 10 frames
 GAIN = 0.25  # fixed mix gain (no per-piece normalisation, so repeated audio is bit-identical)
 PITCHES_HZ = (200.0, 250.0, 300.0, 350.0, 400.0, 450.0, 500.0, 600.0)  # multiples of 50 Hz: frame-periodic
@@ -140,6 +147,7 @@ def compose(recipe: dict) -> tuple[np.ndarray, dict]:
     truth = {
         "returns": ([{"source_start_s": A_START_S, "source_end_s": A_START_S + A_LEN_S,
                       "start_s": RETURN_AT_S, "end_s": RETURN_END_S}] if returns else []),
+        "return_points": [{"start_s": RETURN_AT_S, "end_s": RETURN_END_S, "returns": returns}],
         "cue": cue, "motif": motif, "return_at_s": RETURN_AT_S, "sections": sections,
     }
     return _mix(notes, dur), truth
