@@ -1,8 +1,9 @@
 """False-positive rates of the analysis's p-values on null data (DESIGN.md §3: a statistic not shown to keep
 its rate on null data is not done).
 
-    python benchmarks/null_simulation.py --experiments 200 --seed 0                       # label swaps
-    python benchmarks/null_simulation.py --experiments 200 --seed 1 --frames 300 --min-shift-s 2   # shifts
+    python benchmarks/null_simulation.py --experiments 200 --seed 0 --frames 300                      # swap
+    python benchmarks/null_simulation.py --experiments 200 --seed 1 --frames 300 --permutation shift \
+        --min-shift-s 2
 
 Each experiment: 24 clips from 12 sources (two clips per source share the source's event rate), 150 frames
 (3 s) each (``--frames``); one "layer" (--layers) of AR(1) activations (phi 0.98 per 50 Hz frame, 16
@@ -11,15 +12,10 @@ from Poisson events, independent of the activations but autocorrelated (and corr
 AR(1) controls in the store's control layout. The real probe (``probe_layer_target``) runs on the same npz files the
 pipeline writes, with the AnalysisSpec defaults except ``n_permutations`` (19 here, 99 by default: with
 19 the permutation p is still exact, 1/20 = 0.05 being its smallest value), ``n_bootstrap`` (200) and
-``min_shift_s`` (``--min-shift-s``, 4 s by default). The permutation scheme follows from the clip length:
-3 s clips are shorter than twice the minimum shift, so every permutation hands each clip the labels of
-another clip (the swap scheme); 6 s clips with a 2 s minimum shift (above the 1 s correlation time of
-the AR(1) series and of the 1 s target) are circularly shifted within the clip.
-
-Printed: for each p-value the rate of p <= alpha over experiments x layers with a Clopper–Pearson 95%
-interval, and the rate for two naive frame-level procedures the DESIGN warns against (a likelihood-ratio
-test that treats frames as independent, and a bootstrap that resamples frames instead of clusters).
-One process; threads pinned to one.
+``min_shift_s`` (``--min-shift-s``, 4 s by default). ``--permutation`` picks the scheme (``swap``, the
+default: each clip takes the labels of another clip of the same length; ``shift``: circular shifts within
+the clip, which needs clips longer than twice the minimum shift: 6 s clips with a 2 s minimum shift, above
+the 1 s correlation time of the AR(1) series and of the 1 s target).
 """
 
 from __future__ import annotations
@@ -61,7 +57,7 @@ def experiment(rng: np.random.Generator, spec: AnalysisSpec, work: Path, n_clips
         t = np.arange(n_frames)
         y = ((cs[np.minimum(t + H_FRAMES, n_frames - 1) + 1] - cs[t + 1]) > 0).astype(np.int8)
         v = t + H_FRAMES < n_frames  # censored clip end, as load_labels does
-        lag, lagv = own_lag(y, v | y.astype(bool), H_FRAMES)
+        lag, lagv = own_lag(y, v | y.astype(bool), H_FRAMES + 1)  # as load_labels does
         per = {k: ar1_noise(rng, n_frames, 1, 0.98)[:, 0] for k in have}
         per["rec_lag_prev_s_valid"] = rng.random(n_frames) < 0.3
         m, names = control_matrix(per, n_frames, spec, have)
@@ -114,12 +110,13 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--frames", type=int, default=150, help="frames per clip (50 per second)")
     ap.add_argument("--min-shift-s", type=float, default=4.0, help="AnalysisSpec.min_shift_s")
+    ap.add_argument("--permutation", choices=["swap", "shift"], default="swap", help="AnalysisSpec.permutation")
     args = ap.parse_args()
     spec = AnalysisSpec(targets=[TARGET], n_permutations=args.permutations, n_bootstrap=200, seed=args.seed,
-                        min_shift_s=args.min_shift_s)
+                        min_shift_s=args.min_shift_s, permutation=args.permutation)
     kept = len(range(0, args.frames, spec.frame_stride))
     shift = max(1, int(np.ceil(args.min_shift_s * 50 / spec.frame_stride)))
-    scheme = ("circular shift within each clip" if kept >= 2 * shift + 1
+    scheme = ("circular shift within each clip" if args.permutation == "shift" and kept >= 2 * shift + 1
               else "labels swapped between equal-length clips")
     rng = np.random.default_rng(args.seed)
     res: dict[str, list[float]] = {}

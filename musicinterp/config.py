@@ -273,7 +273,7 @@ class AnalysisSpec(Spec):
     targets: list[str] = Field(
         default_factory=lambda: list(DEFAULT_TARGETS),
         description="Binary (clip, time) label variables to predict, each with a '<name>_valid' mask; a name "
-        "ending in '_<h>s' is read as horizon h seconds (its own value at t - h becomes a control).")
+        "ending in '_<h>s' is read as horizon h seconds (its own value at t - h - 1 frame becomes a control).")
     layers: list[int] | None = Field(
         None, description="Layers to probe (None = every layer in the store). Layer 0 (the token embeddings) "
         "is always added as a control layer.")
@@ -296,11 +296,16 @@ class AnalysisSpec(Spec):
         "newton", description="'newton': the project's exact Newton solver of the same L2 logistic objective "
         "(several times faster on small problems; tested equal to sklearn); 'lbfgs': sklearn LogisticRegression.")
     n_permutations: int = Field(
-        99, ge=1, description="Circular-shift permutations of the target within each clip; both models are refit "
-        "(inner CV included) every time. p = (1 + #null gain >= observed) / (1 + n_permutations).")
+        99, ge=1, description="Permutations of the target (see permutation); both models are refit (inner CV "
+        "included) every time. p = (1 + #null gain >= observed) / (1 + n_permutations).")
+    permutation: Literal["swap", "shift"] = Field(
+        "swap", description="'swap': each clip takes the label track (target, valid mask, own lag) of another "
+        "clip of the same length; 'shift': the track is circularly shifted within the clip by >= min_shift_s. "
+        "The null simulation keeps 'swap' near 5% and finds 'shift' anti-conservative (README), hence the "
+        "default. A clip without a same-length partner is shifted instead (noted).")
     min_shift_s: float = Field(
-        4.0, gt=0, description="Smallest circular shift (s) of a permutation; clips too short for it swap labels "
-        "with a clip of the same length instead.")
+        4.0, gt=0, description="Smallest circular shift (s) of the 'shift' permutation and of fallbacks; with "
+        "'shift', clips shorter than twice this swap labels with a clip of the same length instead.")
     n_bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples of clusters for the gain's CI.")
     cluster_unit: Literal["source", "clip"] = Field(
         "source", description="Unit resampled by the bootstrap and clustered by the Wald test: 'source' keeps the "

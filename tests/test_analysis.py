@@ -146,7 +146,8 @@ def test_load_labels__controls_are_causal_and_clip_end_is_censored(tmp_path):
     v = z["valid__rec_within_4s"][z["clip"] == 0]
     assert not v[300 - 200:].any()  # within h = 4 s of the end: dropped
     lag = z["lag__rec_within_4s"][z["clip"] == 0]
-    np.testing.assert_array_equal(lag[200:250], ds["rec_within_4s"].values[0, :50])
+    np.testing.assert_array_equal(lag[201:251], ds["rec_within_4s"].values[0, :50])  # at t - h - 1 frame
+    assert (lag[:201] == 0).all()
 
 
 def test_probe__degenerate_targets_give_rows_with_notes(tmp_path):
@@ -210,11 +211,30 @@ def test_auroc__matches_sklearn_and_weights_equal_repeats():
     assert math.isnan(stats.auroc(np.zeros(5), np.arange(5)))
 
 
+def test_permutation_swap__whole_tracks_of_equal_length_clips_never_their_own():
+    rng = np.random.default_rng(3)
+    clip = np.repeat([0, 1, 2, 3, 4, 5], [20, 20, 20, 30, 30, 25])
+    starts = {0: 0, 1: 20, 2: 40, 3: 60, 4: 90, 5: 120}
+    for _ in range(50):
+        perm, fallback = stats.permutation_index(clip, 8, rng, "swap")
+        for c, s in starts.items():
+            n = int((clip == c).sum())
+            src = clip[perm[s]]
+            if c == 5:  # no partner of length 25: shifted within itself by >= 8
+                assert src == 5 and 8 <= (perm[s] - s) % n <= n - 8
+            else:
+                assert src != c and (clip == src).sum() == n
+                np.testing.assert_array_equal(perm[s:s + n], starts[src] + np.arange(n))
+        assert fallback == 1 and sorted(perm) == list(range(len(clip)))
+    with pytest.raises(ValueError, match="unknown permutation scheme"):
+        stats.permutation_index(clip, 8, rng, "shuffle")
+
+
 def test_circular_shift__stays_in_clip_and_respects_the_minimum_shift():
     rng = np.random.default_rng(2)
     clip = np.repeat([0, 1, 2, 3, 4], [50, 60, 10, 10, 7])
     for _ in range(50):
-        perm, fallback = stats.circular_shift_index(clip, 8, rng)
+        perm, fallback = stats.permutation_index(clip, 8, rng, "shift")
         assert np.array_equal(clip[perm[:110]], clip[:110])  # long clips: shifted within themselves
         for s, n in ((0, 50), (50, 60)):
             off = (perm[s] - s) % n

@@ -25,14 +25,16 @@ from musicinterp.sources.cue import (
     RETURN_END_S,
     compose,
     plan_cue,
+    with_cue,
 )
 from musicinterp.toy import (
-    MAX_RATIO_TO_NO_RETURN,
+    MAX_RATIO_ONSET,
     MAX_RATIO_TO_RANDOM,
+    ONSET_FRAMES,
     ToySpec,
     build_toy,
     evaluate_toy,
-    heldout_ids,
+    heldout,
     load_toy,
     train_toy,
 )
@@ -113,7 +115,8 @@ def test_cue__truth_asks_whether_a_returns_only_just_before_the_return_point():
         lab = truth_labels(truth["returns"], n, spec, return_points=truth["return_points"])
         for h in (1, 2):
             valid = lab[f"truth_return_within_{h}s_valid"]
-            assert np.array_equal(np.flatnonzero(valid), np.flatnonzero((t >= RETURN_AT_S - h) & (t < RETURN_AT_S)))
+            window = (t >= RETURN_AT_S - h - 1e-9) & (t <= RETURN_AT_S + 1e-9)  # the onset frame included
+            assert np.array_equal(np.flatnonzero(valid), np.flatnonzero(window)) and valid.sum() == h * 50 + 1
             assert (lab[f"truth_return_within_{h}s"][valid] == int(returns)).all()
             assert not lab[f"truth_return_within_{h}s"][~valid].any()
             assert RETURN_AT_S - h - 2 * max(DESCRIPTOR_LOOKAHEAD_S.values()) > CUE_END_S
@@ -121,7 +124,7 @@ def test_cue__truth_asks_whether_a_returns_only_just_before_the_return_point():
     ret = [{"source_start_s": 1.0, "source_end_s": 2.0, "start_s": 6.0, "end_s": 7.0}]
     lab = truth_labels(ret, n, spec)
     pos = np.flatnonzero(lab["truth_return_within_2s"])
-    assert pos[0] == 200 and pos[-1] == 299 and len(pos) == 100
+    assert pos[0] == 200 and pos[-1] == 300 and len(pos) == 101
     assert lab["truth_return_within_2s_valid"].sum() == n - 100
     assert not truth_labels(None, n, spec)["truth_return_within_2s_valid"].any()
 
@@ -143,6 +146,16 @@ def test_cue__twins_differ_only_in_the_cue_and_the_return_section():
         assert not np.allclose(_span(r, 0, CUE_END_S), _span(n, 0, CUE_END_S), atol=1e-3)
         assert np.array_equal(_span(r, CUE_END_S, RETURN_AT_S), _span(n, CUE_END_S, RETURN_AT_S))
         assert np.array_equal(_span(r, RETURN_END_S, PIECE_S), _span(n, RETURN_END_S, PIECE_S))
+
+
+def test_cue__with_cue_is_the_twin_up_to_the_return_point():
+    """The counterfactual of the learned-structure check: only the cue changes."""
+    r, _ = _piece(5, returns=True)
+    n, _ = _piece(5, returns=False)
+    swapped = with_cue(r, "no-return")
+    assert np.array_equal(_span(swapped, 0, RETURN_AT_S), _span(n, 0, RETURN_AT_S))
+    assert np.array_equal(_span(swapped, RETURN_AT_S, PIECE_S), _span(r, RETURN_AT_S, PIECE_S))
+    assert np.array_equal(with_cue(r, "return"), r)
 
 
 def test_cue__cues_are_clearly_different_and_the_same_in_every_piece():
@@ -185,6 +198,19 @@ def test_cue__codes_repeat_at_the_return_and_match_between_twins_before_it(toy_c
     assert len(np.unique(cr[0])) > 10  # the codes carry the notes, not one constant
 
 
+def test_cue__first_codes_that_hear_the_return_are_the_onset_frames(toy_codec):
+    """The causal codec gives the return's first frame the same code after either cue; the codes that first
+    differ are those of ONSET_FRAMES, which the toy must predict from the cue (and the probe asks there)."""
+    differ = []
+    for index in range(8):
+        cr = encode_audio(toy_codec, _piece(index, returns=True, seed=FRESH_SEED)[0]).numpy()[0]
+        cn = encode_audio(toy_codec, _piece(index, returns=False, seed=FRESH_SEED)[0]).numpy()[0]
+        assert np.array_equal(cr[A_FRAME + ENCODER_MEMORY_FRAMES : RET_FRAME + 1],
+                              cn[A_FRAME + ENCODER_MEMORY_FRAMES : RET_FRAME + 1])
+        differ.append([cr[f] != cn[f] for f in ONSET_FRAMES])
+    assert np.mean(differ) >= 0.5 and np.mean(differ, axis=0)[-1] >= 0.6
+
+
 # ---- the shipped toy model ------------------------------------------------------------------------------
 def test_toy__shipped_checkpoint_loads_as_trained_here(toy, toy_random):
     assert toy.weights == "trained-here" and toy.model_id == "musicinterp/toy-cue"
@@ -207,13 +233,15 @@ def test_toy__capture_works_on_the_shipped_model(toy):
 
 
 def test_toy__learned_the_return_far_below_random_on_unseen_pieces(toy, toy_random):
-    ids, returns = heldout_ids(toy, FRESH_SEED, 8)
-    assert 0 < returns.sum() < len(returns)
-    report = evaluate_toy(toy, toy_random, ids, returns)
+    held = heldout(toy, FRESH_SEED, 8)
+    assert 0 < held.returns.sum() < len(held.returns) and len(held.swapped_ids) == held.returns.sum()
+    report = evaluate_toy(toy, toy_random, held)
     t, r = report["trained"], report["random"]
     assert report["learned"], report
     assert t["return_return_cue"] <= MAX_RATIO_TO_RANDOM * r["return_return_cue"]
-    assert t["return_return_cue"] <= MAX_RATIO_TO_NO_RETURN * t["return_no_return_cue"]
+    assert t["return_return_cue"] < t["return_no_return_cue"]  # A is predictable after the return cue
+    # the cue itself, not the audio after it, predicts the return's first code
+    assert t["onset_right_cue"] <= MAX_RATIO_ONSET * t["onset_swapped_cue"]
     # the random model is at chance over 2048 codes everywhere, whatever the cue
     assert r["return_return_cue"] > 6.0 and abs(r["return_return_cue"] - r["return_no_return_cue"]) < 0.5
     # before the return both kinds are the same audio: the trained model's loss there must not depend on the cue

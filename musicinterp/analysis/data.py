@@ -14,7 +14,7 @@ dask (``chunks=None``) so a clip's read touches only the chunks that hold it.
 
 :func:`load_labels` reads the (clip, time) label variables one variable at a time (n_clips x n_time each,
 a few MB) and keeps the same frames as :func:`reduce_layer`. It writes the targets, their valid masks, each
-target's own value at t - h (known by time t) and the causal controls (see :func:`control_matrix`).
+target's own value at t - h - 1 frame (known by time t) and the causal controls (see :func:`control_matrix`).
 
 Both write small ``.npz`` files that the probe reads; :func:`save_reduced` and :func:`save_labels` are the
 writers (the null simulation uses them directly).
@@ -175,7 +175,12 @@ def load_reduced(path: str | Path) -> dict[str, Any]:
 
 
 def own_lag(y: np.ndarray, valid: np.ndarray, h_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """The target's own value at t - h (and whether it is defined): the event window (t-h, t] has passed."""
+    """The target's value ``h_frames`` earlier (and whether it is defined), a control known by time t.
+
+    :func:`load_labels` passes h + 1 frames: the label at t - h - 1 is about events up to frame t - 1, all
+    heard before frame t (a label that counts an event at its onset frame, like ``truth_return_within``,
+    would otherwise tell a probe at that frame the answer its codes do not yet hold).
+    """
     n = len(y)
     lag = np.zeros(n, dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
@@ -309,8 +314,8 @@ def load_labels(store: str | Path | xr.Dataset, spec: AnalysisSpec, out_path: st
             y, v = ys[j].astype(np.int8), vs[j].astype(bool) & in_clip[j].astype(bool)
             if spec.censor_clip_end and hf > 0:
                 v &= np.arange(len(y)) + hf < len(y)
-            if hf > 0:
-                lag, lag_ok = own_lag(y, v, hf)
+            if hf > 0:  # one frame more than h: the label's window then ends before frame t (see own_lag)
+                lag, lag_ok = own_lag(y, v, hf + 1)
             else:
                 lag, lag_ok = np.zeros(len(y), np.float32), np.zeros(len(y), bool)
             for key, arr in (("y", y), ("valid", v), ("lag", lag), ("lag_valid", lag_ok)):

@@ -4,15 +4,16 @@ For the frames where the target is valid:
 
 1. **Folds.** GroupKFold by ``source_id`` (``n_folds``, fewer when there are fewer sources).
 2. **Two models**, both ``Pipeline(StandardScaler, L2 logistic regression)`` fit on the training folds only:
-   *controls* (position, past of the labels, causal descriptors, the target's own value at t - h) and
+   *controls* (position, past of the labels, causal descriptors, the target's own value at t - h - 1 frame) and
    *full* (the same controls + the layer's reduced activations). The strength C of each is chosen by an
    inner GroupKFold (``inner_folds``) on the training folds only, by inner out-of-fold log-loss; the
    scaler of each inner split is fit on its inner training part.
 3. **Gain** on the pooled out-of-fold predictions: AUROC(full) - AUROC(controls) and
    log-loss(controls) - log-loss(full); positive = the layer adds information.
 4. **Inference** (musicinterp.analysis.stats): cluster-bootstrap CI of each gain, a permutation p-value
-   (the target, its valid mask and its own-lag control circularly shifted together within each clip,
-   both models refit each time, inner CV included), and a one-sided cluster-robust Wald p of the full
+   (the target, its valid mask and its own-lag control move together: by default each clip takes the
+   labels of another clip of the same length, ``permutation="shift"`` shifts them circularly within the
+   clip; both models refit each time, inner CV included), and a one-sided cluster-robust Wald p of the full
    model's out-of-fold logit in a GLM of the target on [controls' out-of-fold logit, that score]
    (``p_cluster``; see :func:`musicinterp.analysis.stats.cluster_wald_p` for why the controls enter as
    one score).
@@ -206,6 +207,12 @@ def _nan_rows(base: dict[str, Any], note: str) -> list[dict[str, Any]]:
                   "p_cluster": nan, "note": note, "score_controls": nan, "score_full": nan})
 
 
+def _fallback_words(scheme: str, n: int) -> str:
+    if scheme == "swap":
+        return f"{n} clip-draws had no other clip of the same length and were circularly shifted instead"
+    return f"{n} clip-draws were shorter than 2 x min_shift_s and took an equal-length clip's labels instead"
+
+
 def _stable_seed(*parts: Any) -> list[int]:
     return [zlib.crc32(str(p).encode()) for p in parts]
 
@@ -257,11 +264,11 @@ def _probe(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec, c
     min_shift = max(1, math.ceil(spec.min_shift_s * FRAME_RATE_HZ / spec.frame_stride))
     notes: list[str] = []
     if control == "shifted-labels":
-        perm, fb = stats.circular_shift_index(clip, min_shift, np.random.default_rng(
-            _stable_seed(spec.seed, "shifted-labels", target)))
+        perm, fb = stats.permutation_index(clip, min_shift, np.random.default_rng(
+            _stable_seed(spec.seed, "shifted-labels", target)), spec.permutation)
         y_all, valid_all, lag_all, lagv_all = y_all[perm], valid_all[perm], lag_all[perm], lagv_all[perm]
         if fb:
-            notes.append(f"{fb} clips too short to shift: labels swapped with equal-length clips")
+            notes.append(f"shifted labels: {_fallback_words(spec.permutation, fb)}")
     use_lag = not math.isnan(horizon)
     Xall = red["X"].astype(float)
     Call = lab["controls"].astype(float)
@@ -298,7 +305,7 @@ def _probe(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec, c
     null: dict[str, list[float]] = {m: [] for m in METRICS}
     fallback_total = 0
     for _ in range(spec.n_permutations):
-        perm, fb = stats.circular_shift_index(clip, min_shift, rng)
+        perm, fb = stats.permutation_index(clip, min_shift, rng, spec.permutation)
         fallback_total += fb
         yb, vb, lb, lvb = y_all[perm], valid_all[perm], lag_all[perm], lagv_all[perm]
         if len(np.unique(yb[vb])) < 2:
@@ -312,8 +319,7 @@ def _probe(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec, c
         for m in METRICS:
             null[m].append(g[m])
     if fallback_total:
-        notes.append(f"permutations: {fallback_total} clip-draws swapped labels across equal-length clips "
-                     f"(clip shorter than 2 x min_shift_s)")
+        notes.append(f"permutations: {_fallback_words(spec.permutation, fallback_total)}")
     notes.extend(sorted(info["notes"]))
     pvals = {m: stats.permutation_p(observed[m], np.asarray(null[m])) for m in METRICS}
     base.update(n_permutations=spec.n_permutations, p_cluster=p_cluster, note="; ".join(notes),

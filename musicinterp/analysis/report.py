@@ -120,7 +120,8 @@ def findings_markdown(df: pd.DataFrame, weights: str, alpha: float = 0.05) -> st
                   "represents; they only show what the pipeline reports on a model that has learned nothing.", ""]
     lines += [
         "Question: does layer L at frame t predict the event at t + h better than controls that see only the "
-        "audio up to t (position, the past of the labels, causal descriptors, the target's own value at t - h)?",
+        "audio up to t (position, the past of the labels, causal descriptors, the target's own value at "
+        "t - h - 1 frame)?",
         "",
         "Claims are restricted to the Benjamini–Hochberg-corrected grid (layers × horizons × targets, one family "
         f"per control and metric, FDR {alpha:g}); no layer is selected after the fact. Significance needs "
@@ -128,7 +129,7 @@ def findings_markdown(df: pd.DataFrame, weights: str, alpha: float = 0.05) -> st
         "",
     ]
     for control, title in (("none", "Real analysis"), ("random-model", "Control: random-weight model"),
-                           ("shifted-labels", "Control: labels circularly shifted within each clip")):
+                           ("shifted-labels", "Control: labels shifted within each clip (or another clip's)")):
         d = df[(df["control"] == control) & (df["metric"] == "auroc")]
         if d.empty:
             continue

@@ -4,8 +4,8 @@
 - :func:`bootstrap_gain_ci`: percentile CI of the gain, resampling clusters with replacement on the
   out-of-fold predictions (the models are not refit: the CI is for the predictive gain of the fitted
   procedure on these clips);
-- :func:`circular_shift_index`: the permutation scheme (circular shift of the target within each clip by
-  at least ``min_shift`` frames; clips too short swap with a clip of the same length);
+- :func:`permutation_index`: the permutation schemes (the labels of another clip of the same length, or
+  a circular shift within the clip by at least ``min_shift`` frames);
 - :func:`permutation_p`: (1 + #null >= observed) / (1 + n);
 - :func:`cluster_wald_p`: statsmodels GLM(Binomial) of the target on [controls' out-of-fold score, layer
   model's out-of-fold score] with cluster-robust covariance by cluster and a t(G - 1) reference; the
@@ -103,39 +103,49 @@ def bootstrap_gain_ci(y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray,
     return res
 
 
-def circular_shift_index(clip: np.ndarray, min_shift: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """Index ``perm`` such that ``label[perm]`` is the label circularly shifted within each clip.
+def permutation_index(clip: np.ndarray, min_shift: int, rng: np.random.Generator,
+                      scheme: str = "swap") -> tuple[np.ndarray, int]:
+    """Index ``perm`` such that ``label[perm]`` are the labels of one permutation draw.
 
-    Rows of one clip must be contiguous and in time order (as the labels file stores them). Each clip
-    is shifted by a uniform offset in [min_shift, n - min_shift]; a clip shorter than 2 x min_shift + 1
-    rows instead takes the labels of another such clip of the same length (a random derangement within
-    the length class); a clip with no partner falls back to any nonzero offset. Returns ``perm`` and the
-    number of clips that used a fallback.
+    Rows of one clip must be contiguous and in time order (as the labels file stores them).
+    ``scheme="swap"``: each clip takes the whole label track of another clip of the same length (a random
+    derangement within each length class). ``scheme="shift"``: each clip's labels are circularly shifted by
+    a uniform offset in [min_shift, n - min_shift]; a clip shorter than 2 x min_shift + 1 rows swaps instead.
+    A clip the scheme cannot serve falls back to the other (a swap without a partner: a shift of at least
+    ``min_shift``, or of any non-zero offset when the clip is too short). Returns ``perm`` and the number of
+    clips that used a fallback.
     """
+    if scheme not in ("swap", "shift"):
+        raise ValueError(f"unknown permutation scheme {scheme!r} (use 'swap' or 'shift')")
     perm = np.arange(len(clip))
     starts = np.flatnonzero(np.r_[True, clip[1:] != clip[:-1]])
     ends = np.r_[starts[1:], len(clip)]
-    short: dict[int, list[int]] = {}
-    for s, e in zip(starts, ends):
-        n = e - s
-        if n >= 2 * min_shift + 1:
-            off = int(rng.integers(min_shift, n - min_shift + 1))
-            perm[s:e] = s + (np.arange(n) + off) % n
-        else:
-            short.setdefault(n, []).append(s)
+
+    def shift(s: int, n: int) -> None:
+        lo, hi = (min_shift, n - min_shift) if n >= 2 * min_shift + 1 else (1, n - 1)
+        off = int(rng.integers(lo, hi + 1))
+        perm[s:s + n] = s + (np.arange(n) + off) % n
+
+    swappable: dict[int, list[int]] = {}
     fallback = 0
-    for n, group in short.items():
-        fallback += len(group)
+    for s, e in zip(starts, ends):
+        n = int(e - s)
+        if scheme == "shift" and n >= 2 * min_shift + 1:
+            shift(s, n)
+        else:
+            swappable.setdefault(n, []).append(int(s))
+    for n, group in swappable.items():
+        if scheme == "shift":
+            fallback += len(group)
         if len(group) >= 2:
             order = rng.permutation(len(group))
-            while len(group) > 1 and np.any(order == np.arange(len(group))):
+            while np.any(order == np.arange(len(group))):
                 order = np.roll(order, 1) if rng.random() < 0.5 else rng.permutation(len(group))
             for dst, src in zip(group, np.asarray(group)[order]):
                 perm[dst:dst + n] = src + np.arange(n)
         elif n > 1:
-            s = group[0]
-            off = int(rng.integers(1, n))
-            perm[s:s + n] = s + (np.arange(n) + off) % n
+            shift(group[0], n)
+            fallback += scheme == "swap"
     return perm, fallback
 
 

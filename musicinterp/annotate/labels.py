@@ -223,8 +223,8 @@ def truth_label_schema(spec: AnnotationSpec | None = None) -> dict[str, dict[str
         + [(f"truth_rec_within_{horizon_name(h)}", "int8", "0/1",
             f"ground truth: the content at t recurs within {h:g} s") for h in spec.horizons_s]
         + [(f"truth_return_within_{horizon_name(h)}", "int8", "0/1",
-            f"ground truth: a return begins in (t, t + {h:g} s]; where the truth names the points where a return "
-            f"may begin, defined only within {h:g} s before them") for h in spec.horizons_s]):
+            f"ground truth: a return begins at frame t or within {h:g} s after it; where the truth names the "
+            f"points where a return may begin, defined only in that stretch before them") for h in spec.horizons_s]):
         out[name] = {"dtype": dtype, "units": units, "description": doc, "valid_mask": f"{name}_valid"}
         out[f"{name}_valid"] = {"dtype": "bool", "units": "", "description": f"where {name} is defined"}
     return out
@@ -234,10 +234,13 @@ def truth_labels(returns: list[dict] | None, n: int, spec: AnnotationSpec | None
                  return_points: list[dict] | None = None) -> dict[str, np.ndarray]:
     """The :func:`truth_label_schema` labels of a clip of ``n`` frames; ``returns=None``: no ground truth.
 
-    ``return_points`` (``start_s`` each), when the truth has them, are the points where a return *may*
-    begin (the cue pieces: every piece has one, half of them return there). ``truth_return_within_<h>s``
-    is then defined only in the ``h`` seconds before such a point, where whether a return comes is the
-    open question; a stretch where nothing can happen would only teach a probe where the point is.
+    ``truth_return_within_<h>s`` is 1 from ``h`` before a planted return's first frame up to that frame
+    itself: a frame's codes are made from audio up to the end of its 20 ms hop, so a model at the onset
+    frame has heard at most those 20 ms of the return (the toy's causal codec gives that frame the same
+    code either way). ``return_points`` (``start_s`` each), when the truth has them, are the points where
+    a return *may* begin (the cue pieces: every piece has one, half of them return there); the label is
+    then defined only in that same stretch before such a point, where whether a return comes is the open
+    question; a stretch where nothing can happen would only teach a probe where the point is.
     """
     from musicinterp.annotate.validate import truth_lags
 
@@ -249,10 +252,11 @@ def truth_labels(returns: list[dict] | None, n: int, spec: AnnotationSpec | None
     has = np.isfinite(nxt)
     lag_frames = np.where(has, np.round(np.nan_to_num(nxt) * FRAME_RATE_HZ), -1).astype(np.int64)
     out = {"truth_rec_lag_next_s": np.where(has, nxt, 0.0).astype(np.float32), "truth_rec_lag_next_s_valid": has}
-    # frames to the next return onset strictly after t (-1: none)
+    # frames from t to the next return onset at or after t (-1: none)
     to_onset = np.full(n, -1, dtype=np.int64)
     for r0 in sorted({int(round(float(r["start_s"]) * FRAME_RATE_HZ)) for r in returns or []}, reverse=True):
-        to_onset[:min(max(r0, 0), n)] = r0 - np.arange(min(max(r0, 0), n))
+        upto = min(max(r0 + 1, 0), n)
+        to_onset[:upto] = r0 - np.arange(upto)
     points = sorted({int(round(float(p["start_s"]) * FRAME_RATE_HZ)) for p in return_points or []})
     for h in spec.horizons_s:
         hf, name = frames_of(h), horizon_name(h)
@@ -261,11 +265,11 @@ def truth_labels(returns: list[dict] | None, n: int, spec: AnnotationSpec | None
             ok = np.zeros(n, dtype=bool)
             v = np.zeros(n, dtype=np.int8)
         out[f"truth_rec_within_{name}"], out[f"truth_rec_within_{name}_valid"] = v, ok
-        rv, rok = _within(to_onset, to_onset > 0, hf)
+        rv, rok = _within(to_onset, to_onset >= 0, hf)
         if points:
             rok = np.zeros(n, dtype=bool)
             for p in points:
-                rok[max(p - hf, 0):min(max(p, 0), n)] = True
+                rok[max(p - hf, 0):min(max(p + 1, 0), n)] = True
         if returns is None:
             rv, rok = np.zeros(n, dtype=np.int8), np.zeros(n, dtype=bool)
         out[f"truth_return_within_{name}"] = np.where(rok, rv, 0).astype(np.int8)

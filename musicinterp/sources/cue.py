@@ -13,7 +13,7 @@ the same layout (seconds):
 10.6 - end     section D: random notes (pieces last at least 11 s)
 =============  ==========================================================================
 
-Why the return is 8 s after the cue: the analysis asks at the frames up to 2 s before the return
+Why the return is 8 s after the cue: the analysis asks in the last frames (up to 2 s) before the return
 whether A will come back, and its causal controls reach back at most 5.33 s from a frame (key
 unclarity: a centred 4 s window read 2.66 s late, ``DESCRIPTOR_LOOKAHEAD_S``); from 7.0 s that is
 1.67 s, after the cue has ended. Only a memory of more than 6 s can tell the kinds apart there.
@@ -151,6 +151,18 @@ def compose(recipe: dict) -> tuple[np.ndarray, dict]:
         "cue": cue, "motif": motif, "return_at_s": RETURN_AT_S, "sections": sections,
     }
     return _mix(notes, dur), truth
+
+
+def with_cue(samples: np.ndarray, cue: str) -> np.ndarray:
+    """The piece with its cue replaced by ``cue`` ("return" or "no-return"), everything after unchanged.
+
+    The counterfactual of the learned-structure check: the cue's notes end inside the first second and
+    nothing else sounds there, so this is exactly the piece as it would be with the other cue.
+    """
+    out = samples.copy()
+    n = int(round(CUE_END_S * SAMPLE_RATE_HZ))
+    out[:n] = _mix(_cue_notes(cue), CUE_END_S)
+    return out
 
 
 def is_return_piece(seed: int, n_pieces: int, return_fraction: float) -> list[bool]:
