@@ -6,6 +6,7 @@ store and report written from them carries ``weights: random``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -182,6 +183,18 @@ def _check_frame_rate(model, model_id: str) -> None:
         raise ModelLoadError(f"model {model_id!r} is stereo; only mono MusicGen models are supported")
 
 
+def weights_digest(path: Path) -> str:
+    """sha256 (first 16 hex digits) of a checkpoint folder's weight files, in name order."""
+    h = hashlib.sha256()
+    files = sorted(f for f in path.iterdir() if f.suffix in (".safetensors", ".bin") and f.is_file())
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
 def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
     """Load the model a ModelSpec names; errors name the model and say what went wrong."""
     if spec.source == "offline":
@@ -197,6 +210,9 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
         weights = "trained-here" if spec.weights == "trained-here" else meta.get("weights", "pretrained")
         loaded = _load_pretrained(str(path), meta.get("revision", "local"), weights=weights)
         loaded.model_id = meta.get("model_id", str(path))
+        # a folder's name says nothing about what is in it: the store records the weights' digest, so a
+        # retrained checkpoint at the same path is never resumed into activations of the old one
+        loaded.revision = f"{meta.get('revision', 'local')}+sha256:{weights_digest(path)}"
     _check_frame_rate(loaded.model, loaded.model_id)
     loaded.model.to(device)
     log.info("loaded %s@%s (weights: %s)", loaded.model_id, loaded.revision, loaded.weights)

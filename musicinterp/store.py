@@ -174,11 +174,18 @@ def init_store(url: str, layout: StoreLayout, clip_vars: dict[str, list], attrs:
     found (a resumed run). A store of another config is never overwritten.
     """
     if _exists(url):
-        existing = xr.open_zarr(url, consolidated=False).attrs.get("config_fingerprint")
+        old = xr.open_zarr(url, consolidated=False).attrs
+        existing = old.get("config_fingerprint")
         if existing != attrs["config_fingerprint"]:
             raise StoreError(
                 f"store {url!r} holds config {existing!r}, not {attrs['config_fingerprint']!r}; "
                 "choose another --out or delete the old store"
+            )
+        if old.get("model_revision", attrs["model_revision"]) != attrs["model_revision"]:
+            raise StoreError(
+                f"store {url!r} holds activations of model revision {old['model_revision']!r}, but the model "
+                f"now loads as {attrs['model_revision']!r} (its weights changed); choose another --out or "
+                "delete the old store"
             )
         log.info("resuming store %s", url)
         return False

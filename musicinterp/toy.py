@@ -86,7 +86,7 @@ class ToySpec(Spec):
     seed: int = Field(0, ge=0, description="Seed of the training pieces and of the initial weights.")
     heldout_pieces: int = Field(32, ge=2, le=10_000, description="Held-out pieces for the check.")
     heldout_seed: int = Field(1000, ge=0, description="Seed of the held-out pieces (must differ from seed).")
-    steps: int = Field(800, ge=1, le=100_000, description="Optimiser steps.")
+    steps: int = Field(1600, ge=1, le=100_000, description="Optimiser steps.")
     batch_size: int = Field(16, ge=1, le=1024, description="Pieces per step.")
     lr: float = Field(3e-3, gt=0, le=1.0, description="Peak learning rate (AdamW, linear warm-up, cosine decay).")
     warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps.")

@@ -24,8 +24,8 @@ LAYOUT = StoreLayout(clips=(ClipLayout("a", 50), ClipLayout("b", 75)), layers=(0
                      num_codebooks=4)
 
 
-def _attrs(fp="fp1"):
-    return store_attrs(model={"model_id": "offline/tiny", "revision": "seed-0", "weights": "random"},
+def _attrs(fp="fp1", revision="seed-0"):
+    return store_attrs(model={"model_id": "offline/tiny", "revision": revision, "weights": "random"},
                        run_spec_json="{}", fingerprint=fp,
                        capture={"half": "conditional", "guidance_scale": 3.0, "description": ""},
                        package_version="test")
@@ -86,6 +86,22 @@ def test_store__reopen_same_config_resumes_other_config_refused(tmp_path):
     assert completed_clips(url) == {"a"}  # nothing lost
     with pytest.raises(StoreError, match="holds config 'fp1', not 'fp2'"):
         init_store(url, LAYOUT, {}, _attrs("fp2"))
+    # the same config with other weights (a retrained checkpoint in the same folder) is refused too
+    with pytest.raises(StoreError, match="model revision 'seed-0', but the model now loads as 'seed-1'"):
+        init_store(url, LAYOUT, {}, _attrs("fp1", revision="seed-1"))
+    assert completed_clips(url) == {"a"}
+
+
+def test_local_checkpoint__revision_carries_the_weights_digest(tmp_path):
+    from musicinterp.config import ModelSpec
+    from musicinterp.models import build_offline, load_model, save_checkpoint
+
+    spec = ModelSpec(source="local", name=str(tmp_path / "ckpt"))
+    save_checkpoint(build_offline("tiny", 0), tmp_path / "ckpt", "test/tiny", "random")
+    first = load_model(spec).revision
+    assert first.startswith("local+sha256:") and load_model(spec).revision == first
+    save_checkpoint(build_offline("tiny", 1), tmp_path / "ckpt", "test/tiny", "random")  # "retrained"
+    assert load_model(spec).revision != first
 
 
 def test_store__write_checks_before_acting(tmp_path):
