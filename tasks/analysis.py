@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -27,11 +29,21 @@ def store_fingerprint(store: str) -> str:
     return h.hexdigest()[:16]
 
 
+@cache
+def analysis_code_digest() -> str:
+    """Digest of the analysis package's source: TASK_SOURCE sees only the task's own body, and a cached
+    probe computed by older statistics must not be reused."""
+    h = hashlib.sha256()
+    for f in sorted(Path(analysis.__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def _key(what: str, *names: str):
     def key_fn(context, parameters: dict[str, Any]) -> str:
         spec: AnalysisSpec = parameters["spec"]
         parts = [str(parameters[n]) for n in names]
-        return "-".join([what, parameters["store_fp"], spec.fingerprint(), *parts])
+        return "-".join([what, parameters["store_fp"], spec.fingerprint(), analysis_code_digest(), *parts])
 
     return key_fn
 

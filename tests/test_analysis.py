@@ -107,6 +107,27 @@ def test_bh__q_values_match_a_hand_computation():
         np.testing.assert_allclose(df[df["control"] == c].sort_values("layer")["q_value"], expect[:4])
 
 
+def test_cluster_wald_t__large_for_a_planted_score_and_blind_to_noise_shared_within_clusters():
+    """The layer score carries the label (planted) vs shares only cluster-level noise with it (null)."""
+    rng = np.random.default_rng(0)
+    g = np.repeat(np.arange(12), 40)
+
+    def scores(effect):
+        s0 = rng.normal(size=12)[g] + 0.3 * rng.normal(size=len(g))
+        s1 = rng.normal(size=12)[g] + 0.3 * rng.normal(size=len(g))
+        eta = -0.5 + 0.5 * s0 + effect * s1 + rng.normal(size=12)[g]
+        y = (rng.random(len(g)) < 1 / (1 + np.exp(-eta))).astype(int)
+        return y, 1 / (1 + np.exp(-s0)), 1 / (1 + np.exp(-s1))
+
+    t_planted, note = stats.cluster_wald_t(*scores(1.5), g)
+    assert note == "" and t_planted > 3
+    t_null = np.array([stats.cluster_wald_t(*scores(0.0), g)[0] for _ in range(40)])
+    assert np.median(np.abs(t_null)) < 1.5  # ~N(0, 1)-sized, not the frame-level t (40 frames per cluster)
+    y, p0, _ = scores(0.0)
+    assert "constant" in stats.cluster_wald_t(y, p0, np.full(len(y), 0.3), g)[1]
+    assert "fewer than 3" in stats.cluster_wald_t(y, p0, p0, g % 2)[1]
+
+
 def test_reduce_layer__reads_one_clip_of_one_layer_at_a_time(tmp_path, monkeypatch):
     lens = [120, 97, 150, 64, 150, 101]
     store = make_store(tmp_path / "s.zarr", n_clips=6, n_sources=3, n_frames=lens, layers=2, hidden=32)

@@ -13,10 +13,9 @@ For the frames where the target is valid:
 4. **Inference** (musicinterp.analysis.stats): cluster-bootstrap CI of each gain, a permutation p-value
    (the target, its valid mask and its own-lag control move together: by default each clip takes the
    labels of another clip of the same length, ``permutation="shift"`` shifts them circularly within the
-   clip; both models refit each time, inner CV included), and a one-sided cluster-robust Wald p of the full
-   model's out-of-fold logit in a GLM of the target on [controls' out-of-fold logit, that score]
-   (``p_cluster``; see :func:`musicinterp.analysis.stats.cluster_wald_p` for why the controls enter as
-   one score).
+   clip; both models refit each time, inner CV included), and ``p_cluster``: the cluster-robust Wald t of
+   the full model's out-of-fold logit in a GLM of the target on [controls' out-of-fold logit, that score],
+   referred to the same permutations (see :func:`musicinterp.analysis.stats.cluster_wald_t`).
 
 Degenerate inputs (a target missing or with one class, too few sources) give rows with NaN and a ``note``.
 """
@@ -299,17 +298,17 @@ def _probe(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec, c
                                  np.random.default_rng(_stable_seed(spec.seed, "bootstrap", control, layer, target)))
     # the same permutations for every layer (common random numbers): layers are compared on one null
     rng = np.random.default_rng(_stable_seed(spec.seed, "permutations", control, target))
-    p_cluster, cnote = stats.cluster_wald_p(y, p0, p1, unit_names[mask])
+    t_cluster, cnote = stats.cluster_wald_t(y, p0, p1, unit_names[mask])
     if cnote:
         notes.append(cnote)
-    null: dict[str, list[float]] = {m: [] for m in METRICS}
+    null: dict[str, list[float]] = {m: [] for m in (*METRICS, "t_cluster")}
     fallback_total = 0
     for _ in range(spec.n_permutations):
         perm, fb = stats.permutation_index(clip, min_shift, rng, spec.permutation)
         fallback_total += fb
         yb, vb, lb, lvb = y_all[perm], valid_all[perm], lag_all[perm], lagv_all[perm]
         if len(np.unique(yb[vb])) < 2:
-            for m in METRICS:
+            for m in null:
                 null[m].append(float("nan"))
             continue
         srcb = sources[vb]
@@ -318,10 +317,13 @@ def _probe(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec, c
         g = stats.gains(yb[vb], q0, q1)
         for m in METRICS:
             null[m].append(g[m])
+        null["t_cluster"].append(stats.cluster_wald_t(yb[vb], q0, q1, unit_names[vb])[0]
+                                 if np.isfinite(t_cluster) else float("nan"))
     if fallback_total:
         notes.append(f"permutations: {_fallback_words(spec.permutation, fallback_total)}")
     notes.extend(sorted(info["notes"]))
     pvals = {m: stats.permutation_p(observed[m], np.asarray(null[m])) for m in METRICS}
+    p_cluster = stats.permutation_p(t_cluster, np.asarray(null["t_cluster"]))
     base.update(n_permutations=spec.n_permutations, p_cluster=p_cluster, note="; ".join(notes),
                 c_controls=float(np.median(info["c_controls"])) if info["c_controls"] else float("nan"),
                 c_full=float(np.median(info["c_full"])) if info["c_full"] else float("nan"))
