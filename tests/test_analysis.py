@@ -275,6 +275,8 @@ def test_findings__random_weights_never_read_as_a_trained_model():
     text = findings_markdown(df, "random")
     assert "weights: random — an untrained model" in text
     assert "1 of 1 tested cells significant" in text and "layer 3, rec_within at 2 s" in text
+    assert "anti-conservative" not in text
+    assert "anti-conservative" in findings_markdown(df, "random", permutation="shift")
 
 
 def test_fast_path__equals_the_sklearn_pipeline_and_inner_cv_picks_sensible_c():
