@@ -137,7 +137,7 @@ def main() -> None:
     names = {
         "perm_auroc": "permutation p (AUROC gain) <= 0.05",
         "perm_logloss": "permutation p (log-loss gain) <= 0.05",
-        "p_cluster": "p_cluster (Wald t, permutation-referred) <= 0.05",
+        "p_cluster": "p_cluster (permuted cluster Wald t) <= 0.05",
         "ci_auroc": "cluster-bootstrap 95% CI excludes 0",
         "ci_auroc_pos": "cluster-bootstrap 95% CI above 0",
         "naive_lr": "NAIVE frame-level LR test p <= 0.05",
