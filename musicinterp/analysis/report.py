@@ -61,8 +61,9 @@ def heatmaps(df: pd.DataFrame, out: Path, alpha: float = 0.05, metric: str = "au
         finite = dt["gain"].to_numpy(float)
         vmax = float(np.nanmax(np.abs(finite))) if np.isfinite(finite).any() else 0.1
         vmax = vmax or 0.1
-        fig, axes = plt.subplots(1, len(order), figsize=(2.2 + 1.2 * len(horizons) * len(order),
-                                                         1.5 + 0.3 * len(layers)), squeeze=False)
+        fig, axes = plt.subplots(1, len(order), figsize=(2.6 + 1.3 * max(len(horizons), 2) * len(order),
+                                                         2.0 + 0.3 * len(layers)), squeeze=False,
+                                 layout="constrained")
         im = None
         for ax, control in zip(axes[0], order):
             dc = dt[dt["control"] == control]
@@ -74,16 +75,18 @@ def heatmaps(df: pd.DataFrame, out: Path, alpha: float = 0.05, metric: str = "au
                 star[i, j] = bool(r["q_value"] < alpha) if np.isfinite(r["q_value"]) else False
             im = ax.imshow(grid, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", origin="lower")
             for i, j in zip(*np.nonzero(star)):
-                ax.text(j, i, "*", ha="center", va="center", fontsize=14, color="k")
+                ax.text(j, i, "*", ha="center", va="center", fontsize=14,
+                        color="w" if abs(grid[i, j]) > 0.6 * vmax else "k")
             ax.set_xticks(range(len(horizons)), [f"{h:g} s" for h in horizons])
             ax.set_yticks(range(len(layers)), [str(int(x)) for x in layers])
             ax.set_xlabel("horizon")
-            ax.set_ylabel("layer")
+            if control == order[0]:
+                ax.set_ylabel("layer")
             weights = ", ".join(sorted(set(dc["weights"].astype(str))))
             ax.set_title(f"{control}\n({weights} weights)", fontsize=9)
         fig.suptitle(f"{target}: {metric} gain of the layer over controls (* q < {alpha:g})", fontsize=10)
         if im is not None:
-            fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+            fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=f"{metric} gain")
         path = out / f"gain_{target}_{metric}.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
