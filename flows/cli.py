@@ -211,7 +211,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_train_toy(args: argparse.Namespace) -> int:
     from flows.toy import train_toy_cli
 
-    return train_toy_cli(args.out, args.steps, args.seed)
+    return train_toy_cli(args.out or f"checkpoints/toy-{'cue' if args.design == 'chord' else args.design}",
+                         args.steps, args.seed, args.design)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--name", default="analysis", help="name used in artifact keys (default: analysis)")
     ana.set_defaults(func=cmd_analyze)
     toy = sub.add_parser("train-toy", help="train the positive-control model (a cue decides whether A returns)")
-    toy.add_argument("--out", default="checkpoints/toy-cue", help="checkpoint folder (default: checkpoints/toy-cue)")
+    toy.add_argument("--out", help="checkpoint folder (default: checkpoints/toy-cue, or toy-pair with --design pair)")
+    toy.add_argument("--design", choices=["chord", "pair"], default="chord",
+                     help="cue design: one chord decides (default), or two chords that are equal when A returns")
     toy.add_argument("--steps", type=int, help="optimiser steps (default: ToySpec's)")
     toy.add_argument("--seed", type=int, help="seed of the training pieces and weights")
     toy.set_defaults(func=cmd_train_toy)

@@ -41,9 +41,9 @@ def train_toy_flow(spec: ToySpec = ToySpec(), out: str = DEFAULT_OUT, random_out
     return report
 
 
-def train_toy_cli(out: str, steps: int | None, seed: int | None) -> int:
+def train_toy_cli(out: str, steps: int | None, seed: int | None, design: str = "chord") -> int:
     """Run the flow in-process and print the report; 0 if the model learned the structure, 1 if not."""
-    overrides = {k: v for k, v in {"steps": steps, "seed": seed}.items() if v is not None}
+    overrides = {k: v for k, v in {"steps": steps, "seed": seed, "design": design}.items() if v is not None}
     spec = ToySpec(**overrides)
     state = train_toy_flow(spec=spec, out=out, return_state=True)
     report = state.result(raise_on_failure=False)  # the exception itself when the flow failed

@@ -136,6 +136,10 @@ class CueSource(Spec):
     return_fraction: float = Field(
         0.5, ge=0.0, le=1.0, description="Fraction of pieces whose cue says 'return' (A comes back at 9 s)."
     )
+    design: Literal["chord", "pair"] = Field(
+        "chord", description="'chord': one of two chords is the cue. 'pair': two chords separated by silence, A "
+        "returns when they are equal; an average of the codes heard is additive in the two chords, so the "
+        "answer is not linear in it (a model must compute it; memory alone does not expose it).")
 
 
 SourceSpec = Annotated[

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -115,6 +115,9 @@ class ToySpec(Spec):
         True, description="Always put the decoder steps of the return section into the loss (besides the "
         "random ones): the only steps where the cue matters, about a fifth of the piece, would otherwise be "
         "drawn rarely. The model still sees and predicts every other step.")
+    design: Literal["chord", "pair"] = Field(
+        "chord", description="Cue design of the pieces (CueSource.design): 'chord', one of two chords; 'pair', "
+        "two chords that are equal when A returns (not linear in retained codes: a random twin cannot expose it).")
     onset_weight: float = Field(
         1.0, ge=0.0, le=100.0, description="Weight of an extra loss term: the cross-entropy of the first "
         "codebook at the first frames whose codes hear the return (ONSET_FRAMES), predicted before the return "
@@ -145,11 +148,13 @@ def toy_config(spec: ToySpec):
     return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
 
 
-def _pieces(seed: int, n: int, duration_s: float) -> tuple[list[np.ndarray], np.ndarray]:
+def _pieces(seed: int, n: int, duration_s: float, design: str = "chord"
+            ) -> tuple[list[np.ndarray], np.ndarray, list[list[str]]]:
+    """Cue pieces (samples, return flags, cue chords), from recipes as ``plan_cue`` makes them."""
     returns = is_return_piece(seed, n, 0.5)
-    samples = [compose({"seed": seed, "index": i, "duration_s": duration_s, "returns": r})[0]
-               for i, r in enumerate(returns)]
-    return samples, np.array(returns)
+    made = [compose({"seed": seed, "index": i, "duration_s": duration_s, "returns": r}
+                    | ({"design": design} if design != "chord" else {})) for i, r in enumerate(returns)]
+    return [x for x, _ in made], np.array(returns), [t["cue_chords"] for _, t in made]
 
 
 @torch.no_grad()
@@ -158,7 +163,8 @@ def _calibrate_codebooks(model, spec: ToySpec) -> None:
     from sklearn.cluster import KMeans
 
     audio = model.audio_encoder
-    samples, _ = _pieces(CALIBRATION_SEED, CALIBRATION_PIECES, spec.duration_s)
+    # always the chord design: every toy shares one EnCodec, and its random twin is the same model
+    samples, _, _ = _pieces(CALIBRATION_SEED, CALIBRATION_PIECES, spec.duration_s)
     latents = torch.cat([audio.encoder(torch.from_numpy(x)[None, None])[0] for x in samples], dim=1).T
     resid = latents.double()
     size = audio.quantizer.layers[0].codebook.embed.shape[0]
@@ -339,16 +345,17 @@ def train_toy(
     t0 = time.perf_counter()
     model = build_toy(spec)
     wrapped = _loaded(model, TOY_RANDOM_MODEL_ID, "random")
-    train_samples, train_returns = _pieces(spec.seed, spec.n_pieces, spec.duration_s)
+    train_samples, train_returns, _ = _pieces(spec.seed, spec.n_pieces, spec.duration_s, spec.design)
     with torch.no_grad():
         train_ids = encode_pieces(wrapped, train_samples)
-    held = heldout(wrapped, spec.heldout_seed, spec.heldout_pieces, spec.duration_s)
+    held = heldout(wrapped, spec.heldout_seed, spec.heldout_pieces, spec.duration_s, spec.design)
     t_data = time.perf_counter() - t0
     log.info("encoded %d training and %d held-out pieces in %.1f s", len(train_ids), len(held.ids), t_data)
 
     facts = {
         "toy_spec": spec.model_dump(mode="json"), "toy_spec_fingerprint": spec.fingerprint(),
-        "construction": "musicinterp.sources.cue (cue at 0-1 s decides whether A returns at 9.0-10.6 s)",
+        "construction": f"musicinterp.sources.cue, design {spec.design!r} (cue at 0-1 s decides whether A "
+                        "returns at 9.0-10.6 s)",
         "encodec": "offline 'tiny' EnCodec (seed 0), LSTM zeroed, causal convolutions, k-means codebooks "
                    f"({spec.codebook_clusters} + 3 x {spec.residual_clusters} codewords, "
                    f"calibration seed {CALIBRATION_SEED})",
@@ -457,10 +464,11 @@ class HeldOut:
     swapped_ids: torch.Tensor
 
 
-def heldout(loaded: LoadedModel, seed: int, n: int, duration_s: float = MIN_DURATION_S) -> HeldOut:
+def heldout(loaded: LoadedModel, seed: int, n: int, duration_s: float = MIN_DURATION_S,
+            design: str = "chord") -> HeldOut:
     """``n`` cue pieces of ``seed`` encoded for the checks (on a saved model, or during training)."""
-    samples, returns = _pieces(seed, n, duration_s)
-    swapped = [with_cue(x, "no-return") for x, r in zip(samples, returns) if r]
+    samples, returns, chords = _pieces(seed, n, duration_s, design)
+    swapped = [with_cue(x, "no-return", c) for x, r, c in zip(samples, returns, chords) if r]
     with torch.no_grad():
         return HeldOut(encode_pieces(loaded, samples), returns, encode_pieces(loaded, swapped))
 

@@ -31,11 +31,19 @@ Design choices that make the return predictable *only from memory*:
 - A comes from :data:`MOTIFS` (four motifs), like the token-level construction that a small decoder
   learned in DESIGN.md; C is random, so after a no-return cue the return section is unpredictable.
 
+The *pair* design (``CueSource.design = "pair"``) replaces the one-chord cue by two chords, 0-0.4 s and
+0.8-1.0 s, with silence between (longer than the toy EnCodec's ~12-frame memory, so no code hears both);
+A returns when the two are equal. With one chord, an untrained decoder's attention carries the average of
+the codes heard so far into every later frame and a linear probe reads the cue 8 s later (measured: AUROC
+0.93 at the last layer of the random toy): memory, which needs no training. Equality is not linear in
+anything additive in the two chords, so a probe finds it only where a model has computed it.
+
 Ground truth (``truth``): ``returns`` lists the planted return in the format of
 :mod:`musicinterp.sources.synthetic` (empty for no-return pieces), ``return_points`` the point where a
 return may start in every piece (``start_s``/``end_s`` of the return section, ``returns`` true or
 false: the truth labels ``truth_return_within_<h>s`` ask the question only just before it), ``cue`` is
-``"return"`` or ``"no-return"``, ``motif`` the index of A in :data:`MOTIFS`, ``return_at_s`` the fixed
+``"return"`` or ``"no-return"`` (what the cue says), ``design`` and ``cue_chords`` (the chords played),
+``motif`` the index of A in :data:`MOTIFS`, ``return_at_s`` the fixed
 return time, and ``sections`` the labelled sections.
 """
 
@@ -107,6 +115,22 @@ def _cue_notes(cue: str) -> list[Note]:
     return [_note(0.0, int(round(CUE_END_S / SLOT_S)), hz, 0.6, timbre) for hz in chord]
 
 
+def _pair_notes(first: str, second: str) -> list[Note]:
+    """The *pair* cue: chord ``first`` (0-0.4 s), silence (0.4-0.8 s), chord ``second`` (0.8-1.0 s)."""
+    notes = []
+    for name, onset_s, slots in ((first, 0.0, 2), (second, 0.8, 1)):
+        chord, timbre = CUES[name]
+        notes += [_note(onset_s, slots, hz, 0.6, timbre) for hz in chord]
+    return notes
+
+
+def pair_chords(seed: int, index: int, returns: bool) -> tuple[str, str]:
+    """The two chords of a *pair* cue: equal when A returns. The first is drawn, the second follows."""
+    first = ("return", "no-return")[int(np.random.default_rng([seed, index, 4]).integers(0, 2))]
+    other = "no-return" if first == "return" else "return"
+    return first, first if returns else other
+
+
 def _mix(notes: list[Note], duration_s: float) -> np.ndarray:
     """Sum of the notes at a fixed gain; every onset must lie on a frame boundary."""
     out = np.zeros(int(round(duration_s * SAMPLE_RATE_HZ)))
@@ -132,7 +156,15 @@ def compose(recipe: dict) -> tuple[np.ndarray, dict]:
     b_notes = _random_notes(np.random.default_rng([seed, index, 1]), A_START_S + A_LEN_S, RETURN_AT_S)
     d_notes = _random_notes(np.random.default_rng([seed, index, 3]), RETURN_END_S, dur)
     cue = "return" if returns else "no-return"
-    notes = _cue_notes(cue) + _motif_notes(motif, A_START_S) + b_notes + d_notes
+    design = recipe.get("design", "chord")
+    if design == "chord":
+        cue_notes, chords = _cue_notes(cue), [cue]
+    elif design == "pair":
+        chords = list(pair_chords(seed, index, returns))
+        cue_notes = _pair_notes(*chords)
+    else:
+        raise ValueError(f"cue design must be 'chord' or 'pair', got {design!r}")
+    notes = cue_notes + _motif_notes(motif, A_START_S) + b_notes + d_notes
     if returns:
         notes += _motif_notes(motif, RETURN_AT_S)
     else:
@@ -148,20 +180,27 @@ def compose(recipe: dict) -> tuple[np.ndarray, dict]:
         "returns": ([{"source_start_s": A_START_S, "source_end_s": A_START_S + A_LEN_S,
                       "start_s": RETURN_AT_S, "end_s": RETURN_END_S}] if returns else []),
         "return_points": [{"start_s": RETURN_AT_S, "end_s": RETURN_END_S, "returns": returns}],
-        "cue": cue, "motif": motif, "return_at_s": RETURN_AT_S, "sections": sections,
+        "cue": cue, "design": design, "cue_chords": chords, "motif": motif, "return_at_s": RETURN_AT_S,
+        "sections": sections,
     }
     return _mix(notes, dur), truth
 
 
-def with_cue(samples: np.ndarray, cue: str) -> np.ndarray:
-    """The piece with its cue replaced by ``cue`` ("return" or "no-return"), everything after unchanged.
+def with_cue(samples: np.ndarray, cue: str, chords: list[str] | None = None) -> np.ndarray:
+    """The piece with its cue replaced by the one that says ``cue`` ("return" or "no-return"), everything
+    after unchanged; ``chords``, the piece's ``cue_chords``, makes it a *pair* cue with the same first
+    chord (only the second changes: equal says "return").
 
     The counterfactual of the learned-structure check: the cue's notes end inside the first second and
     nothing else sounds there, so this is exactly the piece as it would be with the other cue.
     """
     out = samples.copy()
     n = int(round(CUE_END_S * SAMPLE_RATE_HZ))
-    out[:n] = _mix(_cue_notes(cue), CUE_END_S)
+    if chords is None or len(chords) == 1:
+        out[:n] = _mix(_cue_notes(cue), CUE_END_S)
+    else:
+        other = "no-return" if chords[0] == "return" else "return"
+        out[:n] = _mix(_pair_notes(chords[0], chords[0] if cue == "return" else other), CUE_END_S)
     return out
 
 
@@ -176,6 +215,8 @@ def plan_cue(spec: CueSource) -> Iterator[Track | PlanFailure]:
     """One track per piece, ``cue:s<seed><r|n>-p<index>`` (r: return cue, n: no-return cue)."""
     for i, returns in enumerate(is_return_piece(spec.seed, spec.n_pieces, spec.return_fraction)):
         recipe = {"seed": spec.seed, "index": i, "duration_s": spec.duration_s, "returns": returns}
+        if spec.design != "chord":  # the chord design's locators stay as they were
+            recipe["design"] = spec.design
         samples, truth = compose(recipe)
         yield Track(source="cue", source_id=f"cue:s{spec.seed}{'r' if returns else 'n'}-p{i:04d}",
                     locator=json.dumps(recipe, sort_keys=True), licence="generated by musicinterp (CC0)",
