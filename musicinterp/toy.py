@@ -59,7 +59,15 @@ from musicinterp.models import (
     build_offline,
     save_checkpoint,
 )
-from musicinterp.sources.cue import MIN_DURATION_S, RETURN_AT_S, RETURN_END_S, compose, is_return_piece, with_cue
+from musicinterp.sources.cue import (
+    MIN_DURATION_S,
+    RETURN_AT_S,
+    RETURN_END_S,
+    compose,
+    cue_recipe,
+    is_return_piece,
+    with_cue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +160,7 @@ def _pieces(seed: int, n: int, duration_s: float, design: str = "chord"
             ) -> tuple[list[np.ndarray], np.ndarray, list[list[str]]]:
     """Cue pieces (samples, return flags, cue chords), from recipes as ``plan_cue`` makes them."""
     returns = is_return_piece(seed, n, 0.5)
-    made = [compose({"seed": seed, "index": i, "duration_s": duration_s, "returns": r}
-                    | ({"design": design} if design != "chord" else {})) for i, r in enumerate(returns)]
+    made = [compose(cue_recipe(seed, i, duration_s, r, design)) for i, r in enumerate(returns)]
     return [x for x, _ in made], np.array(returns), [t["cue_chords"] for _, t in made]
 
 

@@ -24,6 +24,7 @@ from musicinterp.sources.cue import (
     RETURN_AT_S,
     RETURN_END_S,
     compose,
+    cue_recipe,
     plan_cue,
     with_cue,
 )
@@ -170,7 +171,7 @@ def test_cue__cues_are_clearly_different_and_the_same_in_every_piece():
 
 
 def _pair(index: int, returns: bool, seed: int = 3) -> tuple[np.ndarray, dict]:
-    return compose({"seed": seed, "index": index, "duration_s": PIECE_S, "returns": returns, "design": "pair"})
+    return compose(cue_recipe(seed, index, PIECE_S, returns, "pair"))
 
 
 def test_cue_pair__equal_chords_say_return_and_each_chord_sounds_alone():
@@ -218,9 +219,7 @@ def _probe_auroc_at_the_return_point(loaded: LoadedModel, design: str, n_twins: 
     feats, ys, twin = [], [], []
     for i in range(n_twins):
         for returns in (True, False):
-            recipe = {"seed": 77, "index": i, "duration_s": PIECE_S, "returns": returns} | (
-                {"design": design} if design != "chord" else {})
-            resid = capture_clip(loaded, compose(recipe)[0], CaptureSpec()).resid
+            resid = capture_clip(loaded, compose(cue_recipe(77, i, PIECE_S, returns, design))[0], CaptureSpec()).resid
             feats.append(resid[-1, RET_FRAME - 1 : RET_FRAME + 1].astype(np.float32).mean(0))
             ys.append(int(returns))
             twin.append(i)

@@ -199,10 +199,10 @@ def cluster_wald_t(y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray,
     many more clusters than parameters, and a study has tens of sources, not hundreds.
 
     The t is not referred to a t distribution: against t(G - 1) it rejected 7-8% of null experiments
-    (out-of-fold scores share each fold's fitted model, a dependence across clusters that no
-    by-cluster covariance sees, and G is small). The probe refers it to its own permutation null
-    instead (a studentised permutation test), which is exact. Returns ``(t, note)``; t is NaN with a note
-    when the fit fails (separation, too few clusters).
+    (our reading: out-of-fold scores share each fold's fitted model, a dependence across clusters
+    that no by-cluster covariance sees, and G is small). The probe refers it to the permutation null
+    instead (a studentised permutation test), exact like the gains' permutation p. Returns
+    ``(t, note)``; t is NaN with a note when the fit fails (separation, too few clusters).
     """
     import statsmodels.api as sm
 
