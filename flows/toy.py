@@ -26,7 +26,10 @@ class ToyNotLearned(RuntimeError):
 @flow(name="train-toy", persist_result=False)
 def train_toy_flow(spec: ToySpec = ToySpec(), out: str = DEFAULT_OUT, random_out: str | None = None
                    ) -> dict[str, Any]:
-    """Train the toy MusicGen decoder on cue pieces (CPU, minutes) and save it (weights: trained-here).
+    """Train the toy MusicGen decoder on cue pieces and save it (weights: trained-here).
+
+    On ``spec.device``: the chord toy's defaults take minutes on a CPU, the pair toy's recipe
+    (configs/toy-pair-train.yaml) minutes on a GPU and hours on a CPU.
 
     ``random_out`` (default ``<out>-random``) gets the same architecture with its initial random
     weights (weights: random), the negative control.
@@ -41,10 +44,8 @@ def train_toy_flow(spec: ToySpec = ToySpec(), out: str = DEFAULT_OUT, random_out
     return report
 
 
-def train_toy_cli(out: str, steps: int | None, seed: int | None, design: str = "chord") -> int:
+def train_toy_cli(out: str, spec: ToySpec) -> int:
     """Run the flow in-process and print the report; 0 if the model learned the structure, 1 if not."""
-    overrides = {k: v for k, v in {"steps": steps, "seed": seed, "design": design}.items() if v is not None}
-    spec = ToySpec(**overrides)
     state = train_toy_flow(spec=spec, out=out, return_state=True)
     report = state.result(raise_on_failure=False)  # the exception itself when the flow failed
     if not isinstance(report, dict):

@@ -1,4 +1,4 @@
-"""The positive-control model: a small MusicGen decoder trained here on cue pieces, on the CPU.
+"""The positive-control model: a small MusicGen decoder trained here on cue pieces (CPU, or a GPU).
 
 DESIGN.md section 3 ("Known-answer models"): a pipeline that claims to detect foresight must find it
 where it exists. :func:`train_toy` renders cue pieces (:mod:`musicinterp.sources.cue`: a cue in the
@@ -35,10 +35,14 @@ samples; a returning section yields the same codes as A except in its first few 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,10 +52,11 @@ import torch
 from pydantic import Field
 from scipy.stats import wilcoxon
 
-from musicinterp.capture import delayed_decoder_input, encode_audio, text_condition
+from musicinterp.capture import delayed_decoder_input, text_condition
 from musicinterp.config import CaptureSpec, Spec
-from musicinterp.frames import FRAME_RATE_HZ
+from musicinterp.frames import FRAME_RATE_HZ, n_frames
 from musicinterp.models import (
+    CHECKPOINT_META_FILE,
     PAD_TOKEN_ID,
     LoadedModel,
     _offline_config,
@@ -71,10 +76,10 @@ from musicinterp.sources.cue import (
 
 log = logging.getLogger(__name__)
 
-TOY_MODEL_ID = "musicinterp/toy-cue"
-TOY_RANDOM_MODEL_ID = "musicinterp/toy-cue-random"
+TOY_MODEL_IDS = {"chord": "musicinterp/toy-cue", "pair": "musicinterp/toy-pair"}  # by cue design
 CALIBRATION_SEED = 424_242  # cue pieces whose latents set the EnCodec codebooks (never trained on)
 CALIBRATION_PIECES = 32
+POOL_CHUNK = 256  # training pieces composed and encoded at a time (an 11 s piece is 1.4 MB of audio)
 TEXT_VOCAB = 32  # the toy has no tokenizer: only the empty condition (T5's EOS token, id 1) is ever fed
 RETURN_FRAMES = range(round(RETURN_AT_S * FRAME_RATE_HZ), round(RETURN_END_S * FRAME_RATE_HZ))
 # The first codes that hear the return: the toy EnCodec is causal and smooths over ~12 frames, so the code
@@ -126,6 +131,9 @@ class ToySpec(Spec):
     design: Literal["chord", "pair"] = Field(
         "chord", description="Cue design of the pieces (CueSource.design): 'chord', one of two chords; 'pair', "
         "two chords that are equal when A returns (not linear in retained codes: a random twin cannot expose it).")
+    device: str = Field(
+        "cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="torch device of training and of encoding the pieces "
+        "('cpu', 'cuda', 'cuda:N'). The checks and the saved checkpoints are always on the CPU.")
     onset_weight: float = Field(
         1.0, ge=0.0, le=100.0, description="Weight of an extra loss term: the cross-entropy of the first "
         "codebook at the first frames whose codes hear the return (ONSET_FRAMES), predicted before the return "
@@ -134,6 +142,8 @@ class ToySpec(Spec):
 
 
 def _check_spec(spec: ToySpec) -> None:
+    if spec.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {spec.device!r} asked for, but torch {torch.__version__} sees no CUDA device")
     if spec.hidden_size % spec.n_heads:
         raise ValueError(f"hidden_size {spec.hidden_size} is not divisible by n_heads {spec.n_heads}")
     if spec.heldout_seed == spec.seed:
@@ -156,12 +166,17 @@ def toy_config(spec: ToySpec):
     return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
 
 
+def _compose_piece(recipe: dict) -> tuple[np.ndarray, list[str]]:
+    samples, truth = compose(recipe)
+    return samples, truth["cue_chords"]
+
+
 def _pieces(seed: int, n: int, duration_s: float, design: str = "chord"
             ) -> tuple[list[np.ndarray], np.ndarray, list[list[str]]]:
     """Cue pieces (samples, return flags, cue chords), from recipes as ``plan_cue`` makes them."""
     returns = is_return_piece(seed, n, 0.5)
-    made = [compose(cue_recipe(seed, i, duration_s, r, design)) for i, r in enumerate(returns)]
-    return [x for x, _ in made], np.array(returns), [t["cue_chords"] for _, t in made]
+    made = [_compose_piece(cue_recipe(seed, i, duration_s, r, design)) for i, r in enumerate(returns)]
+    return [x for x, _ in made], np.array(returns), [c for _, c in made]
 
 
 @torch.no_grad()
@@ -211,9 +226,24 @@ def _loaded(model, model_id: str, weights: str) -> LoadedModel:
     return LoadedModel(model, None, model_id, "local", weights)  # type: ignore[arg-type]
 
 
-def encode_pieces(loaded: LoadedModel, samples: list[np.ndarray]) -> torch.Tensor:
-    """Delayed decoder inputs ``(piece, codebook, n_frames + 1)`` of equal-length pieces."""
-    return torch.stack([delayed_decoder_input(loaded, encode_audio(loaded, x)) for x in samples])
+def encode_pieces(loaded: LoadedModel, samples: list[np.ndarray], batch_size: int | None = None) -> torch.Tensor:
+    """Delayed decoder inputs ``(piece, codebook, n_frames + 1)`` of equal-length pieces, on the encoder's device.
+
+    EnCodec runs on ``batch_size`` pieces at once (default: 1 on the CPU, where batching made it slower,
+    64 on a GPU); the codes equal those of ``capture.encode_audio`` piece by piece (tested).
+    """
+    if len({len(x) for x in samples}) > 1:
+        raise ValueError("encode_pieces needs pieces of equal length")
+    device = next(loaded.model.audio_encoder.parameters()).device
+    batch_size = batch_size or (1 if device.type == "cpu" else 64)
+    out = []
+    for i in range(0, len(samples), batch_size):
+        x = torch.from_numpy(np.stack(samples[i : i + batch_size]).astype(np.float32)).to(device)[:, None]
+        codes = loaded.model.audio_encoder.encode(x).audio_codes[0]  # (batch, K, T)
+        if codes.shape[-1] != n_frames(x.shape[-1]):
+            raise ValueError(f"EnCodec gave {codes.shape[-1]} frames for {x.shape[-1]} samples")
+        out += [delayed_decoder_input(loaded, c) for c in codes]
+    return torch.stack(out)
 
 
 def _condition(loaded: LoadedModel, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,6 +347,31 @@ def save_half(model, path: Path, model_id: str, weights: str, **meta: Any) -> Pa
     return path
 
 
+RANDOM_NOTE = "untrained: the toy architecture with its initial random decoder weights (negative control)"
+
+
+def save_random_twin(trained_dir: str | Path, random_dir: str | Path) -> Path:
+    """Save the random-weight twin of a trained toy checkpoint, as ``train_toy`` does before training.
+
+    For a checkpoint trained elsewhere (a GPU machine) and copied here without its twin: the decoder gets
+    the initial weights of its ``toy_spec`` (seed) again; the EnCodec and text encoder are copied from the
+    trained checkpoint bit for bit (a k-means rerun on another machine can differ in the last float bit,
+    and the twin must encode audio exactly as the trained model does).
+    """
+    trained_dir = Path(trained_dir)
+    meta = json.loads((trained_dir / CHECKPOINT_META_FILE).read_text())
+    if meta.get("weights") != "trained-here" or "toy_spec" not in meta:
+        raise ValueError(f"{trained_dir} is not a trained toy checkpoint (weights {meta.get('weights')!r})")
+    spec = ToySpec(**meta["toy_spec"] | {"device": "cpu"})
+    trained = load_toy(trained_dir).model
+    twin = build_toy(spec)
+    twin.audio_encoder.load_state_dict(trained.audio_encoder.state_dict())
+    twin.text_encoder.load_state_dict(trained.text_encoder.state_dict())
+    facts = {k: meta[k] for k in ("toy_spec", "toy_spec_fingerprint", "construction", "encodec", "text_condition")}
+    return save_half(twin, Path(random_dir), meta["model_id"] + "-random", "random", **facts, note=RANDOM_NOTE,
+                     twin_of=str(trained_dir))
+
+
 def load_toy(path: str | Path) -> LoadedModel:
     """A saved toy checkpoint, through the project's own loader."""
     from musicinterp.config import ModelSpec
@@ -337,6 +392,7 @@ def train_toy(
     out_dir: str | Path,
     progress: Callable[[int, int, float], None] | None = None,
     random_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train the positive-control model, save it (and its random twin), check it; returns the report.
 
@@ -344,6 +400,7 @@ def train_toy(
     ``<out_dir>-random``) the same architecture with its initial random weights (weights ``random``).
     ``progress(step, steps, loss)`` is called after every step. The report's ``checks`` say whether
     the model learned the structure; the losses in it are measured on the checkpoints as saved.
+    ``cache_dir`` keeps the encoded pieces between runs (:func:`training_pieces`).
     """
     _check_spec(spec)
     out_dir = Path(out_dir)
@@ -351,11 +408,9 @@ def train_toy(
     torch.set_num_threads(spec.threads)
     t0 = time.perf_counter()
     model = build_toy(spec)
-    wrapped = _loaded(model, TOY_RANDOM_MODEL_ID, "random")
-    train_samples, train_returns, _ = _pieces(spec.seed, spec.n_pieces, spec.duration_s, spec.design)
-    with torch.no_grad():
-        train_ids = encode_pieces(wrapped, train_samples)
-    held = heldout(wrapped, spec.heldout_seed, spec.heldout_pieces, spec.duration_s, spec.design)
+    model_id = TOY_MODEL_IDS[spec.design]
+    wrapped = _loaded(model, model_id + "-random", "random")
+    train_ids, train_returns, held = training_pieces(spec, wrapped, cache_dir)
     t_data = time.perf_counter() - t0
     log.info("encoded %d training and %d held-out pieces in %.1f s", len(train_ids), len(held.ids), t_data)
 
@@ -368,13 +423,14 @@ def train_toy(
                    f"calibration seed {CALIBRATION_SEED})",
         "text_condition": "empty description, conditional half (as capture feeds it)",
     }
-    save_half(model, random_dir, TOY_RANDOM_MODEL_ID, "random", **facts,
-              note="untrained: the toy architecture with its initial random decoder weights (negative control)")
+    save_half(model, random_dir, model_id + "-random", "random", **facts, note=RANDOM_NOTE)
 
     for p in model.text_encoder.parameters():
         p.requires_grad_(False)
     for p in model.audio_encoder.parameters():
         p.requires_grad_(False)
+    model.to(spec.device)
+    train_ids = train_ids.to(spec.device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(spec.seed)
@@ -400,12 +456,12 @@ def train_toy(
         if step % 25 == 0 or step == spec.steps - 1:
             log.info("step %d/%d loss %.4f", step + 1, spec.steps, history[-1])
     train_s = time.perf_counter() - t1
-    model.eval()
+    model.to("cpu").eval()
 
     tail = history[-max(1, len(history) // 10):]  # the last tenth of the steps: less noisy than one batch
     facts |= {"train_seconds": round(train_s, 1), "final_train_loss": round(float(np.mean(tail)), 4),
-              "torch_threads": spec.threads, "torch_version": torch.__version__}
-    save_half(model, out_dir, TOY_MODEL_ID, "trained-here", **facts,
+              "torch_threads": spec.threads, "torch_version": torch.__version__, "trained_on": _device_name(spec)}
+    save_half(model, out_dir, model_id, "trained-here", **facts,
               note="trained here on synthetic cue pieces; a positive control, not MusicGen")
     trained, random = load_toy(out_dir), load_toy(random_dir)
     report = evaluate_toy(trained, random, held)
@@ -421,6 +477,70 @@ def train_toy(
     if not report["learned"]:
         log.warning("the toy model did not learn the cue structure: %s", report["checks"])
     return report
+
+
+def _device_name(spec: ToySpec) -> str:
+    if spec.device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(spec.device))
+    return f"cpu ({spec.threads} threads)"
+
+
+def encoder_digest(model) -> str:
+    """Digest of the audio encoder's tensors: the codes of a piece are a function of these alone."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.audio_encoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def training_pieces(spec: ToySpec, loaded: LoadedModel, cache_dir: str | Path | None = None
+                    ) -> tuple[torch.Tensor, np.ndarray, HeldOut]:
+    """The encoded training pieces (ids, return flags) and held-out pieces of ``spec``, on the CPU.
+
+    Composed in ``spec.threads`` forked processes (numpy only; no torch in the children), in chunks of
+    :data:`POOL_CHUNK` pieces, and encoded on ``spec.device``. With ``cache_dir`` they are
+    kept in ``pieces-<key>.pt``, the key covering the pieces' settings and :func:`encoder_digest`, so that
+    variants of the optimiser reuse them and a changed EnCodec never does.
+    """
+    key_fields = {k: getattr(spec, k) for k in ("seed", "n_pieces", "duration_s", "design", "heldout_seed",
+                                                "heldout_pieces")}
+    key = hashlib.sha256(f"{sorted(key_fields.items())}|{encoder_digest(loaded.model)}".encode()).hexdigest()[:16]
+    file = Path(cache_dir) / f"pieces-{key}.pt" if cache_dir is not None else None
+    if file is not None and file.exists():
+        blob = torch.load(file)
+        log.info("encoded pieces read from %s", file)
+        held = HeldOut(blob["held_ids"].long(), blob["held_returns"].numpy(), blob["held_swapped"].long())
+        return blob["ids"].long(), blob["returns"].numpy(), held
+    audio = loaded.model.audio_encoder
+    audio.to(spec.device)
+    returns = np.array(is_return_piece(spec.seed, spec.n_pieces, 0.5))
+    parts = []
+    # cuDNN's default TF32 convolutions gave codes that differ from the CPU's (which capture uses) in 0.4-3.6%
+    # of frames per codebook on an H200, full float32 in 0.1-0.3% (measured on 16 held-out pair pieces)
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False), \
+                ProcessPoolExecutor(spec.threads, mp_context=multiprocessing.get_context("fork")) as pool:
+            for start in range(0, spec.n_pieces, POOL_CHUNK):  # a chunk's audio at a time, never the whole pool's
+                recipes = [cue_recipe(spec.seed, i, spec.duration_s, bool(returns[i]), spec.design)
+                           for i in range(start, min(start + POOL_CHUNK, spec.n_pieces))]
+                samples = [x for x, _ in pool.map(_compose_piece, recipes, chunksize=8)]
+                with torch.no_grad():
+                    parts.append(encode_pieces(loaded, samples).cpu())
+                log.info("encoded %d/%d training pieces", start + len(recipes), spec.n_pieces)
+            held = heldout(loaded, spec.heldout_seed, spec.heldout_pieces, spec.duration_s, spec.design)
+        ids = torch.cat(parts)
+    finally:
+        audio.to("cpu")
+    held = HeldOut(held.ids.cpu(), held.returns, held.swapped_ids.cpu())
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(".tmp")
+        torch.save({"ids": ids.short(), "returns": torch.from_numpy(returns), "held_ids": held.ids.short(),
+                    "held_returns": torch.from_numpy(held.returns), "held_swapped": held.swapped_ids.short(),
+                    "key_fields": key_fields}, tmp)
+        tmp.replace(file)
+    return ids, returns, held
 
 
 def onset_losses(loaded: LoadedModel, ids: torch.Tensor, batch_size: int = 8) -> np.ndarray:
@@ -510,4 +630,4 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 
 __all__ = ["HeldOut", "ToySpec", "build_toy", "evaluate_toy", "frame_losses", "heldout", "load_toy", "onset_losses",
-           "report_markdown", "return_losses", "toy_config", "train_toy"]
+           "report_markdown", "return_losses", "save_random_twin", "toy_config", "train_toy", "training_pieces"]

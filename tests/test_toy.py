@@ -11,7 +11,7 @@ import torch
 
 from musicinterp.annotate.labels import truth_labels
 from musicinterp.annotate.spec import AnnotationSpec
-from musicinterp.capture import capture_clip, encode_audio
+from musicinterp.capture import capture_clip, delayed_decoder_input, encode_audio
 from musicinterp.config import DESCRIPTOR_LOOKAHEAD_S, CaptureSpec, CueSource, ModelSpec, SliceSpec
 from musicinterp.frames import FRAME_RATE_HZ, SAMPLE_RATE_HZ
 from musicinterp.models import LoadedModel, load_model
@@ -34,16 +34,23 @@ from musicinterp.toy import (
     MIN_ONSET_GAIN_NATS,
     ONSET_FRAMES,
     ToySpec,
+    _pieces,
     build_toy,
+    encode_pieces,
+    encoder_digest,
     evaluate_toy,
     heldout,
     load_toy,
+    save_random_twin,
     train_toy,
+    training_pieces,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "checkpoints" / "toy-cue"
 TOY_RANDOM = ROOT / "checkpoints" / "toy-cue-random"
+PAIR = ROOT / "checkpoints" / "toy-pair"
+PAIR_RANDOM = ROOT / "checkpoints" / "toy-pair-random"
 FRESH_SEED = 4242  # neither the training (0), the held-out (1000) nor the calibration seed
 RET_FRAME = int(RETURN_AT_S * FRAME_RATE_HZ)
 A_FRAME = int(A_START_S * FRAME_RATE_HZ)
@@ -341,3 +348,100 @@ def test_toy_spec__bad_settings_are_named():
         train_toy(ToySpec(hidden_size=30, n_heads=4), "/nonexistent")
     with pytest.raises(ValueError, match="heldout_seed must differ"):
         train_toy(ToySpec(seed=1000), "/nonexistent")
+
+
+# ---- the shipped pair toy: equality of two chords, which a random network cannot expose ----------------------
+@pytest.fixture(scope="module")
+def pair():
+    return load_toy(PAIR)
+
+
+@pytest.fixture(scope="module")
+def pair_random():
+    return load_toy(PAIR_RANDOM)
+
+
+def test_toy_pair__shipped_checkpoint_learned_equality_on_unseen_pieces(pair, pair_random):
+    assert (pair.model_id, pair.weights) == ("musicinterp/toy-pair", "trained-here")
+    assert (pair_random.model_id, pair_random.weights) == ("musicinterp/toy-pair-random", "random")
+    held = heldout(pair, FRESH_SEED, 48, design="pair")
+    report = evaluate_toy(pair, pair_random, held)
+    t, r = report["trained"], report["random"]
+    assert report["learned"], report
+    # swapping the second chord (equal <-> different) makes the return's first codes surprising
+    assert t["onset_gain"] >= MIN_ONSET_GAIN_NATS and t["onset_p"] < MAX_ONSET_P
+    assert r["onset_right_cue"] == pytest.approx(r["onset_swapped_cue"], abs=0.05)
+    assert abs(t["before_return_cue"] - t["before_no_return_cue"]) < 0.5
+
+
+def test_toy_pair__training_settings_file_is_the_shipped_spec():
+    from flows.cli import build_parser, toy_spec_from_args
+
+    args = build_parser().parse_args(["train-toy", "--settings", str(ROOT / "configs" / "toy-pair-train.yaml")])
+    meta = json.loads((PAIR / "musicinterp.json").read_text())
+    assert toy_spec_from_args(args).model_dump(mode="json") == meta["toy_spec"]
+    args = build_parser().parse_args(["train-toy", "--settings", str(ROOT / "configs" / "toy-pair-train.yaml"),
+                                      "--device", "cpu", "--steps", "5"])
+    spec = toy_spec_from_args(args)
+    assert (spec.device, spec.steps, spec.design, spec.n_pieces) == ("cpu", 5, "pair", 8192)
+
+
+def test_train_toy_cli__bad_flags_exit_2_naming_the_field(capsys):
+    from flows.cli import main
+
+    assert main(["train-toy", "--device", "gpu0"]) == 2
+    assert "device" in capsys.readouterr().err
+
+
+def test_save_random_twin__reproduces_the_shipped_twin_with_the_trained_encoder(tmp_path, pair):
+    twin_dir = save_random_twin(PAIR, tmp_path / "twin")
+    twin, shipped = load_toy(twin_dir), load_toy(PAIR_RANDOM)
+    assert twin.weights == "random" and twin.model_id == "musicinterp/toy-pair-random"
+    assert encoder_digest(twin.model) == encoder_digest(pair.model)  # bit for bit: the same codes
+    for (name, a), (_, b) in zip(twin.model.state_dict().items(), shipped.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    trained_w = dict(pair.model.decoder.named_parameters())
+    assert any(not torch.equal(p, trained_w[n]) for n, p in twin.model.decoder.named_parameters())
+    with pytest.raises(ValueError, match="not a trained toy checkpoint"):
+        save_random_twin(PAIR_RANDOM, tmp_path / "twin-of-a-twin")
+
+
+# ---- encoding the training pieces -------------------------------------------------------------------------
+def test_encode_pieces__batched_codes_equal_capture_codes_piece_by_piece(toy_codec):
+    samples, _, _ = _pieces(FRESH_SEED, 3, PIECE_S, "pair")
+    batched = encode_pieces(toy_codec, samples, batch_size=2)
+    one_by_one = torch.stack([delayed_decoder_input(toy_codec, encode_audio(toy_codec, x)) for x in samples])
+    assert torch.equal(batched, one_by_one)
+    with pytest.raises(ValueError, match="equal length"):
+        encode_pieces(toy_codec, [samples[0], samples[1][:-640]])
+
+
+def test_training_pieces__cached_under_the_pieces_and_the_encoder(tmp_path, toy_codec):
+    import copy
+
+    spec = ToySpec(n_pieces=5, heldout_pieces=2, threads=2, design="pair")
+    ids, returns, held = training_pieces(spec, toy_codec, tmp_path)
+    samples, expected_returns, _ = _pieces(spec.seed, 5, spec.duration_s, "pair")
+    assert torch.equal(ids, encode_pieces(toy_codec, samples)) and (returns == expected_returns).all()
+    assert len(held.ids) == 2 and len(held.swapped_ids) == held.returns.sum()
+    (file,) = tmp_path.glob("pieces-*.pt")
+    again = training_pieces(spec, toy_codec, tmp_path)
+    assert torch.equal(again[0], ids) and torch.equal(again[2].ids, held.ids) and len(list(tmp_path.glob("*"))) == 1
+    # other pieces or another EnCodec get their own file, never this one
+    training_pieces(spec.model_copy(update={"n_pieces": 4}), toy_codec, tmp_path)
+    assert len(list(tmp_path.glob("pieces-*.pt"))) == 2
+    other = copy.deepcopy(toy_codec.model)
+    with torch.no_grad():
+        other.audio_encoder.quantizer.layers[0].codebook.embed[0, 0] += 1.0
+    assert encoder_digest(other) != encoder_digest(toy_codec.model)
+
+
+def test_toy_spec__cuda_is_refused_where_torch_sees_none():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        ToySpec(device="gpu")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(ValueError, match="sees no CUDA device"):
+        train_toy(ToySpec(device="cuda"), "/nonexistent")
