@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy = sub.add_parser("train-toy", help="train the positive-control model (a cue decides whether A returns)")
     toy.add_argument("--out", help="checkpoint folder (default: checkpoints/toy-cue, or toy-pair with --design pair)")
     toy.add_argument("--settings", help="YAML with ToySpec fields (a 'toy:' mapping or its fields), e.g. "
-                     "configs/toy-pair-train.yaml; the flags below override it")
+                     "checkpoints/toy-pair/train.yaml; the flags below override it")
     toy.add_argument("--design", choices=["chord", "pair"],
                      help="cue design: one chord decides (default), or two chords that are equal when A returns")
     toy.add_argument("--device", help="torch device of training: cpu (default) or cuda")

@@ -29,7 +29,7 @@ def train_toy_flow(spec: ToySpec = ToySpec(), out: str = DEFAULT_OUT, random_out
     """Train the toy MusicGen decoder on cue pieces and save it (weights: trained-here).
 
     On ``spec.device``: the chord toy's defaults take minutes on a CPU, the pair toy's recipe
-    (configs/toy-pair-train.yaml) minutes on a GPU and hours on a CPU.
+    (checkpoints/toy-pair/train.yaml) minutes on a GPU and hours on a CPU.
 
     ``random_out`` (default ``<out>-random``) gets the same architecture with its initial random
     weights (weights: random), the negative control.

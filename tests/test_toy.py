@@ -377,10 +377,10 @@ def test_toy_pair__shipped_checkpoint_learned_equality_on_unseen_pieces(pair, pa
 def test_toy_pair__training_settings_file_is_the_shipped_spec():
     from flows.cli import build_parser, toy_spec_from_args
 
-    args = build_parser().parse_args(["train-toy", "--settings", str(ROOT / "configs" / "toy-pair-train.yaml")])
+    args = build_parser().parse_args(["train-toy", "--settings", str(PAIR / "train.yaml")])
     meta = json.loads((PAIR / "musicinterp.json").read_text())
     assert toy_spec_from_args(args).model_dump(mode="json") == meta["toy_spec"]
-    args = build_parser().parse_args(["train-toy", "--settings", str(ROOT / "configs" / "toy-pair-train.yaml"),
+    args = build_parser().parse_args(["train-toy", "--settings", str(PAIR / "train.yaml"),
                                       "--device", "cpu", "--steps", "5"])
     spec = toy_spec_from_args(args)
     assert (spec.device, spec.steps, spec.design, spec.n_pieces) == ("cpu", 5, "pair", 8192)
