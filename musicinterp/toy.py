@@ -35,6 +35,7 @@ samples; a returning section yields the same codes as A except in its first few 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -44,6 +45,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -498,7 +500,7 @@ def training_pieces(spec: ToySpec, loaded: LoadedModel, cache_dir: str | Path | 
                     ) -> tuple[torch.Tensor, np.ndarray, HeldOut]:
     """The encoded training pieces (ids, return flags) and held-out pieces of ``spec``, on the CPU.
 
-    Composed in ``spec.threads`` forked processes (numpy only; no torch in the children), in chunks of
+    Composed in ``spec.threads`` forked processes when there are many (numpy only), in chunks of
     :data:`POOL_CHUNK` pieces, and encoded on ``spec.device``. With ``cache_dir`` they are
     kept in ``pieces-<key>.pt``, the key covering the pieces' settings and :func:`encoder_digest`, so that
     variants of the optimiser reuse them and a changed EnCodec never does.
@@ -518,13 +520,18 @@ def training_pieces(spec: ToySpec, loaded: LoadedModel, cache_dir: str | Path | 
     parts = []
     # cuDNN's default TF32 convolutions gave codes that differ from the CPU's (which capture uses) in 0.4-3.6%
     # of frames per codebook on an H200, full float32 in 0.1-0.3% (measured on 16 held-out pair pieces)
+    # small pools (the chord toy's 256 pieces, tests) are composed in this process: no fork of a threaded parent
+    workers = spec.threads if spec.n_pieces > POOL_CHUNK and spec.threads > 1 else 0
     try:
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False), \
-                ProcessPoolExecutor(spec.threads, mp_context=multiprocessing.get_context("fork")) as pool:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False), contextlib.ExitStack() as stack:
+            mapper = map
+            if workers:
+                pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")))
+                mapper = partial(pool.map, chunksize=8)
             for start in range(0, spec.n_pieces, POOL_CHUNK):  # a chunk's audio at a time, never the whole pool's
                 recipes = [cue_recipe(spec.seed, i, spec.duration_s, bool(returns[i]), spec.design)
                            for i in range(start, min(start + POOL_CHUNK, spec.n_pieces))]
-                samples = [x for x, _ in pool.map(_compose_piece, recipes, chunksize=8)]
+                samples = [x for x, _ in mapper(_compose_piece, recipes)]
                 with torch.no_grad():
                     parts.append(encode_pieces(loaded, samples).cpu())
                 log.info("encoded %d/%d training pieces", start + len(recipes), spec.n_pieces)
