@@ -28,8 +28,8 @@ def train_toy_flow(spec: ToySpec = ToySpec(), out: str = DEFAULT_OUT, random_out
                    ) -> dict[str, Any]:
     """Train the toy MusicGen decoder on cue pieces and save it (weights: trained-here).
 
-    On ``spec.device``: the chord toy's defaults take minutes on a CPU, the pair toy's recipe
-    (checkpoints/toy-pair/train.yaml) minutes on a GPU and hours on a CPU.
+    On ``spec.device``: the chord toy's defaults take ~15 min on a 2-core CPU, the pair toy's recipe
+    (checkpoints/toy-pair/train.yaml) ~40 min.
 
     ``random_out`` (default ``<out>-random``) gets the same architecture with its initial random
     weights (weights: random), the negative control.

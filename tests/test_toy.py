@@ -380,10 +380,10 @@ def test_toy_pair__training_settings_file_is_the_shipped_spec():
     args = build_parser().parse_args(["train-toy", "--settings", str(PAIR / "train.yaml")])
     meta = json.loads((PAIR / "musicinterp.json").read_text())
     assert toy_spec_from_args(args).model_dump(mode="json") == meta["toy_spec"]
-    args = build_parser().parse_args(["train-toy", "--settings", str(PAIR / "train.yaml"),
-                                      "--device", "cpu", "--steps", "5"])
+    args = build_parser().parse_args(["train-toy", "--settings", str(PAIR / "train.yaml"), "--steps", "5",
+                                      "--seed", "3"])
     spec = toy_spec_from_args(args)
-    assert (spec.device, spec.steps, spec.design, spec.n_pieces) == ("cpu", 5, "pair", 8192)
+    assert (spec.steps, spec.seed, spec.design, spec.n_pieces) == (5, 3, "pair", 4096)
 
 
 def test_train_toy_cli__bad_flags_exit_2_naming_the_field(capsys):
