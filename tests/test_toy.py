@@ -425,8 +425,10 @@ def test_training_pieces__cached_under_the_pieces_and_the_encoder(tmp_path, toy_
     assert torch.equal(ids, encode_pieces(toy_codec, samples)) and (returns == expected_returns).all()
     assert len(held.ids) == 2 and len(held.swapped_ids) == held.returns.sum()
     (file,) = tmp_path.glob("pieces-*.pt")
+    written = file.stat().st_mtime_ns
     again = training_pieces(spec, toy_codec, tmp_path)
-    assert torch.equal(again[0], ids) and torch.equal(again[2].ids, held.ids) and len(list(tmp_path.glob("*"))) == 1
+    assert torch.equal(again[0], ids) and torch.equal(again[2].ids, held.ids)
+    assert file.stat().st_mtime_ns == written and len(list(tmp_path.glob("*"))) == 1  # read, not made again
     # other pieces or another EnCodec get their own file, never this one
     training_pieces(spec.model_copy(update={"n_pieces": 4}), toy_codec, tmp_path)
     assert len(list(tmp_path.glob("pieces-*.pt"))) == 2
