@@ -173,12 +173,18 @@ def _compose_piece(recipe: dict) -> tuple[np.ndarray, list[str]]:
     return samples, truth["cue_chords"]
 
 
+def _recipes(seed: int, n: int, duration_s: float, design: str) -> tuple[list[dict], np.ndarray]:
+    """Recipes of ``n`` cue pieces, half with the return cue, as ``plan_cue`` makes them; and the return flags."""
+    returns = np.array(is_return_piece(seed, n, 0.5))
+    return [cue_recipe(seed, i, duration_s, bool(r), design) for i, r in enumerate(returns)], returns
+
+
 def _pieces(seed: int, n: int, duration_s: float, design: str = "chord"
             ) -> tuple[list[np.ndarray], np.ndarray, list[list[str]]]:
-    """Cue pieces (samples, return flags, cue chords), from recipes as ``plan_cue`` makes them."""
-    returns = is_return_piece(seed, n, 0.5)
-    made = [_compose_piece(cue_recipe(seed, i, duration_s, r, design)) for i, r in enumerate(returns)]
-    return [x for x, _ in made], np.array(returns), [c for _, c in made]
+    """Cue pieces (samples, return flags, cue chords)."""
+    recipes, returns = _recipes(seed, n, duration_s, design)
+    made = [_compose_piece(r) for r in recipes]
+    return [x for x, _ in made], returns, [c for _, c in made]
 
 
 @torch.no_grad()
@@ -204,14 +210,21 @@ def _calibrate_codebooks(model, spec: ToySpec) -> None:
         resid = resid - layer.codebook.decode(layer.codebook.encode(resid.float())).double()
 
 
-def build_toy(spec: ToySpec):
-    """The untrained toy model (random decoder), with the calibrated EnCodec described in the module doc."""
+def build_toy(spec: ToySpec, audio_state: dict[str, torch.Tensor] | None = None):
+    """The untrained toy model (random decoder), with the calibrated EnCodec described in the module doc.
+
+    ``audio_state``: an EnCodec state to use as it is (a trained toy's), instead of building and calibrating one.
+    """
     from transformers import MusicgenForConditionalGeneration
 
     _check_spec(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = MusicgenForConditionalGeneration(toy_config(spec))
+    if audio_state is not None:
+        model.audio_encoder.load_state_dict(audio_state)
+        _set_generation_defaults(model)
+        return model.eval()
     tiny = build_offline("tiny", seed=0)
     model.audio_encoder.load_state_dict(tiny.audio_encoder.state_dict())
     with torch.no_grad():
@@ -366,8 +379,7 @@ def save_random_twin(trained_dir: str | Path, random_dir: str | Path) -> Path:
         raise ValueError(f"{trained_dir} is not a trained toy checkpoint (weights {meta.get('weights')!r})")
     spec = ToySpec(**meta["toy_spec"] | {"device": "cpu"})
     trained = load_toy(trained_dir).model
-    twin = build_toy(spec)
-    twin.audio_encoder.load_state_dict(trained.audio_encoder.state_dict())
+    twin = build_toy(spec, audio_state=trained.audio_encoder.state_dict())
     twin.text_encoder.load_state_dict(trained.text_encoder.state_dict())
     facts = {k: meta[k] for k in ("toy_spec", "toy_spec_fingerprint", "construction", "encodec", "text_condition")}
     return save_half(twin, Path(random_dir), meta["model_id"] + "-random", "random", **facts, note=RANDOM_NOTE,
@@ -516,7 +528,7 @@ def training_pieces(spec: ToySpec, loaded: LoadedModel, cache_dir: str | Path | 
         return blob["ids"].long(), blob["returns"].numpy(), held
     audio = loaded.model.audio_encoder
     audio.to(spec.device)
-    returns = np.array(is_return_piece(spec.seed, spec.n_pieces, 0.5))
+    recipes, returns = _recipes(spec.seed, spec.n_pieces, spec.duration_s, spec.design)
     parts = []
     # cuDNN's default TF32 convolutions gave codes that differ from the CPU's (which capture uses) in 0.4-3.6%
     # of frames per codebook on an H200, full float32 in 0.1-0.3% (measured on 16 held-out pair pieces)
@@ -529,12 +541,10 @@ def training_pieces(spec: ToySpec, loaded: LoadedModel, cache_dir: str | Path | 
                 pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")))
                 mapper = partial(pool.map, chunksize=8)
             for start in range(0, spec.n_pieces, POOL_CHUNK):  # a chunk's audio at a time, never the whole pool's
-                recipes = [cue_recipe(spec.seed, i, spec.duration_s, bool(returns[i]), spec.design)
-                           for i in range(start, min(start + POOL_CHUNK, spec.n_pieces))]
-                samples = [x for x, _ in mapper(_compose_piece, recipes)]
+                samples = [x for x, _ in mapper(_compose_piece, recipes[start : start + POOL_CHUNK])]
                 with torch.no_grad():
                     parts.append(encode_pieces(loaded, samples).cpu())
-                log.info("encoded %d/%d training pieces", start + len(recipes), spec.n_pieces)
+                log.info("encoded %d/%d training pieces", start + len(samples), spec.n_pieces)
             held = heldout(loaded, spec.heldout_seed, spec.heldout_pieces, spec.duration_s, spec.design)
         ids = torch.cat(parts)
     finally:
