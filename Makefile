@@ -24,11 +24,11 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check musicinterp flows tasks tests benchmarks
-	$(BIN)/ruff format --check musicinterp flows tasks tests benchmarks
+	$(BIN)/ruff check musicinterp flows tasks cli tests benchmarks
+	$(BIN)/ruff format --check musicinterp flows tasks cli tests benchmarks
 
 format: setup
-	$(BIN)/ruff format musicinterp flows tasks tests benchmarks
+	$(BIN)/ruff format musicinterp flows tasks cli tests benchmarks
 
 bench: setup
 	$(BIN)/python benchmarks/capture_speed.py

@@ -55,21 +55,21 @@ def analysis(store: str, spec: AnalysisSpec = AnalysisSpec(), out: str | None = 
     out = out or default_out(store)
     work = f"{out}/work"
     Path(work).mkdir(parents=True, exist_ok=True)
-    ds = lib.open_analysis_store(store)
-    weights = str(ds.attrs.get("weights", "unknown"))
     jobs: list[tuple[str, str, list[str]]] = [
         (store, "", ["none"] + (["shifted-labels"] if spec.shifted_labels_control else []))]
     if control_store:
         jobs.append((control_store, "control_", ["random-model"]))
-    total = sum(len(lib.data.store_layers(lib.open_analysis_store(s), spec)) * len(spec.targets) * len(c)
-                for s, _, c in jobs)
+    plans = [(url, tag, controls, t.plan_store.submit(url, spec)) for url, tag, controls in jobs]
+    plans = [(url, tag, controls, plan.result()) for url, tag, controls, plan in plans]
+    weights = plans[0][3]["weights"]
+    total = sum(len(plan["layers"]) * len(spec.targets) * len(controls) for _, _, controls, plan in plans)
     progress = create_progress_artifact(0.0, key=artifact_key(name, "analysis-progress"),
                                         description=f"{name}: probes finished")
     futures = []
-    for url, tag, controls in jobs:
-        fp = t.store_fingerprint(url)
+    for url, tag, controls, plan in plans:
+        fp = plan["identity"]
         labels = t.load_labels.submit(url, fp, spec, work, tag)
-        for layer in lib.data.store_layers(lib.open_analysis_store(url), spec):
+        for layer in plan["layers"]:
             reduced = t.reduce_layer.submit(url, fp, spec, work, tag, layer)
             for target in spec.targets:
                 for control in controls:

@@ -11,6 +11,7 @@ shards it is given; the store's completion flags make any shard run idempotent.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -24,11 +25,10 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 
 from flows.analysis import analysis
-from musicinterp.benchmark import N_PLOTS, RunPaths, RunSummary, summary_markdown
 from musicinterp.config import RunSpec
-from musicinterp.slice import Manifest
+from musicinterp.run import N_PLOTS, PreparedRun, RunPaths, summary_markdown
 from tasks.annotate import annotate_clip
-from tasks.benchmark import capture_shard, plan_run, summarise_run
+from tasks.run import capture_shard, plan_run, shard_clips, summarise_run
 
 DEFAULT_OUT = "runs"
 SHARD_DEPLOYMENT = "benchmark-shard/benchmark-shard"
@@ -59,34 +59,37 @@ def _shard_run_name() -> str:
 
 
 @flow(name="benchmark-shard", flow_run_name=_shard_run_name, persist_result=True)
-def benchmark_shard(spec: RunSpec, prepared: dict[str, Any], shard: int) -> dict[str, Any]:
+def benchmark_shard(spec: RunSpec, prepared: PreparedRun, shard: int) -> dict[str, Any]:
     """Capture one shard's clips into the store and annotate them (one task per clip)."""
-    capture = capture_shard.submit(spec, prepared, shard)
+    capture = capture_shard.submit(spec.model, spec.capture, prepared, shard)
     annotations = []
     if spec.annotate:
-        manifest = Manifest.from_json(RunPaths(prepared["root"]).manifest)
-        for i, clip in enumerate(manifest.clips):
-            if clip.shard == shard:
-                annotations.append(annotate_clip.submit(spec, prepared, clip.clip_id, clip.sha256, plot=i < N_PLOTS))
+        for index, clip in shard_clips(prepared, shard):
+            annotations.append(annotate_clip.submit(spec.annotation, prepared, clip, index, plot=index < N_PLOTS))
     wait([capture, *annotations])
     failed = [f for f in (capture, *annotations) if f.state.is_failed()]
     if failed:
         raise RuntimeError(f"shard {shard}: " + "; ".join(str(f.state.message) for f in failed))
-    return {"shard": shard, "capture": capture.result(), "annotated": len(annotations)}
+    return {"shard": shard, "capture": asdict(capture.result()), "annotated": len(annotations)}
 
 
-def _run_local(spec: RunSpec, prepared: dict[str, Any], shards: list[int], on_done) -> dict[int, dict[str, Any]]:
+def _run_local(spec: RunSpec, prepared: PreparedRun, shards: list[int], on_done) -> dict[int, dict[str, Any]]:
     out = {}
     for shard in shards:
         t0 = time.perf_counter()
         state = benchmark_shard(spec=spec, prepared=prepared, shard=shard, return_state=True)
-        out[shard] = {"state": state.name, "failed": state.is_failed(), "message": state.message or "",
-                      "duration_s": round(time.perf_counter() - t0, 1), "worker": "local (this process)"}
+        out[shard] = {
+            "state": state.name,
+            "failed": state.is_failed(),
+            "message": state.message or "",
+            "duration_s": round(time.perf_counter() - t0, 1),
+            "worker": "local (this process)",
+        }
         on_done(shard, out[shard])
     return out
 
 
-def _run_deployments(spec: RunSpec, prepared: dict[str, Any], shards: list[int], on_done) -> dict[int, dict[str, Any]]:
+def _run_deployments(spec: RunSpec, prepared: PreparedRun, shards: list[int], on_done) -> dict[int, dict[str, Any]]:
     """Create one child run per shard on the shard deployment, then follow them to a final state."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -96,9 +99,14 @@ def _run_deployments(spec: RunSpec, prepared: dict[str, Any], shards: list[int],
     for shard in shards:
         # deterministic: a retry of this parent finds its children instead of starting them twice;
         # a rerun is another parent, so it gets fresh children
-        key = f"{prepared['fingerprint']}-{prepared['store_uid']}-shard{shard}-{parent}"
-        runs[shard] = run_deployment(SHARD_DEPLOYMENT, parameters={"spec": spec, "prepared": prepared, "shard": shard},
-                                     idempotency_key=key, timeout=0, as_subflow=True)
+        key = f"{prepared.fingerprint}-{prepared.store_uid}-shard{shard}-{parent}"
+        runs[shard] = run_deployment(
+            SHARD_DEPLOYMENT,
+            parameters={"spec": spec, "prepared": prepared, "shard": shard},
+            idempotency_key=key,
+            timeout=0,
+            as_subflow=True,
+        )
     out: dict[int, dict[str, Any]] = {}
     with get_client(sync_client=True) as client:
         while len(out) < len(runs):
@@ -111,17 +119,26 @@ def _run_deployments(spec: RunSpec, prepared: dict[str, Any], shards: list[int],
                     worker = fr.work_pool_name or ""
                     if fr.infrastructure_pid:
                         worker += f" (pid {fr.infrastructure_pid})"
-                    out[shard] = {"state": fr.state.name, "failed": not fr.state.is_completed(),
-                                  "message": fr.state.message or "", "attempts": fr.run_count, "worker": worker,
-                                  "duration_s": round(fr.total_run_time.total_seconds(), 1), "flow_run": str(fr.id)}
+                    out[shard] = {
+                        "state": fr.state.name,
+                        "failed": not fr.state.is_completed(),
+                        "message": fr.state.message or "",
+                        "attempts": fr.run_count,
+                        "worker": worker,
+                        "duration_s": round(fr.total_run_time.total_seconds(), 1),
+                        "flow_run": str(fr.id),
+                    }
                     on_done(shard, out[shard])
     return out
 
 
 @flow(name="benchmark", flow_run_name=_run_name, persist_result=True)
-def benchmark(spec: RunSpec = RunSpec(), out: str = DEFAULT_OUT,
-              dispatch: Literal["local", "deployments"] = "local",
-              only_shards: list[int] | None = None) -> dict[str, Any]:
+def benchmark(
+    spec: RunSpec = RunSpec(),
+    out: str = DEFAULT_OUT,
+    dispatch: Literal["local", "deployments"] = "local",
+    only_shards: list[int] | None = None,
+) -> dict[str, Any]:
     """Capture MusicGen's residual stream for every clip of the slice into one Zarr store, annotated.
 
     ``dispatch``: run the shards in this process ("local") or as runs of the ``benchmark-shard``
@@ -129,12 +146,13 @@ def benchmark(spec: RunSpec = RunSpec(), out: str = DEFAULT_OUT,
     """
     logger = get_run_logger()
     prepared = plan_run(spec, out)
-    shards = list(range(prepared["n_shards"])) if only_shards is None else sorted(set(only_shards))
-    bad = [s for s in shards if not 0 <= s < prepared["n_shards"]]
+    shards = list(range(prepared.n_shards)) if only_shards is None else sorted(set(only_shards))
+    bad = [s for s in shards if not 0 <= s < prepared.n_shards]
     if bad:
-        raise ValueError(f"only_shards: {bad} out of range; the run has shards 0..{prepared['n_shards'] - 1}")
-    progress = create_progress_artifact(0.0, key=artifact_key(spec.name, "progress"),
-                                        description=f"{spec.name}: shards finished")
+        raise ValueError(f"only_shards: {bad} out of range; the run has shards 0..{prepared.n_shards - 1}")
+    progress = create_progress_artifact(
+        0.0, key=artifact_key(spec.name, "progress"), description=f"{spec.name}: shards finished"
+    )
     finished: list[int] = []
 
     def on_done(shard: int, info: dict[str, Any]) -> None:
@@ -144,14 +162,25 @@ def benchmark(spec: RunSpec = RunSpec(), out: str = DEFAULT_OUT,
 
     runner = _run_local if dispatch == "local" else _run_deployments
     states = runner(spec, prepared, shards, on_done)
-    summary = RunSummary(**summarise_run(prepared, annotate=spec.annotate))
+    summary = summarise_run(prepared, annotate=spec.annotate)
     by_shard = {s["shard"]: s for s in summary.shards}
-    table = [{"shard": s, "clips": by_shard.get(s, {}).get("clips", ""), "state": states[s]["state"],
-              "attempts": states[s].get("attempts", 1), "duration_s": states[s]["duration_s"],
-              "worker": states[s]["worker"]} for s in shards]
+    table = [
+        {
+            "shard": s,
+            "clips": by_shard.get(s, {}).get("clips", ""),
+            "state": states[s]["state"],
+            "attempts": states[s].get("attempts", 1),
+            "duration_s": states[s]["duration_s"],
+            "worker": states[s]["worker"],
+        }
+        for s in shards
+    ]
     create_table_artifact(table, key=artifact_key(spec.name, "shards"), description=f"{spec.name}: shards")
-    create_markdown_artifact(summary_markdown(summary, images=_inline_images(summary.plots)),
-                             key=artifact_key(spec.name, "summary"), description=f"{spec.name}: run summary")
+    create_markdown_artifact(
+        summary_markdown(summary, images=_inline_images(summary.plots)),
+        key=artifact_key(spec.name, "summary"),
+        description=f"{spec.name}: run summary",
+    )
     logger.info("store: %s", summary.store)
     failed_shards = sorted(s for s, info in states.items() if info["failed"])
     if not summary.ok or failed_shards:
@@ -162,20 +191,23 @@ def benchmark(spec: RunSpec = RunSpec(), out: str = DEFAULT_OUT,
         )
     result = {"store": summary.store, "root": summary.root, "complete": summary.complete, "n_clips": summary.n_clips}
     if spec.analyze:
-        result["analysis"] = _run_analysis(spec, summary.store, f"{summary.root}/analysis", dispatch)
+        result["analysis"] = _run_analysis(spec, summary.store, RunPaths(summary.root).analysis, dispatch)
     return result
 
 
 def _run_analysis(spec: RunSpec, store: str, out: str, dispatch: str) -> dict[str, Any]:
     """The probe analysis of the finished store: a subflow here, or a run of the analysis deployment."""
-    params = {"store": store, "spec": spec.analysis, "out": out, "control_store": spec.control_store,
-              "name": spec.name}
+    params = {"store": store, "spec": spec.analysis, "out": out, "control_store": spec.control_store, "name": spec.name}
     if dispatch == "local":
         return analysis(**params)
     from prefect.deployments import run_deployment
 
-    run = run_deployment(ANALYSIS_DEPLOYMENT, parameters=params, as_subflow=True,
-                         idempotency_key=f"analysis-{spec.fingerprint()}-{flow_run.id}")
+    run = run_deployment(
+        ANALYSIS_DEPLOYMENT,
+        parameters=params,
+        as_subflow=True,
+        idempotency_key=f"analysis-{spec.fingerprint()}-{flow_run.id}",
+    )
     if not run.state or not run.state.is_completed():
         raise RuntimeError(f"analysis run {run.name} ended {run.state.name if run.state else 'without a state'}")
     return {"out": out, "flow_run": str(run.id)}

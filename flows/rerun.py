@@ -29,6 +29,8 @@ from prefect.runtime import flow_run as current_run
 
 from flows.benchmark import DEFAULT_OUT, benchmark
 from musicinterp.config import RunSpec
+from musicinterp.run import RunPaths, RunProgress, read_progress
+from tasks.run import read_progress as read_progress_task
 
 BENCHMARK_FLOW = "benchmark"
 SHARD_FLOW = "benchmark-shard"
@@ -112,83 +114,52 @@ def benchmark_run(client: SyncPrefectClient, run: FlowRun) -> FlowRun:
     raise NotABenchmark(f"flow run {run.name!r} ({run.id}) is a {name!r} run, not a benchmark run or a rerun")
 
 
-def expected_shards(run: FlowRun) -> list[int] | None:
-    """The shards a benchmark run was asked to run (``only_shards``, else all of the run's manifest)."""
+def run_parameters(run: FlowRun) -> tuple[RunSpec, str]:
+    """The config and output URL a benchmark run was given."""
     params = run.parameters or {}
-    if params.get("only_shards") is not None:
-        return sorted(set(params["only_shards"]))
-    try:
-        from musicinterp.benchmark import RunPaths
-        from musicinterp.slice import Manifest
+    return RunSpec.model_validate(params.get("spec") or {}), params.get("out", DEFAULT_OUT)
 
-        spec = RunSpec.model_validate(params.get("spec") or {})
-        manifest = Manifest.from_json(RunPaths.for_spec(spec, params.get("out", DEFAULT_OUT)).manifest)
-        return list(range(manifest.n_shards))
+
+def _store_progress(run: FlowRun) -> RunProgress | None:
+    """The run's finished shards, from its store (outside a flow: the ``status`` command)."""
+    try:
+        spec, out = run_parameters(run)
+        return read_progress(RunPaths.for_spec(spec, out), annotate=spec.annotate)
     except Exception:  # noqa: BLE001 - the run folder may not be reachable from here, or never planned
         return None
 
 
-def shards_complete_in_store(run: FlowRun) -> set[int]:
-    """Shards whose clips are all complete (and annotated, if the run annotates) in the run's store.
-
-    The store is the source of truth: a shard whose run failed but that a later rerun completed is
-    not failed any more. Empty when the store cannot be read from here.
-    """
-    params = run.parameters or {}
-    try:
-        from musicinterp.benchmark import RunPaths
-        from musicinterp.slice import Manifest
-        from musicinterp.store import open_store
-
-        spec = RunSpec.model_validate(params.get("spec") or {})
-        paths = RunPaths.for_spec(spec, params.get("out", DEFAULT_OUT))
-        manifest = Manifest.from_json(paths.manifest)
-        ds = open_store(paths.store)
-    except Exception:  # noqa: BLE001 - not reachable from here, or never planned
-        return set()
-    done = {str(c) for c, f in zip(ds["clip"].values, ds["complete"].values) if f}
-    if spec.annotate and "annotated" in ds:
-        annotated = {str(c) for c, f in zip(ds["clip"].values, ds["annotated"].values) if f}
-        # clips that cannot be annotated (silent, too short) are recorded as such, not failed
-        done &= annotated | _unannotatable(paths)
-    return {s for s in range(manifest.n_shards) if all(c.clip_id in done for c in manifest.shard(s))}
-
-
-def _unannotatable(paths) -> set[str]:
-    import json
-
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(f"{paths.root}/annotations")
-    out = set()
-    for f in fs.glob(f"{root}/*.json") if fs.exists(root) else []:
-        with fs.open(f) as fh:
-            rec = json.load(fh)
-        if rec.get("reason"):
-            out.add(rec["clip_id"])
-    return out
-
-
-def shard_states(client: SyncPrefectClient, run: FlowRun) -> list[ShardState]:
+def shard_states(client: SyncPrefectClient, run: FlowRun, progress: RunProgress | None = None) -> list[ShardState]:
     """Every shard of a benchmark run with the state of its latest run, in shard order.
 
     A shard whose latest run failed but whose clips are all complete in the store (a rerun finished
-    them) is reported with that state and not counted as failed.
+    them) is reported with that state and not counted as failed. ``progress``: what the run's store
+    says (the ``read-run-progress`` task's answer); read here when not given. Without it (the run
+    folder cannot be read from here) the shards are those the server knows of, and none is healed.
     """
-    in_store = shards_complete_in_store(run)
+    progress = _store_progress(run) if progress is None else progress
+    in_store = progress.finished if progress is not None else frozenset()
     cache: dict[uuid.UUID, str] = {}
     latest: dict[int, FlowRun] = {}
     for child in children(client, run):
         if _flow_name(client, child, cache) == SHARD_FLOW and "shard" in (child.parameters or {}):
             latest[int(child.parameters["shard"])] = child  # sorted by start: the last is the latest
-    shards = set(latest) | set(expected_shards(run) or [])
+    params = run.parameters or {}
+    if params.get("only_shards") is not None:  # the shards this run was asked to run
+        expected = set(params["only_shards"])
+    else:
+        expected = set(range(progress.n_shards)) if progress is not None else set()
+    shards = set(latest) | expected
     out = []
     for shard in sorted(shards):
         child = latest.get(shard)
         if child is None:
             out.append(
-                ShardState(shard=shard, state="Not started",
-                           failed=run.state is not None and run.state.is_final() and shard not in in_store)
+                ShardState(
+                    shard=shard,
+                    state="Not started",
+                    failed=run.state is not None and run.state.is_final() and shard not in in_store,
+                )
             )
             continue
         st = child.state
@@ -209,9 +180,9 @@ def shard_states(client: SyncPrefectClient, run: FlowRun) -> list[ShardState]:
     return out
 
 
-def failed_shards(client: SyncPrefectClient, run: FlowRun) -> list[int]:
+def failed_shards(client: SyncPrefectClient, run: FlowRun, progress: RunProgress | None = None) -> list[int]:
     """Shards of a finished benchmark run whose latest run did not complete, or that never ran."""
-    return [s.shard for s in shard_states(client, run) if s.failed]
+    return [s.shard for s in shard_states(client, run, progress) if s.failed]
 
 
 def describe(client: SyncPrefectClient, ref: str) -> dict[str, Any]:
@@ -273,17 +244,21 @@ def rerun_failed_shards(run_id: str, shards: list[int] | None = None) -> dict[st
     logger = get_run_logger()
     with get_client(sync_client=True) as client:
         bench = benchmark_run(client, resolve_run(client, run_id))
-        if bench.state is None or not bench.state.is_final():
-            raise RuntimeError(
-                f"benchmark run {bench.name!r} ({bench.id}) is still "
-                f"{bench.state.name if bench.state else 'pending'}; rerun it once it has finished"
-            )
-        todo = sorted(set(shards)) if shards else failed_shards(client, bench)
+    if bench.state is None or not bench.state.is_final():
+        raise RuntimeError(
+            f"benchmark run {bench.name!r} ({bench.id}) is still "
+            f"{bench.state.name if bench.state else 'pending'}; rerun it once it has finished"
+        )
+    spec, out = run_parameters(bench)
+    if shards:
+        todo = sorted(set(shards))
+    else:
+        progress = read_progress_task(spec, out)
+        with get_client(sync_client=True) as client:
+            todo = failed_shards(client, bench, progress)
     if not todo:
         logger.info("benchmark run %s (%s): every shard completed; nothing to rerun", bench.name, bench.id)
         return {"rerun_of": str(bench.id), "shards": [], "store": None}
-    params = bench.parameters or {}
-    spec = RunSpec.model_validate(params.get("spec") or {})
     logger.info("rerunning shards %s of %s (%s)", todo, bench.name, bench.id)
-    result = benchmark(spec=spec, out=params.get("out", DEFAULT_OUT), dispatch="deployments", only_shards=todo)
+    result = benchmark(spec=spec, out=out, dispatch="deployments", only_shards=todo)
     return {"rerun_of": str(bench.id), "shards": todo, **result}

@@ -120,14 +120,23 @@ class _ResidualRecorder:
             h.remove()
 
 
-def resolve_layers(loaded: LoadedModel, layers: list[int] | None) -> tuple[int, ...]:
-    n = loaded.n_layers + 1
+def select_layers(layers: list[int] | None, n_layers: int, model_id: str) -> tuple[int, ...]:
+    """The layers to store: ``layers`` sorted and deduplicated, or all ``n_layers + 1`` (0 = embeddings).
+
+    The one check of ``capture.layers``, used when a run is planned (from the model's config) and
+    when a clip is captured (from the loaded model).
+    """
+    n = n_layers + 1
     if layers is None:
         return tuple(range(n))
     bad = [layer for layer in layers if not 0 <= layer < n]
     if bad:
-        raise ValueError(f"capture.layers: {bad} out of range; model {loaded.model_id!r} has layers 0..{n - 1}")
+        raise ValueError(f"capture.layers: {bad} out of range; model {model_id!r} has layers 0..{n - 1}")
     return tuple(sorted(set(layers)))
+
+
+def resolve_layers(loaded: LoadedModel, layers: list[int] | None) -> tuple[int, ...]:
+    return select_layers(layers, loaded.n_layers, loaded.model_id)
 
 
 @torch.no_grad()

@@ -7,6 +7,8 @@ runs of the same config are the same run.
 
 from __future__ import annotations
 
+import math
+
 import hashlib
 import json
 from pathlib import Path
@@ -20,6 +22,9 @@ from musicinterp.frames import CLIP_MAX_S
 OFFLINE_MODEL_NAMES = ("tiny", "musicgen-small")
 HUB_MODEL_IDS = ("facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large",
                  "facebook/musicgen-melody")
+# peak |sample| (full-scale units, -80 dBFS) below which a clip is silent: flagged in the manifest,
+# and the default below which the annotation rejects it
+SILENCE_PEAK_FS = 1e-4
 
 
 class Spec(BaseModel):
@@ -232,7 +237,8 @@ class AnnotationSpec(Spec):
     resolution_max_fall_s: float = Field(4.0, gt=0, description="Longest peak-to-trough fall that counts (s).")
     # input checks
     min_duration_s: float = Field(2.0, gt=0, description="Shorter clips are rejected (s).")
-    silence_peak: float = Field(1e-4, gt=0, description="Clips whose peak |sample| is below this are rejected.")
+    silence_peak: float = Field(
+        SILENCE_PEAK_FS, gt=0, description="Clips whose peak |sample| is below this are rejected.")
 
     @field_validator("horizons_s")
     @classmethod
@@ -281,10 +287,24 @@ class AnalysisSpec(Spec):
     layers: list[int] | None = Field(
         None, description="Layers to probe (None = every layer in the store). Layer 0 (the token embeddings) "
         "is always added as a control layer.")
+    estimator: Literal["ridge", "logistic"] = Field(
+        "ridge", description="'ridge': grouped-CV ridge probes at full width whose refits under permutation cost "
+        "a few matrix products (musicinterp/analysis/ridge.py), so the permutation count can grow to what the grid "
+        "needs; metrics AUROC and Brier. 'logistic': the first wave's L2 logistic probes (metrics AUROC and "
+        "log-loss), each permutation a full refit: slow at full width, kept for comparison.")
     reduced_width: int | None = Field(
-        64, ge=1, description="Width of the seeded Gaussian random projection applied to each frame's float32 "
-        "activations while reading (None = keep every feature). Fold-independent, so no leakage; PCA would "
-        "have to be refit inside every training fold and needs a pass over all data first.")
+        None, ge=1, description="Width of a seeded Gaussian random projection applied while reading (None = every "
+        "feature, the default: a projection to k of d dimensions keeps about k/d of one direction's signal "
+        "against isotropic noise; the power study in musicinterp/analysis/README.md measured the loss).")
+    ridge_grid: list[float] = Field(
+        default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0],
+        description="Ridge strengths relative to the training rows (lambda = value x n_train on standardised "
+        "columns), chosen inside every training fold by an inner grouped CV on squared error.")
+    window_s: float = Field(
+        10.0, gt=0, description="Permutation unit: label tracks are cut into windows of this length at fixed "
+        "offsets in each clip; windows at the same offset with the same exact frame count trade label tracks "
+        "(musicinterp/analysis/permutation.py). Longer than the longest horizon, so a splice point sits in few "
+        "rows' label windows.")
     frame_stride: int = Field(
         5, ge=1, description="Keep every k-th frame (5 = 10 Hz): less autocorrelation between kept frames, "
         "less memory and time. Inference is by clip/source either way.")
@@ -300,16 +320,20 @@ class AnalysisSpec(Spec):
         "newton", description="'newton': the project's exact Newton solver of the same L2 logistic objective "
         "(several times faster on small problems; tested equal to sklearn); 'lbfgs': sklearn LogisticRegression.")
     n_permutations: int = Field(
-        99, ge=1, description="Permutations of the target (see permutation); both models are refit (inner CV "
-        "included) every time. p = (1 + #null gain >= observed) / (1 + n_permutations).")
-    permutation: Literal["swap", "shift"] = Field(
-        "swap", description="'swap': each clip takes the label track (target, valid mask, own lag) of another "
-        "clip of the same length; 'shift': the track is circularly shifted within the clip by >= min_shift_s. "
-        "The null simulation keeps 'swap' near 5% and finds 'shift' anti-conservative (README), hence the "
-        "default. A clip without a same-length partner is shifted instead (noted).")
+        99, ge=1, description="Fewest permutation draws per cell (both models refit, inner CV included, every "
+        "time); p_cluster uses these. More are drawn while the cell could still be a discovery (max_permutations).")
+    max_permutations: int | None = Field(
+        None, ge=1, description="Most draws per cell. None = 2 x cells / alpha (cells = layers x targets), so that "
+        "an isolated effect can reach q < alpha under Benjamini-Hochberg; a group with fewer arrangements is "
+        "enumerated exactly.")
+    sequential_h: int = Field(
+        10, ge=0, description="Besag-Clifford sequential stopping: draws stop once the null has beaten the observed "
+        "statistic this many times (p = h / draws); 0 = always max_permutations draws.")
     min_shift_s: float = Field(
-        4.0, gt=0, description="Smallest circular shift (s) of the 'shift' permutation and of fallbacks; with "
-        "'shift', clips shorter than twice this swap labels with a clip of the same length instead.")
+        4.0, gt=0, description="Smallest circular shift (s) of the shifted-labels control.")
+    codec_lookahead_frames: int | None = Field(
+        None, ge=0, description="Frames of later audio a frame's codes hear; the layer is read this many frames "
+        "before the label. None = the store's attribute (measured at capture), else MusicGen's EnCodec (4).")
     n_bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples of clusters for the gain's CI.")
     cluster_unit: Literal["source", "clip"] = Field(
         "source", description="Unit resampled by the bootstrap and clustered by the Wald test: 'source' keeps the "
@@ -339,6 +363,12 @@ class AnalysisSpec(Spec):
         if not v or len(set(v)) != len(v):
             raise ValueError(f"targets: give distinct label names, got {v}")
         return v
+
+    def permutation_budget(self, n_cells: int) -> int:
+        """``max_permutations``, or enough draws that p can reach alpha / (2 x cells)."""
+        if self.max_permutations is not None:
+            return max(self.max_permutations, self.n_permutations)
+        return max(self.n_permutations, math.ceil(2 * max(n_cells, 1) / self.alpha))
 
     @field_validator("c_grid")
     @classmethod
@@ -378,9 +408,6 @@ class RunSpec(Spec):
         if not v or not all(c.isalnum() or c in "-_" for c in v):
             raise ValueError(f"name: {v!r} must be non-empty letters, digits, '-' or '_'")
         return v
-
-    def store_name(self) -> str:
-        return f"{self.name}-{self.fingerprint(10)}.zarr"
 
 
 class ConfigError(ValueError):

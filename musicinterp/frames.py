@@ -32,21 +32,6 @@ def n_frames(n_samples: int) -> int:
     return math.ceil(n_samples / HOP_SAMPLES)
 
 
-def frame_times_s(count: int) -> list[float]:
-    """Centre time in seconds of frames ``0 .. count-1``."""
-    return [i / FRAME_RATE_HZ for i in range(count)]
-
-
-def step_of_frame(frame: int) -> int:
-    """Decoder step whose residual stream is stored at ``frame``."""
-    return frame + 1
-
-
-def frame_of_step(step: int) -> int:
-    """Frame stored for decoder ``step`` (inverse of :func:`step_of_frame`)."""
-    return step - 1
-
-
-def first_step_consuming(frame: int, codebook: int = 0) -> int:
-    """First decoder step whose input contains ``codebook`` of ``frame``."""
-    return frame + 1 + codebook
+def frames_of(seconds: float) -> int:
+    """Whole number of 50 Hz frames in ``seconds`` (at least 1)."""
+    return max(1, int(round(seconds * FRAME_RATE_HZ)))

@@ -172,14 +172,15 @@ def _init_codebooks(model, seed: int) -> None:
         residual = residual - cb.embed[nearest]
 
 
-def _check_frame_rate(model, model_id: str) -> None:
-    audio = model.config.audio_encoder
+def _check_frame_rate(config, model_id: str) -> None:
+    """``config``: a ``MusicgenConfig`` (the model's ``.config``)."""
+    audio = config.audio_encoder
     if audio.sampling_rate != SAMPLE_RATE_HZ or round(audio.frame_rate) != FRAME_RATE_HZ:
         raise ModelLoadError(
             f"model {model_id!r}: EnCodec runs at {audio.sampling_rate} Hz / {audio.frame_rate} frames/s; "
             f"musicinterp's grid needs {SAMPLE_RATE_HZ} Hz / {FRAME_RATE_HZ} frames/s"
         )
-    if getattr(model.config.decoder, "audio_channels", 1) != 1:
+    if getattr(config.decoder, "audio_channels", 1) != 1:
         raise ModelLoadError(f"model {model_id!r} is stereo; only mono MusicGen models are supported")
 
 
@@ -195,6 +196,29 @@ def weights_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class _LocalCheckpoint:
+    """What a ``save_pretrained`` folder says about itself: where to load from and what to record."""
+
+    path: Path
+    load_revision: str
+    model_id: str
+    revision: str
+    weights: WeightsKind
+
+
+def _local_checkpoint(spec: ModelSpec) -> _LocalCheckpoint:
+    path = Path(spec.name)
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {spec.name!r} does not exist")
+    meta = read_checkpoint_meta(path)
+    weights = "trained-here" if spec.weights == "trained-here" else meta.get("weights", "pretrained")
+    # a folder's name says nothing about what is in it: the store records the weights' digest, so a
+    # retrained checkpoint at the same path is never resumed into activations of the old one
+    revision = f"{meta.get('revision', 'local')}+sha256:{weights_digest(path)}"
+    return _LocalCheckpoint(path, meta.get("revision", "local"), meta.get("model_id", str(path)), revision, weights)
+
+
 def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
     """Load the model a ModelSpec names; errors name the model and say what went wrong."""
     if spec.source == "offline":
@@ -203,20 +227,56 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
     elif spec.source == "hub":
         loaded = _load_pretrained(spec.name, spec.revision, weights="pretrained")
     else:
-        path = Path(spec.name)
-        if not path.is_dir():
-            raise ModelLoadError(f"model directory {spec.name!r} does not exist")
-        meta = read_checkpoint_meta(path)
-        weights = "trained-here" if spec.weights == "trained-here" else meta.get("weights", "pretrained")
-        loaded = _load_pretrained(str(path), meta.get("revision", "local"), weights=weights)
-        loaded.model_id = meta.get("model_id", str(path))
-        # a folder's name says nothing about what is in it: the store records the weights' digest, so a
-        # retrained checkpoint at the same path is never resumed into activations of the old one
-        loaded.revision = f"{meta.get('revision', 'local')}+sha256:{weights_digest(path)}"
-    _check_frame_rate(loaded.model, loaded.model_id)
+        ckpt = _local_checkpoint(spec)
+        loaded = _load_pretrained(str(ckpt.path), ckpt.load_revision, weights=ckpt.weights)
+        loaded.model_id, loaded.revision = ckpt.model_id, ckpt.revision
+    _check_frame_rate(loaded.model.config, loaded.model_id)
     loaded.model.to(device)
     log.info("loaded %s@%s (weights: %s)", loaded.model_id, loaded.revision, loaded.weights)
     return loaded
+
+
+def describe_model(spec: ModelSpec) -> dict[str, Any]:
+    """``load_model(spec).describe()`` from the model's config alone: no weights are built or loaded.
+
+    What planning needs (shapes, id, revision, weights kind) is in the config: a Hub model's config
+    file at the revision (the commit it resolves to is recorded, as ``load_model`` does), a local
+    folder's config plus the digest of its weight files, or the offline builder's config. So a run
+    can be planned on a machine without the capture device and without holding the weights.
+    """
+    if spec.source == "offline":
+        config = _offline_config(spec.name)
+        model_id, revision, weights = f"offline/{spec.name}", f"seed-{spec.seed}", "random"
+    elif spec.source == "hub":
+        config = _pretrained_config(spec.name, spec.revision)
+        model_id, weights = spec.name, "pretrained"
+        revision = getattr(config, "_commit_hash", None) or spec.revision or "local"
+    else:
+        ckpt = _local_checkpoint(spec)
+        config = _pretrained_config(str(ckpt.path), ckpt.load_revision)
+        model_id, revision, weights = ckpt.model_id, ckpt.revision, ckpt.weights
+    _check_frame_rate(config, model_id)
+    decoder = config.decoder
+    return {
+        "model_id": model_id,
+        "revision": revision,
+        "weights": weights,
+        "n_layers": decoder.num_hidden_layers,
+        "hidden_size": decoder.hidden_size,
+        "num_codebooks": decoder.num_codebooks,
+    }
+
+
+def _pretrained_config(name: str, revision: str | None):
+    from transformers import MusicgenConfig
+
+    try:
+        return MusicgenConfig.from_pretrained(name, revision=revision)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"could not load the config of MusicGen {name!r} at revision {revision!r}: {e}. "
+            "Without access to the Hugging Face Hub, use model.source 'offline' or a local directory."
+        ) from e
 
 
 def _load_pretrained(name: str, revision: str | None, weights: WeightsKind) -> LoadedModel:

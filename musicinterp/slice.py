@@ -21,7 +21,7 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from musicinterp.config import SliceSpec
+from musicinterp.config import SILENCE_PEAK_FS, SliceSpec
 from musicinterp.frames import SAMPLE_RATE_HZ, n_frames
 from musicinterp.sources.audio_dir import load_audio_dir, plan_audio_dir
 from musicinterp.sources.base import ClipError, PlanFailure, Track, cut_truth
@@ -30,8 +30,6 @@ from musicinterp.sources.music21_source import load_music21, plan_music21
 from musicinterp.sources.synthetic import load_synthetic, plan_synthetic
 
 log = logging.getLogger(__name__)
-
-SILENCE_PEAK = 1e-4  # -80 dBFS: below this a clip is captured but flagged silent
 
 _PLANNERS: dict[str, Callable[[Any], Iterator[Track | PlanFailure]]] = {
     "synthetic": plan_synthetic, "music21": plan_music21, "audio_dir": plan_audio_dir, "cue": plan_cue,
@@ -158,7 +156,7 @@ def plan_slice(spec: SliceSpec) -> Manifest:
                     "clip_id": clip_id, "source": item.source, "source_id": item.source_id,
                     "locator": item.locator, "offset_s": offset, "duration_s": duration,
                     "n_samples": len(samples), "n_frames": n_frames(len(samples)), "sha256": sha256_of(samples),
-                    "licence": item.licence, "silent": bool(np.abs(samples).max() < SILENCE_PEAK),
+                    "licence": item.licence, "silent": bool(np.abs(samples).max() < SILENCE_PEAK_FS),
                     "truth": cut_truth(item.truth, offset, duration),
                 })
     n_shards = max(1, min(spec.n_shards, len(clips)))

@@ -264,9 +264,13 @@ def write_clip(url: str, clip_id: str, resid: np.ndarray, codes: np.ndarray) -> 
     return int(resid.nbytes + codes.nbytes)
 
 
-def mark_complete(url: str, clip_id: str, done: bool = True, flag: str = "complete") -> None:
-    """Set a clip's completion flag (``complete`` for activations, ``annotated`` for labels)."""
-    ds = open_store(url)
+def mark_complete(url: str, clip_id: str, done: bool = True, flag: str = "complete",
+                  ds: xr.Dataset | None = None) -> None:
+    """Set a clip's completion flag (``complete`` for activations, ``annotated`` for labels).
+
+    ``ds``: the store already opened by the caller (saves reading its metadata again).
+    """
+    ds = open_store(url) if ds is None else ds
     index = list(ds["clip"].values).index(clip_id)
     xr.Dataset({flag: (("clip",), np.array([done]))}).to_zarr(
         url, region={"clip": slice(index, index + 1)}, consolidated=False
@@ -278,13 +282,14 @@ def label_names(ds: xr.Dataset) -> list[str]:
     return sorted(str(k) for k, v in ds.data_vars.items() if v.dims == ("clip", "time") and k != "in_clip")
 
 
-def write_labels(url: str, clip_id: str, labels: dict[str, np.ndarray]) -> int:
+def write_labels(url: str, clip_id: str, labels: dict[str, np.ndarray], ds: xr.Dataset | None = None) -> int:
     """Write one clip's labels (``name -> (n_frames,)``) into the store's label variables.
 
     Every label variable of the store must be given, no more, each with the clip's frame count and
-    finite values; nothing is written otherwise. The ``annotated`` flag is *not* set here.
+    finite values; nothing is written otherwise. The ``annotated`` flag is *not* set here. ``ds``:
+    the store already opened by the caller (saves reading its metadata again).
     """
-    ds = open_store(url)
+    ds = open_store(url) if ds is None else ds
     if clip_id not in ds["clip"].values:
         raise StoreError(f"clip {clip_id!r} is not in store {url!r}")
     index = list(ds["clip"].values).index(clip_id)
@@ -342,3 +347,44 @@ def describe_store(url: str) -> dict[str, Any]:
         "config": json.loads(ds.attrs.get("config_json", "{}")),
         "size_bytes": store_size_bytes(url),
     }
+
+
+def store_identity(url: str) -> str:
+    """A digest that changes whenever what a reader of the store would read changes: where it is and what it holds.
+
+    Built from the store's resolved location and, for every object under it, its relative path, size and
+    modification stamp (local files: ``st_mtime_ns`` and the inode, so an atomic replace counts; object
+    stores: the ETag or checksum the listing reports, else its modification time). It never reads the data,
+    so it costs one listing (about 0.1 s per 10,000 chunks on a local disk) and works for any store, whoever
+    wrote it: two stores with the same attributes, flags and sizes but other activations differ, and so does
+    one store before and after a chunk was rewritten, damaged or deleted. Caches of anything computed from
+    a store must key on this, never on its attributes alone.
+    """
+    import hashlib
+    import os
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, root = fsspec.core.url_to_fs(url)
+    root = root.rstrip("/")
+    h = hashlib.sha256(f"{fs.protocol}://{fs._strip_protocol(root)}".encode())
+    if isinstance(fs, LocalFileSystem):
+        base = os.path.abspath(root)
+        if not os.path.isdir(base):
+            raise StoreError(f"no store at {url!r}")
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for name in sorted(filenames):
+                st = os.stat(os.path.join(dirpath, name))
+                rel = os.path.relpath(os.path.join(dirpath, name), base)
+                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+        return h.hexdigest()[:16]
+    listing = fs.find(root, detail=True)
+    if not listing:
+        raise StoreError(f"no store at {url!r}")
+    for path in sorted(listing):
+        info = listing[path]
+        stamp = next((str(info[k]) for k in ("ETag", "etag", "md5Hash", "crc32c", "mtime", "LastModified",
+                                            "last_modified", "updated") if k in info), "")
+        h.update(f"{path[len(root):]}\0{info.get('size')}\0{stamp}\n".encode())
+    return h.hexdigest()[:16]

@@ -17,16 +17,10 @@ from musicinterp.config import AnalysisSpec
 RETRY_DELAY_S = 2
 
 
-def store_fingerprint(store: str) -> str:
-    """Identity of a store's contents for caching: its attributes (config fingerprint, store uid, model)
-    and which clips are complete and annotated, so a store that gained clips is analysed afresh."""
-    ds = analysis.open_analysis_store(store)
-    h = hashlib.sha256(repr(sorted((k, str(v)) for k, v in ds.attrs.items())).encode())
-    for flag in ("complete", "annotated"):
-        if flag in ds:
-            h.update(ds[flag].values.tobytes())
-    h.update(repr(dict(ds.sizes)).encode())
-    return h.hexdigest()[:16]
+@task(name="analysis-plan-store", retries=2, retry_delay_seconds=RETRY_DELAY_S)
+def plan_store(store: str, spec: AnalysisSpec) -> dict[str, Any]:
+    """Open the store once: its identity for caching, the layers to probe and its weights kind."""
+    return analysis.plan_store(store, spec)
 
 
 @cache

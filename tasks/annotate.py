@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
-from musicinterp import benchmark as bench
-from musicinterp.config import RunSpec
+from musicinterp import run
+from musicinterp.config import AnnotationSpec
+from musicinterp.slice import ClipRecord
 
 ANNOTATE_RETRIES = 1
 RETRY_DELAY_S = 2
@@ -18,23 +18,25 @@ RETRY_DELAY_S = 2
 def _annotate_cache_key(context, parameters: dict[str, Any]) -> str:
     """Clip checksum + annotation settings, within one store: the labels are a function of the audio
     and the settings only, and the store identity keeps a recreated store from skipping its writes."""
-    spec: RunSpec = parameters["spec"]
-    return (f"annotate-{parameters['sha256'][:16]}-{spec.annotation.fingerprint()}-"
-            f"{parameters['prepared']['store_uid']}-{parameters['clip_id']}")
+    annotation: AnnotationSpec = parameters["annotation"]
+    clip: ClipRecord = parameters["clip"]
+    prepared: run.PreparedRun = parameters["prepared"]
+    return f"annotate-{clip.sha256[:16]}-{annotation.fingerprint()}-{prepared.store_uid}-{clip.clip_id}"
 
 
 @task(
     name="annotate-clip",
-    task_run_name="annotate {clip_id}",
+    task_run_name="annotate {clip.clip_id}",
     retries=ANNOTATE_RETRIES,
     retry_delay_seconds=RETRY_DELAY_S,
     cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_annotate_cache_key),
     persist_result=True,
 )
-def annotate_clip(spec: RunSpec, prepared: dict[str, Any], clip_id: str, sha256: str, plot: bool = False
-                  ) -> dict[str, Any]:
-    """Annotate one clip (``sha256`` is the manifest's checksum of its samples; it keys the cache)."""
-    result = bench.annotate_one(spec, prepared["root"], clip_id, plot=plot)
+def annotate_clip(
+    annotation: AnnotationSpec, prepared: run.PreparedRun, clip: ClipRecord, index: int, plot: bool = False
+) -> run.AnnotationResult:
+    """Annotate one clip (row ``index`` of the store; its manifest checksum keys the cache)."""
+    result = run.annotate_one(annotation, prepared.paths, clip, index, plot=plot)
     if result.reason:
-        get_run_logger().warning("%s not annotated: %s", clip_id, result.reason)
-    return asdict(result)
+        get_run_logger().warning("%s not annotated: %s", clip.clip_id, result.reason)
+    return result

@@ -224,7 +224,8 @@ def test_labels__length_grid_and_csv(planted, tmp_path):
 
 # ---- validation at small size -------------------------------------------------------------------
 def test_validate__small_synthetic_set_meets_targets():
-    from musicinterp.annotate.validate import returns_from_measures, validate_recurrence
+    from musicinterp.annotate.scoring import validate_recurrence
+    from musicinterp.annotate.truth import returns_from_measures
 
     clips = []
     for seed in (21, 22, 23):

@@ -13,13 +13,8 @@ import json
 import pytest
 
 from musicinterp.annotate import AnnotationSpec
-from musicinterp.annotate.validate import (
-    TARGETS,
-    chorales_with_repeats,
-    returns_from_measures,
-    run_validation,
-    validation_markdown,
-)
+from musicinterp.annotate.truth import returns_from_measures
+from musicinterp.annotate.validation import TARGETS, chorales_with_repeats, run_validation, validation_markdown
 from musicinterp.sources.music21_source import expand
 
 

@@ -1,15 +1,16 @@
-"""The benchmark stages without Prefect: round trip, frame grid, resume after a crash, bad clips."""
+"""The run pipeline's stages without Prefect: round trip, frame grid, resume after a crash, bad clips."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import xarray as xr
 
-from musicinterp import benchmark as bench
+from musicinterp import run
 from musicinterp.capture import capture_clip
 from musicinterp.config import RunSpec
 from musicinterp.slice import Manifest, load_clip_audio
@@ -25,8 +26,8 @@ def _write_tone(path, seconds, sr=32000, freq=330.0):
     sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr, subtype="FLOAT")
 
 
-def _run_all(spec, out) -> bench.RunSummary:
-    return bench.run_inline(spec, str(out))
+def _run_all(spec, out) -> run.RunSummary:
+    return run.run_inline(spec, str(out))
 
 
 def test_store__time_coordinate_and_frames_match_durations(tmp_path):
@@ -67,7 +68,7 @@ def test_run__resumed_after_crash_equals_uninterrupted(tmp_path, monkeypatch):
 
     # Crash after the third clip's data is written but before its completion flag.
     calls = {"n": 0}
-    real_mark = bench.mark_complete
+    real_mark = run.capture.mark_complete
 
     def crashing_mark(url, clip_id, done=True):
         calls["n"] += 1
@@ -75,12 +76,12 @@ def test_run__resumed_after_crash_equals_uninterrupted(tmp_path, monkeypatch):
             raise KeyboardInterrupt("worker killed")
         real_mark(url, clip_id, done)
 
-    monkeypatch.setattr(bench, "mark_complete", crashing_mark)
-    prepared = bench.prepare_run(spec, str(tmp_path / "crashed"))
+    monkeypatch.setattr(run.capture, "mark_complete", crashing_mark)
+    prepared = run.prepare_run(spec, str(tmp_path / "crashed"))
     with pytest.raises(KeyboardInterrupt):
         for shard in range(prepared.n_shards):
-            bench.capture_shard(spec, prepared.root, shard)
-    monkeypatch.setattr(bench, "mark_complete", real_mark)
+            run.capture_shard(spec.model, spec.capture, prepared.paths, shard)
+    monkeypatch.setattr(run.capture, "mark_complete", real_mark)
     half = xr.open_zarr(f"{prepared.root}/store.zarr", consolidated=False)
     assert int(half["complete"].sum()) == 2  # the half-written clip is not marked complete
 
@@ -97,16 +98,15 @@ def test_run__bad_clip_does_not_sink_the_others(tmp_path):
     for i in range(3):
         _write_tone(tmp_path / f"{i}.wav", 2.0, freq=300 + 40 * i)
     spec = _audio_spec(tmp_path, n_shards=1)
-    prepared = bench.prepare_run(spec, str(tmp_path / "out"))
+    prepared = run.prepare_run(spec, str(tmp_path / "out"))
     _write_tone(tmp_path / "1.wav", 2.0, freq=999)  # the file changed after planning
-    result = bench.capture_shard(spec, prepared.root, 0)
+    result = run.capture_shard(spec.model, spec.capture, prepared.paths, 0)
     assert len(result.captured) == 2 and len(result.failed) == 1
     (clip, reason), = result.failed.items()
     assert "1" in clip and "sha256" in reason
-    summary = bench.summarise_run(prepared)
+    summary = run.summarise_run(prepared)
     assert not summary.ok and clip in summary.failed
-    assert clip in (tmp_path / "out").joinpath(bench.RunPaths(prepared.root).root.split("/")[-1],
-                                               "summary.md").read_text()
+    assert clip in Path(prepared.paths.summary_md).read_text()
 
 
 def test_run__labels_in_the_store_are_the_annotation_of_the_clip(tmp_path):
@@ -149,3 +149,78 @@ def test_run__labels_in_the_store_are_the_annotation_of_the_clip(tmp_path):
     assert not ds["truth_rec_within_4s_valid"].sel(clip=audio_clip).any()  # no ground truth for a file
     md = (tmp_path / "out").joinpath(summary.root.split("/")[-1], "summary.md").read_text()
     assert "![annotation of" in md and "not annotated" in md
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("planning built or loaded a model's weights")
+
+
+def test_plan__reads_the_model_config_never_its_weights(tmp_path, monkeypatch):
+    """A musicgen-small-shaped run for a device this machine lacks plans from the config alone."""
+    import transformers
+
+    from musicinterp import models
+
+    for owner, name in [(models, "build_offline"), (models, "load_model"), (run.capture, "load_model"),
+                        (transformers.MusicgenForConditionalGeneration, "__init__"),
+                        (transformers.MusicgenForConditionalGeneration, "from_pretrained")]:
+        monkeypatch.setattr(owner, name, _refuse)
+    spec = RunSpec(name="plan", model={"source": "offline", "name": "musicgen-small"},
+                   slice={"sources": [{"kind": "synthetic", "n_pieces": 2, "duration_s": 2.0}], "n_shards": 1},
+                   capture={"device": "cuda:7", "layers": [24, 0, 12]}, annotate=False)
+    prepared = run.prepare_run(spec, str(tmp_path))
+    ds = xr.open_zarr(prepared.paths.store, consolidated=False)
+    assert list(ds["layer"].values) == [0, 12, 24] and ds.sizes["feature"] == 1024 and ds.sizes["codebook"] == 4
+    assert ds.attrs["model_id"] == "offline/musicgen-small" and ds.attrs["model_revision"] == "seed-0"
+    assert prepared.weights == "random" and prepared.n_clips == 2
+    bad = spec.model_copy(update={"name": "bad", "capture": spec.capture.model_copy(update={"layers": [0, 25]})})
+    with pytest.raises(ValueError, match=r"capture.layers: \[25\] out of range; model 'offline/musicgen-small' "
+                                         r"has layers 0..24"):
+        run.prepare_run(bad, str(tmp_path))
+    assert not Path(run.RunPaths.for_spec(bad, str(tmp_path)).store).exists()  # checked before the store
+
+
+def test_describe_model__is_what_the_loaded_model_says(tmp_path, tiny_model):
+    from musicinterp.config import ModelSpec
+    from musicinterp.models import build_offline, describe_model, load_model, save_checkpoint
+
+    assert describe_model(ModelSpec(source="offline", name="tiny", seed=0)) == tiny_model.describe()
+    save_checkpoint(build_offline("tiny", 0), tmp_path / "ckpt", "test/tiny", "random")
+    local = ModelSpec(source="local", name=str(tmp_path / "ckpt"), weights="trained-here")
+    assert describe_model(local) == load_model(local).describe()
+    assert describe_model(local)["revision"].startswith("local+sha256:")
+
+
+def test_capture__refuses_weights_that_changed_since_planning(tmp_path):
+    from musicinterp.models import build_offline, save_checkpoint
+    from musicinterp.store import StoreError
+
+    save_checkpoint(build_offline("tiny", 0), tmp_path / "ckpt", "test/tiny", "random")
+    spec = RunSpec(name="ckpt", model={"source": "local", "name": str(tmp_path / "ckpt")}, annotate=False,
+                   slice={"sources": [{"kind": "synthetic", "n_pieces": 1, "duration_s": 2.0}], "n_shards": 1})
+    prepared = run.prepare_run(spec, str(tmp_path / "out"))
+    save_checkpoint(build_offline("tiny", 1), tmp_path / "ckpt", "test/tiny", "random")  # retrained in place
+    with pytest.raises(StoreError, match="weights changed since the run was planned"):
+        run.capture_shard(spec.model, spec.capture, prepared.paths, 0)
+    assert not xr.open_zarr(prepared.paths.store, consolidated=False)["complete"].any()
+
+
+def test_model_cache__holds_one_model_at_a_time(monkeypatch):
+    from musicinterp.config import ModelSpec
+
+    loads = []
+
+    def fake_load(spec, device):
+        loads.append(spec.seed)
+        return object()
+
+    monkeypatch.setattr(run.capture, "load_model", fake_load)
+    run.clear_model_cache()
+    try:
+        first, _ = run.capture.cached_model(ModelSpec(seed=0), "cpu")
+        assert run.capture.cached_model(ModelSpec(seed=0), "cpu")[0] is first  # shard after shard: loaded once
+        assert run.capture.cached_model(ModelSpec(seed=1), "cpu")[0] is not first  # another model replaces it
+        assert run.capture.cached_model(ModelSpec(seed=0), "cpu")[0] is not first  # ... and the first is gone
+        assert loads == [0, 1, 0]
+    finally:
+        run.clear_model_cache()

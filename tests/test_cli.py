@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from flows.cli import main
+from cli import main
 from musicinterp.store import ClipLayout, StoreLayout, init_store, mark_complete, store_attrs, write_clip
 
 

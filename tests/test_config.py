@@ -32,9 +32,11 @@ def test_load__shipped_configs_validate():
 def test_toy_config__names_the_store_that_the_random_twin_config_writes():
     """configs/toy.yaml analyses the random twin's store beside its own; the folder carries the fingerprint,
     so an edit of configs/toy-random.yaml must be followed there."""
+    from musicinterp.run import RunPaths
+
     for name in ("toy", "toy-pair"):
         toy, twin = load_run_spec(ROOT / f"configs/{name}.yaml"), load_run_spec(ROOT / f"configs/{name}-random.yaml")
-        assert toy.control_store == f"runs/{twin.name}-{twin.fingerprint(10)}/store.zarr"
+        assert toy.control_store == RunPaths.for_spec(twin, "runs").store
         assert toy.slice == twin.slice and toy.capture == twin.capture and toy.annotation == twin.annotation
         assert toy.analysis == twin.analysis
 

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from musicinterp.annotate.labels import truth_labels
-from musicinterp.annotate.spec import AnnotationSpec
+from musicinterp.annotate.truth import truth_labels
 from musicinterp.capture import capture_clip, delayed_decoder_input, encode_audio
-from musicinterp.config import DESCRIPTOR_LOOKAHEAD_S, CaptureSpec, CueSource, ModelSpec, SliceSpec
+from musicinterp.config import DESCRIPTOR_LOOKAHEAD_S, AnnotationSpec, CaptureSpec, CueSource, ModelSpec, SliceSpec
 from musicinterp.frames import FRAME_RATE_HZ, SAMPLE_RATE_HZ
 from musicinterp.models import LoadedModel, load_model
 from musicinterp.slice import load_clip_audio, plan_slice
@@ -34,7 +33,6 @@ from musicinterp.toy import (
     MIN_ONSET_GAIN_NATS,
     ONSET_FRAMES,
     ToySpec,
-    _pieces,
     build_toy,
     encode_pieces,
     encoder_digest,
@@ -45,6 +43,7 @@ from musicinterp.toy import (
     train_toy,
     training_pieces,
 )
+from musicinterp.toy.data import _pieces
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "checkpoints" / "toy-cue"
@@ -343,6 +342,23 @@ def test_train_toy__a_few_steps_lower_the_loss_and_the_checkpoint_round_trips(tm
     assert torch.equal(encode_audio(trained, x), encode_audio(random, x))
 
 
+def test_train_toy__thread_count_is_the_specs_inside_and_restored_after(tmp_path):
+    """``spec.threads`` holds for the training only: the process's own setting survives it, also an error."""
+    before = torch.get_num_threads()
+    spec = ToySpec(n_pieces=4, heldout_pieces=2, steps=2, batch_size=2, warmup_steps=0, hidden_size=32, n_layers=1,
+                   n_heads=2, ffn_dim=64, loss_steps=8, codebook_clusters=16, threads=1 if before > 1 else 2)
+    seen = []
+    train_toy(spec, tmp_path / "toy", progress=lambda *_: seen.append(torch.get_num_threads()))
+    assert seen == [spec.threads] * 2 and torch.get_num_threads() == before
+
+    def stop(*_):
+        raise KeyboardInterrupt("stopped by the user")
+
+    with pytest.raises(KeyboardInterrupt, match="stopped"):
+        train_toy(spec, tmp_path / "again", progress=stop, cache_dir=tmp_path / "cache")
+    assert torch.get_num_threads() == before
+
+
 def test_toy_spec__bad_settings_are_named():
     with pytest.raises(ValueError, match="not divisible by n_heads"):
         train_toy(ToySpec(hidden_size=30, n_heads=4), "/nonexistent")
@@ -375,7 +391,8 @@ def test_toy_pair__shipped_checkpoint_learned_equality_on_unseen_pieces(pair, pa
 
 
 def test_toy_pair__training_settings_file_is_the_shipped_spec():
-    from flows.cli import build_parser, toy_spec_from_args
+    from cli import build_parser
+    from cli.toy import toy_spec_from_args
 
     args = build_parser().parse_args(["train-toy", "--settings", str(PAIR / "train.yaml")])
     meta = json.loads((PAIR / "musicinterp.json").read_text())
@@ -387,7 +404,7 @@ def test_toy_pair__training_settings_file_is_the_shipped_spec():
 
 
 def test_train_toy_cli__bad_flags_exit_2_naming_the_field(capsys):
-    from flows.cli import main
+    from cli import main
 
     assert main(["train-toy", "--device", "gpu0"]) == 2
     assert "device" in capsys.readouterr().err

@@ -32,13 +32,23 @@ from musicinterp.analysis.data import (
 from musicinterp.analysis.probe import probe_layer_target
 from musicinterp.analysis.report import COLUMNS, findings_markdown, results_frame, write_results
 from musicinterp.config import AnalysisSpec
+from musicinterp.store import store_identity
 
 __all__ = ["COLUMNS", "AnalysisError", "AnalysisSpec", "analyze_store", "finalize", "findings_markdown",
-           "load_labels", "parse_target", "probe_layer_target", "reduce_layer"]
+           "load_labels", "parse_target", "plan_store", "probe_layer_target", "reduce_layer"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]
+
+
+def plan_store(store: str, spec: AnalysisSpec) -> dict[str, Any]:
+    """What a flow needs before fanning out, from one opening of the store: its identity (location and
+    contents, :func:`musicinterp.store.store_identity`; the cache key of everything computed from it), the
+    layers to probe and the weights kind."""
+    ds = open_analysis_store(store)
+    return {"identity": store_identity(str(store)), "layers": store_layers(ds, spec),
+            "weights": str(ds.attrs.get("weights", "unknown"))}
 
 
 def finalize(rows: list[dict[str, Any]], spec: AnalysisSpec, out: str | Path, weights: str) -> pd.DataFrame:
@@ -51,20 +61,25 @@ def finalize(rows: list[dict[str, Any]], spec: AnalysisSpec, out: str | Path, we
 
 
 def _grid(store: str | Path | xr.Dataset, spec: AnalysisSpec, out: Path, tag: str, controls: list[str],
-          progress: Progress | None, done: list[int], total: int) -> list[dict[str, Any]]:
+          progress: Progress | None, done: list[int], total: int, n_cells: int,
+          baselines: dict[int, Path] | None = None) -> tuple[list[dict[str, Any]], dict[int, Path]]:
     ds = open_analysis_store(store)
     layers = store_layers(ds, spec)
     labels = load_labels(ds, spec, out / f"{tag}labels.npz")
     rows: list[dict[str, Any]] = []
+    reduced_files: dict[int, Path] = {}
     for layer in layers:
         reduced = reduce_layer(ds, layer, spec, out / f"{tag}layer{layer}.npz")
+        reduced_files[layer] = reduced
         for target in spec.targets:
             for control in controls:
-                rows += probe_layer_target(str(reduced), str(labels), target, spec, control)
+                base = str(baselines[layer]) if control == "beyond-random" else None
+                rows += probe_layer_target(str(reduced), str(labels), target, spec, control, baseline_npz=base,
+                                           n_cells=n_cells)
                 done[0] += 1
                 if progress:
                     progress(done[0], total, f"{control}: layer {layer} {target}")
-    return rows
+    return rows, reduced_files
 
 
 def analyze_store(store: str | Path | xr.Dataset, spec: AnalysisSpec, out: str | Path,
@@ -72,26 +87,34 @@ def analyze_store(store: str | Path | xr.Dataset, spec: AnalysisSpec, out: str |
                   progress: Progress | None = None) -> pd.DataFrame:
     """The whole grid in-process: each layer is reduced once, then every target is probed on it.
 
-    ``control_store``: a store of the same clips from a random-weight model of the same architecture; its
-    rows carry ``control='random-model'``. Writes results, figures and findings.md under ``out`` and
-    returns the results table (:data:`COLUMNS`).
+    ``control_store``: a store of the same clips from a random-weight model of the same architecture; it is
+    analysed on its own (rows ``control='random-model'``) and its layers join the controls of the trained
+    store's (``'beyond-random'``, with ``'trained-minus-random'``). Writes results, figures and findings.md
+    under ``out`` and returns the results table (:data:`COLUMNS`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = open_analysis_store(store)
     weights = str(ds.attrs.get("weights", "unknown"))
     controls = ["none"] + (["shifted-labels"] if spec.shifted_labels_control else [])
-    n_main = len(store_layers(ds, spec)) * len(spec.targets) * len(controls)
-    total = n_main
+    layers = store_layers(ds, spec)
+    n_cells = len(layers) * len(spec.targets)
     cds = None
     if control_store is not None:
         cds = open_analysis_store(control_store)
         if cds.attrs.get("weights") != "random":
             log.warning("control store has weights %r, not 'random'; its rows are still labelled 'random-model'",
                         cds.attrs.get("weights"))
-        total += len(store_layers(cds, spec)) * len(spec.targets)
+        if store_layers(cds, spec) != layers:
+            raise AnalysisError(f"the control store has layers {store_layers(cds, spec)}, the store {layers}: "
+                                "capture both with the same architecture and layers")
+    total = n_cells * (len(controls) + (2 if cds is not None else 0))
     done = [0]
-    rows = _grid(ds, spec, out / "work", "", controls, progress, done, total)
+    rows: list[dict[str, Any]] = []
     if cds is not None:
-        rows += _grid(cds, spec, out / "work", "control_", ["random-model"], progress, done, total)
-    return finalize(rows, spec, out, weights)
+        rows, baselines = _grid(cds, spec, out / "work", "control_", ["random-model"], progress, done, total, n_cells)
+        controls = [*controls, "beyond-random"]
+    else:
+        baselines = None
+    main, _ = _grid(ds, spec, out / "work", "", controls, progress, done, total, n_cells, baselines)
+    return finalize(rows + main, spec, out, weights)

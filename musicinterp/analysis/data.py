@@ -39,6 +39,7 @@ from musicinterp.frames import CLIP_MAX_S, FRAME_RATE_HZ
 log = logging.getLogger(__name__)
 
 HORIZON_RE = re.compile(r"^(?P<family>.+)_(?P<h>\d+(?:\.\d+)?)s$")
+DEFAULT_LOOKAHEAD_FRAMES = 4  # musicgen's 32 kHz EnCodec (musicinterp.codec measures it from a config)
 BASE_CONTROLS = ("pos_frac", "t_s", "rec_lag_prev_valid", "rec_lag_prev_s", "rec_rate_causal")
 
 
@@ -107,8 +108,28 @@ def _read_clip_layer(resid: xr.DataArray, clip: int, layer_pos: int, n: int) -> 
     return np.asarray(resid.isel(clip=clip, layer=layer_pos, time=slice(0, n)).values)
 
 
-def strided_frames(n: int, stride: int) -> np.ndarray:
-    return np.arange(0, n, stride, dtype=np.int32)
+def strided_frames(n: int, stride: int, lookahead: int = 0) -> np.ndarray:
+    """The label frames analysed: every ``stride``-th frame from ``lookahead`` on (the layer is read ``lookahead``
+    frames earlier, see :func:`codec_lookahead`)."""
+    f = np.arange(0, n, stride, dtype=np.int32)
+    return f[f >= lookahead]
+
+
+def codec_lookahead(ds: xr.Dataset, spec: AnalysisSpec) -> tuple[int, str]:
+    """Frames of later audio a frame's codes hear, and a note when it had to be assumed.
+
+    Row t of the analysis pairs the label and controls at frame t with the layer at frame t - lookahead: the
+    layer has then heard audio up to frame t, exactly what the controls see, and the label's window (t, t + h]
+    starts after it. ``spec.codec_lookahead_frames`` wins; else the store's ``codec_lookahead_frames``
+    attribute (written at capture, measured by musicinterp.codec); else MusicGen's 32 kHz EnCodec value,
+    which can only cost a causal codec a little power, never give a non-causal one a head start.
+    """
+    if spec.codec_lookahead_frames is not None:
+        return spec.codec_lookahead_frames, ""
+    if "codec_lookahead_frames" in ds.attrs:
+        return int(ds.attrs["codec_lookahead_frames"]), ""
+    return DEFAULT_LOOKAHEAD_FRAMES, (f"the store does not record codec_lookahead_frames: the layer is read "
+                                      f"{DEFAULT_LOOKAHEAD_FRAMES} frames before the label (MusicGen's EnCodec)")
 
 
 def save_reduced(path: str | Path, X: np.ndarray, clip: np.ndarray, frame: np.ndarray, clips: list[str],
@@ -139,7 +160,8 @@ def reduce_layer(store: str | Path | xr.Dataset, layer: int, spec: AnalysisSpec,
     hidden = int(ds.sizes["feature"])
     W = projection(hidden, spec)
     width = hidden if W is None else W.shape[1]
-    total = sum(len(strided_frames(int(n_frames[i]), spec.frame_stride)) for i in idx)
+    look, _ = codec_lookahead(ds, spec)
+    total = sum(len(strided_frames(int(n_frames[i]), spec.frame_stride, look)) for i in idx)
     X = np.empty((total, width), dtype=np.float32)
     clip = np.empty(total, dtype=np.int32)
     frame = np.empty(total, dtype=np.int32)
@@ -150,8 +172,8 @@ def reduce_layer(store: str | Path | xr.Dataset, layer: int, spec: AnalysisSpec,
         n = int(n_frames[i])
         a = _read_clip_layer(resid, int(i), lpos, n)
         max_read = max(max_read, a.size)
-        keep = strided_frames(n, spec.frame_stride)
-        a = a[keep].astype(np.float32)
+        keep = strided_frames(n, spec.frame_stride, look)
+        a = a[keep - look].astype(np.float32)  # the layer as it was lookahead frames before the label
         if not np.isfinite(a).all():
             raise AnalysisError(f"clip {clip_ids[j]!r} layer {layer}: the residual stream holds NaN or inf "
                                 f"inside the clip's {n} frames; the store is damaged or n_frames is wrong")
@@ -164,7 +186,8 @@ def reduce_layer(store: str | Path | xr.Dataset, layer: int, spec: AnalysisSpec,
     meta = {"hidden_size": hidden, "reduced_width": width, "frame_stride": spec.frame_stride,
             "max_read_elements": max_read, "n_clip_reads": len(idx),
             "config_fingerprint": str(ds.attrs.get("config_fingerprint", "")),
-            "weights": str(ds.attrs.get("weights", "unknown")), "spec_fingerprint": spec.fingerprint()}
+            "weights": str(ds.attrs.get("weights", "unknown")), "spec_fingerprint": spec.fingerprint(),
+            "lookahead_frames": look}
     log.info("layer %d: %d frames x %d features from %d clips", layer, total, width, len(idx))
     return save_reduced(out_path, X, clip, frame, clip_ids, layer, meta)
 
@@ -202,12 +225,14 @@ def shift_back(v: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def control_matrix(per_clip: dict[str, np.ndarray], n: int, spec: AnalysisSpec,
-                   have: set[str]) -> tuple[np.ndarray, list[str]]:
+                   have: set[str], max_s: float = CLIP_MAX_S) -> tuple[np.ndarray, list[str]]:
     """Causal controls of one clip at every frame ``(n, c)``: what the audio up to t (and time) gives away.
 
     - position: ``pos_frac`` = t / n_frames, ``t_s`` = t in seconds, and Gaussian bumps of t every
-      ``position_basis_s`` seconds (an event tied to a stretch of positions is not linear in position;
-      without the basis a layer's positional embedding alone would look like a gain);
+      ``position_basis_s`` seconds up to ``max_s`` (the longest clip analysed: a bump that no clip reaches is a
+      column of zeros, and with a few dozen of those the controls fit noise; an event tied to a stretch of
+      positions is not linear in position, and without the basis a layer's positional embedding alone would
+      look like a gain);
     - the past of the labels: ``rec_lag_prev_valid`` / ``rec_lag_prev_s`` (0 where invalid) and
       ``rec_rate_causal`` (causal by construction);
     - tension descriptors, each shifted back by ceil(lookahead x 50) frames (``spec.descriptor_lookahead_s``),
@@ -220,7 +245,7 @@ def control_matrix(per_clip: dict[str, np.ndarray], n: int, spec: AnalysisSpec,
     cols = {"pos_frac": t / max(n, 1), "t_s": t / FRAME_RATE_HZ}
     if spec.position_basis_s > 0:  # any smooth function of position, not just a line
         width = spec.position_basis_s
-        for c in np.arange(0.0, CLIP_MAX_S + width / 2, width):
+        for c in np.arange(0.0, min(max_s, CLIP_MAX_S) + width / 2, width):
             cols[f"pos_rbf@{c:g}s"] = np.exp(-0.5 * ((t / FRAME_RATE_HZ - c) / width) ** 2)
     if "rec_lag_prev_s" in have:
         ok = per_clip.get("rec_lag_prev_s_valid", np.ones(n, bool)).astype(bool)
@@ -277,7 +302,10 @@ def load_labels(store: str | Path | xr.Dataset, spec: AnalysisSpec, out_path: st
     sources = ([str(s) for s in ds["source_id"].values[idx]] if "source_id" in ds.variables else list(clip_ids))
     if "source_id" not in ds.variables:
         log.warning("the store has no source_id; every clip is its own source")
-    keep = [strided_frames(int(n), spec.frame_stride) for n in n_frames]
+    look, look_note = codec_lookahead(ds, spec)
+    if look_note:
+        log.warning("%s", look_note)
+    keep = [strided_frames(int(n), spec.frame_stride, look) for n in n_frames]
     clip = np.concatenate([np.full(len(k), j, np.int32) for j, k in enumerate(keep)])
     frame = np.concatenate(keep)
 
@@ -295,7 +323,8 @@ def load_labels(store: str | Path | xr.Dataset, spec: AnalysisSpec, out_path: st
     per_var = {v: clipwise(v) for v in needed}
     blocks, names = [], None
     for j, n in enumerate(n_frames):
-        m, names = control_matrix({v: per_var[v][j] for v in needed}, int(n), spec, have)
+        m, names = control_matrix({v: per_var[v][j] for v in needed}, int(n), spec, have,
+                                  max_s=float(n_frames.max()) / FRAME_RATE_HZ)
         blocks.append(m[keep[j]])
     controls = np.concatenate(blocks)
     targets: dict[str, dict[str, np.ndarray]] = {}
@@ -322,7 +351,8 @@ def load_labels(store: str | Path | xr.Dataset, spec: AnalysisSpec, out_path: st
                 parts[key].append(arr[keep[j]])
         targets[name] = {k: np.concatenate(v) for k, v in parts.items()}
     meta = {"config_fingerprint": str(ds.attrs.get("config_fingerprint", "")),
-            "model_id": str(ds.attrs.get("model_id", "")), "frame_stride": spec.frame_stride}
+            "model_id": str(ds.attrs.get("model_id", "")), "frame_stride": spec.frame_stride,
+            "lookahead_frames": look, "lookahead_note": look_note}
     return save_labels(out_path, clip=clip, frame=frame, clips=clip_ids, sources=sources, n_frames=n_frames,
                        controls=controls, control_names=names or list(BASE_CONTROLS), targets=targets,
                        weights=str(ds.attrs.get("weights", "unknown")), meta=meta)

@@ -34,15 +34,16 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from musicinterp.analysis import permutation as pm
 from musicinterp.analysis import stats
 from musicinterp.analysis.data import AnalysisError, load_reduced, parse_target
+from musicinterp.analysis.ridge import GroupedRidgeCV
 from musicinterp.config import AnalysisSpec
 from musicinterp.frames import FRAME_RATE_HZ
 
 log = logging.getLogger(__name__)
 
-CONTROLS = ("none", "shifted-labels", "random-model")
-METRICS = ("auroc", "log_loss")
+CONTROLS = ("none", "shifted-labels", "random-model", "beyond-random")
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -188,9 +189,9 @@ def _procedure(X: np.ndarray, Fc: np.ndarray, y: np.ndarray, groups: np.ndarray,
     return p0, p1, {"c_controls": c0, "c_full": c1, "notes": n0 | n1}
 
 
-def _rows(base: dict[str, Any], **per_metric: dict[str, Any]) -> list[dict[str, Any]]:
+def _rows(base: dict[str, Any], metrics: tuple[str, ...], **per_metric: Any) -> list[dict[str, Any]]:
     rows = []
-    for m in METRICS:
+    for m in metrics:
         r = dict(base)
         r["metric"] = m
         for key, values in per_metric.items():
@@ -199,51 +200,68 @@ def _rows(base: dict[str, Any], **per_metric: dict[str, Any]) -> list[dict[str, 
     return rows
 
 
-def _nan_rows(base: dict[str, Any], note: str) -> list[dict[str, Any]]:
+def _nan_rows(base: dict[str, Any], note: str, metrics: tuple[str, ...]) -> list[dict[str, Any]]:
     log.warning("layer %s target %s (%s): %s", base["layer"], base["label"], base["control"], note)
     nan = float("nan")
     return _rows({**base, "gain": nan, "ci_low": nan, "ci_high": nan, "p_value": nan, "q_value": nan,
-                  "p_cluster": nan, "note": note, "score_controls": nan, "score_full": nan})
-
-
-def _fallback_words(scheme: str, n: int) -> str:
-    if scheme == "swap":
-        return f"{n} clip-draws had no other clip of the same length and were circularly shifted instead"
-    return f"{n} clip-draws were shorter than 2 x min_shift_s and took an equal-length clip's labels instead"
+                  "p_cluster": nan, "note": note, "score_controls": nan, "score_full": nan}, metrics)
 
 
 def _stable_seed(*parts: Any) -> list[int]:
     return [zlib.crc32(str(p).encode()) for p in parts]
 
 
-def probe_layer_target(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec,
-                       control: str = "none", return_predictions: bool = False) -> list[dict[str, Any]]:
-    """The analysis of one (layer, target) under one control; two rows (metric auroc and log_loss).
+def metrics_of(spec: AnalysisSpec) -> tuple[str, str]:
+    return ("auroc", "brier") if spec.estimator == "ridge" else ("auroc", "log_loss")
 
-    ``control``: 'none' (the real analysis), 'shifted-labels' (the target circularly shifted within each
-    clip by a seeded offset >= min_shift_s before anything else: the effect must vanish) or
-    'random-model' (the same analysis; the caller passes the random-weight store's reduced file).
-    ``return_predictions`` adds the out-of-fold predictions and targets as ``_p_controls``, ``_p_full``
-    and ``_y`` (for diagnostics; :func:`musicinterp.analysis.finalize` drops keys starting with '_').
+
+def probe_layer_target(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec,
+                       control: str = "none", return_predictions: bool = False, baseline_npz: str | None = None,
+                       n_cells: int | None = None) -> list[dict[str, Any]]:
+    """The analysis of one (layer, target) under one control; one row per metric.
+
+    ``control``: 'none' (the real analysis), 'shifted-labels' (the target circularly shifted within each clip
+    by a seeded offset >= min_shift_s before anything else: the effect must vanish), 'random-model' (the same
+    analysis; the caller passes the random-weight store's reduced file) or 'beyond-random' (``baseline_npz``:
+    the same layer of a random-weight network of the same architecture on the same clips; its activations join
+    the controls, so the gain is what the layer holds beyond what a random network extracts from the audio; two
+    more rows, control 'trained-minus-random', test AUROC(controls + layer) - AUROC(controls + random layer)
+    by swapping the two predictions within sources). ``n_cells``: cells of the BH family (layers x targets),
+    which sets the permutation budget (:meth:`AnalysisSpec.permutation_budget`; default 25 layers x targets).
+    ``return_predictions`` adds the out-of-fold predictions and targets as ``_p_controls``, ``_p_full`` and
+    ``_y`` (for diagnostics; :func:`musicinterp.analysis.finalize` drops keys starting with '_').
     """
     if control not in CONTROLS:
         raise AnalysisError(f"control {control!r} is not one of {CONTROLS}")
+    if (control == "beyond-random") != (baseline_npz is not None):
+        raise AnalysisError("control 'beyond-random' needs baseline_npz (the random network's reduced layer), "
+                            "and baseline_npz is only for that control")
     from threadpoolctl import threadpool_limits
 
     # thousands of small fits: BLAS threads only add synchronisation (10x slower on a busy 2-core machine);
     # parallelism belongs one level up (a task per layer x target)
     with threadpool_limits(limits=1, user_api="blas"):
-        return _probe(reduced_npz, labels_npz, target, spec, control, return_predictions)
+        return _probe(reduced_npz, labels_npz, target, spec, control, return_predictions, baseline_npz,
+                      n_cells if n_cells is not None else 25 * len(spec.targets))
+
+
+def _same_frames(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return (np.array_equal(a["clips"], b["clips"]) and np.array_equal(a["clip"], b["clip"])
+            and np.array_equal(a["frame"], b["frame"]))
 
 
 def _probe(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec, control: str,
-           return_predictions: bool) -> list[dict[str, Any]]:
+           return_predictions: bool, baseline_npz: str | None, n_cells: int) -> list[dict[str, Any]]:
     red = load_reduced(reduced_npz)
     lab = load_reduced(labels_npz)
-    if not (np.array_equal(red["clips"], lab["clips"]) and np.array_equal(red["clip"], lab["clip"])
-            and np.array_equal(red["frame"], lab["frame"])):
+    if not _same_frames(red, lab):
         raise AnalysisError(f"{reduced_npz!s} and {labels_npz!s} hold different frames (other clips or another "
                             "frame_stride); make both from the same store with the same AnalysisSpec")
+    base_red = load_reduced(baseline_npz) if baseline_npz else None
+    if base_red is not None and not _same_frames(base_red, lab):
+        raise AnalysisError(f"the random network's {baseline_npz!s} holds other clips or frames than "
+                            f"{labels_npz!s}: capture the same slice with the same settings into the control store")
+    metrics = metrics_of(spec)
     layer = int(red["layer"])
     family, horizon = parse_target(target)
     weights = str(red.get("meta_weights", lab["weights"]))
@@ -255,81 +273,171 @@ def _probe(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec, c
         "weights": weights, "n_clips": 0, "n_frames": 0, "n_sources": 0, "n_permutations": 0, "q_value": float("nan"),
     }
     if target not in set(lab["targets"].tolist()):
-        return _nan_rows(base, f"target {target!r} was not loaded (labels file has {lab['targets'].tolist()})")
+        return _nan_rows(base, f"target {target!r} was not loaded (labels file has {lab['targets'].tolist()})",
+                         metrics)
     y_all = lab[f"y__{target}"].astype(int)
     valid_all = lab[f"valid__{target}"].astype(bool)
-    lag_all = lab[f"lag__{target}"]
-    lagv_all = lab[f"lagvalid__{target}"].astype(bool)
-    min_shift = max(1, math.ceil(spec.min_shift_s * FRAME_RATE_HZ / spec.frame_stride))
+    lag_all = lab[f"lag__{target}"].astype(float)
+    lagv_all = lab[f"lagvalid__{target}"].astype(float)
     notes: list[str] = []
+    look_note = str(lab.get("meta_lookahead_note", ""))
+    if look_note:
+        notes.append(look_note)
     if control == "shifted-labels":
-        perm, fb = stats.permutation_index(clip, min_shift, np.random.default_rng(
-            _stable_seed(spec.seed, "shifted-labels", target)), spec.permutation)
+        min_shift = max(1, math.ceil(spec.min_shift_s * FRAME_RATE_HZ / spec.frame_stride))
+        perm = pm.circular_shift_index(clip, min_shift, np.random.default_rng(
+            _stable_seed(spec.seed, "shifted-labels", target)))
         y_all, valid_all, lag_all, lagv_all = y_all[perm], valid_all[perm], lag_all[perm], lagv_all[perm]
-        if fb:
-            notes.append(f"shifted labels: {_fallback_words(spec.permutation, fb)}")
-    use_lag = not math.isnan(horizon)
-    Xall = red["X"].astype(float)
-    Call = lab["controls"].astype(float)
-
-    def design(mask: np.ndarray, lag: np.ndarray, lagv: np.ndarray) -> np.ndarray:
-        cols = [Call[mask]]
-        if use_lag:
-            cols.append(np.column_stack([lag[mask], lagv[mask].astype(float)]))
-        return np.hstack(cols)
-
-    mask = valid_all
-    y = y_all[mask]
-    src = sources[mask]
-    base.update(n_frames=int(mask.sum()), n_clips=len(np.unique(clip[mask])), n_sources=len(np.unique(src)))
-    if mask.sum() == 0:
-        return _nan_rows(base, "no valid frames for this target")
+    window = max(1, round(spec.window_s * FRAME_RATE_HZ))
+    classes = pm.window_classes(clip, lab["frame"].astype(int), lab["n_frames"].astype(int), window)
+    rows = np.flatnonzero(pm.consensus_valid(valid_all, classes))
+    y = y_all[rows]
+    src = sources[rows]
+    base.update(n_frames=len(rows), n_clips=len(np.unique(clip[rows])), n_sources=len(np.unique(src)))
+    if len(rows) == 0:
+        return _nan_rows(base, "no valid frames for this target", metrics)
     if len(np.unique(y)) < 2:
-        return _nan_rows(base, f"the target has one class only ({int(y[0])}) on its valid frames")
+        return _nan_rows(base, f"the target has one class only ({int(y[0])}) on its valid frames", metrics)
     if base["n_sources"] < spec.min_sources:
         return _nan_rows(base, f"only {base['n_sources']} sources with valid frames; "
-                               f"need at least {spec.min_sources} (AnalysisSpec.min_sources)")
+                               f"need at least {spec.min_sources} (AnalysisSpec.min_sources)", metrics)
+    # draws restricted to the analysed rows: classes of rows outside them never matter
+    sub = pm.Classes(tuple(m for m in classes.members if valid_all[m].all(axis=0).any()))
+    log10_g = sub.log10_arrangements()
+    if log10_g < math.log10(1 / spec.alpha):
+        return _nan_rows(base, f"only {10 ** log10_g:.0f} distinct label arrangements (window classes of sizes "
+                               f"{sorted((c for c in sub.sizes if c > 1), reverse=True)}): no p-value can go below "
+                               f"alpha = {spec.alpha}; add clips of equal length or shorten window_s", metrics)
     n_folds = min(spec.n_folds, len(np.unique(src)))
     groups = np.unique(src, return_inverse=True)[1]
-    Fc = design(mask, lag_all, lagv_all)
-    p0, p1, info = _procedure(Xall[mask], Fc, y, groups, n_folds, spec)
-    observed = stats.gains(y, p0, p1)
-    ci = stats.bootstrap_gain_ci(y, p0, p1, unit_names[mask], spec.n_bootstrap, spec.alpha,
-                                 np.random.default_rng(_stable_seed(spec.seed, "bootstrap", control, layer, target)))
-    # the same permutations for every layer (common random numbers): layers are compared on one null
-    rng = np.random.default_rng(_stable_seed(spec.seed, "permutations", control, target))
-    t_cluster, cnote = stats.cluster_wald_t(y, p0, p1, unit_names[mask])
+    fold = np.empty(len(rows), dtype=np.int32)
+    from sklearn.model_selection import GroupKFold
+
+    for f, (_, te) in enumerate(GroupKFold(n_splits=n_folds).split(rows, groups=groups)):
+        fold[te] = f
+    X = red["X"].astype(float)[rows]
+    Fc = lab["controls"].astype(float)[rows]
+    R = base_red["X"].astype(float)[rows] if base_red is not None else None
+    Z0 = Fc if R is None else np.hstack([Fc, R])
+    Z1 = np.hstack([Z0, X])
+    use_lag = not math.isnan(horizon)
+    units = unit_names[rows]
+    second = metrics[1]
+
+    if spec.estimator == "ridge":
+        cv0 = GroupedRidgeCV(Z0, groups, n_folds, spec.inner_folds, spec.ridge_grid)
+        cv1 = GroupedRidgeCV(Z1, groups, n_folds, spec.inner_folds, spec.ridge_grid)
+        fold = cv0.fold
+
+        def predict(perms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+            idx = np.stack([p[rows] for p in perms], axis=1)  # (n, B)
+            Y = y_all[idx].astype(float)
+            L = np.stack([lag_all[idx], lagv_all[idx]], axis=1) if use_lag else None
+            P0, c0 = cv0.oof(Y, L)
+            P1, c1 = cv1.oof(Y, L)
+            return Y, P0, P1, {"c_controls": c0[:, 0], "c_full": c1[:, 0]}
+    else:
+        def predict(perms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+            cols = [], [], []
+            info: dict[str, Any] = {}
+            for p in perms:
+                yb = y_all[p][rows]
+                lagc = np.column_stack([lag_all[p][rows], lagv_all[p][rows]]) if use_lag else np.empty((len(rows), 0))
+                F0 = np.hstack([Z0, lagc])
+                q0, c0, n0 = oof_predict(F0, yb, groups, n_folds, spec)
+                q1, c1, n1 = oof_predict(np.hstack([F0, X]), yb, groups, n_folds, spec)
+                for lst, v in zip(cols, (yb, q0, q1)):
+                    lst.append(v)
+                info = info or {"c_controls": c0, "c_full": c1, "notes": n0 | n1}
+            return (np.stack(cols[0], 1).astype(float), np.stack(cols[1], 1), np.stack(cols[2], 1), info)
+
+    Y_obs, P0_obs, P1_obs, info = predict([np.arange(len(y_all))])
+    y_obs, p0, p1 = Y_obs[:, 0].astype(int), P0_obs[:, 0], P1_obs[:, 0]
+    observed = stats.gains(y_obs, p0, p1, strata=fold, second=second)
+    t_cluster, cnote = stats.cluster_wald_t(y_obs, p0, p1, units, scores=spec.estimator == "ridge")
     if cnote:
         notes.append(cnote)
-    null: dict[str, list[float]] = {m: [] for m in (*METRICS, "t_cluster")}
-    fallback_total = 0
-    for _ in range(spec.n_permutations):
-        perm, fb = stats.permutation_index(clip, min_shift, rng, spec.permutation)
-        fallback_total += fb
-        yb, vb, lb, lvb = y_all[perm], valid_all[perm], lag_all[perm], lagv_all[perm]
-        if len(np.unique(yb[vb])) < 2:
-            for m in null:
-                null[m].append(float("nan"))
-            continue
-        srcb = sources[vb]
-        gb = np.unique(srcb, return_inverse=True)[1]
-        q0, q1, _ = _procedure(Xall[vb], design(vb, lb, lvb), yb[vb], gb, min(n_folds, gb.max() + 1), spec)
-        g = stats.gains(yb[vb], q0, q1)
-        for m in METRICS:
-            null[m].append(g[m])
-        null["t_cluster"].append(stats.cluster_wald_t(yb[vb], q0, q1, unit_names[vb])[0]
-                                 if np.isfinite(t_cluster) else float("nan"))
-    if fallback_total:
-        notes.append(f"permutations: {_fallback_words(spec.permutation, fallback_total)}")
-    notes.extend(sorted(info["notes"]))
-    pvals = {m: stats.permutation_p(observed[m], np.asarray(null[m])) for m in METRICS}
-    p_cluster = stats.permutation_p(t_cluster, np.asarray(null["t_cluster"]))
-    base.update(n_permutations=spec.n_permutations, p_cluster=p_cluster, note="; ".join(notes),
-                c_controls=float(np.median(info["c_controls"])) if info["c_controls"] else float("nan"),
-                c_full=float(np.median(info["c_full"])) if info["c_full"] else float("nan"))
+
+    def loss(Y: np.ndarray, P: np.ndarray) -> np.ndarray:
+        if second == "brier":
+            return ((Y - P) ** 2).mean(axis=0)
+        Pc = np.clip(P, stats.EPS, 1 - stats.EPS)
+        return -(Y * np.log(Pc) + (1 - Y) * np.log1p(-Pc)).mean(axis=0)
+
+    n_cluster = [0]
+
+    def stat_fn(perms: list[np.ndarray]) -> dict[str, np.ndarray]:
+        Y, P0, P1, _ = predict(perms)
+        out = {"auroc": stats.auroc_columns(Y, P1, fold) - stats.auroc_columns(Y, P0, fold),
+               second: loss(Y, P0) - loss(Y, P1)}
+        t = np.full(len(perms), np.nan)
+        for b in range(len(perms)):
+            if np.isfinite(t_cluster) and n_cluster[0] < spec.n_permutations:
+                t[b] = stats.cluster_wald_t(Y[:, b], P0[:, b], P1[:, b], units, scores=spec.estimator == "ridge")[0]
+                n_cluster[0] += 1
+        out["t_cluster"] = t
+        return out
+
+    rng = np.random.default_rng(_stable_seed(spec.seed, "permutations", control, target))
+    budget = spec.permutation_budget(n_cells)
+    res = pm.permutation_test(observed, stat_fn, len(y_all), sub, rng, min_draws=spec.n_permutations,
+                              max_draws=budget, sequential_h=spec.sequential_h, keep_first=spec.n_permutations)
+    p_cluster = stats.permutation_p(t_cluster, res.null_first.get("t_cluster", np.array([])))
+    if res.exact:
+        notes.append(f"exact test: all {res.n_draws + 1} label arrangements")
+    ci = stats.bootstrap_gain_ci(y_obs, p0, p1, units, spec.n_bootstrap, spec.alpha,
+                                 np.random.default_rng(_stable_seed(spec.seed, "bootstrap", control, layer, target)),
+                                 strata=fold, second=second)
+    notes.extend(sorted(info.get("notes", set())))
+    base.update(n_permutations=res.n_draws, p_cluster=p_cluster, note="; ".join(notes),
+                c_controls=float(np.median(info["c_controls"])) if len(info["c_controls"]) else float("nan"),
+                c_full=float(np.median(info["c_full"])) if len(info["c_full"]) else float("nan"))
     if return_predictions:
-        base.update(_p_controls=p0, _p_full=p1, _y=y)
-    return _rows(base, gain=observed, ci_low={m: ci[m][0] for m in METRICS},
-                 ci_high={m: ci[m][1] for m in METRICS}, p_value=pvals,
-                 score_controls={"auroc": stats.auroc(y, p0), "log_loss": stats.log_loss(y, p0)},
-                 score_full={"auroc": stats.auroc(y, p1), "log_loss": stats.log_loss(y, p1)})
+        base.update(_p_controls=p0, _p_full=p1, _y=y_obs, _fold=fold)
+    loss_name = stats.brier if second == "brier" else stats.log_loss
+    out = _rows(base, metrics, gain=observed, ci_low={m: ci[m][0] for m in metrics},
+                ci_high={m: ci[m][1] for m in metrics}, p_value=res.p,
+                score_controls={"auroc": stats.auroc(y_obs, p0, strata=fold), second: loss_name(y_obs, p0)},
+                score_full={"auroc": stats.auroc(y_obs, p1, strata=fold), second: loss_name(y_obs, p1)})
+    if R is not None:
+        out += _trained_minus_random(base, y_obs, fold, units, Z0, Z1, groups, n_folds, spec, cv_info=(
+            predict, rows, X, Fc, R), budget=budget)
+    return out
+
+
+def _trained_minus_random(base: dict[str, Any], y: np.ndarray, fold: np.ndarray, units: np.ndarray,
+                          Z0: np.ndarray, Z1: np.ndarray, groups: np.ndarray, n_folds: int, spec: AnalysisSpec,
+                          cv_info: tuple, budget: int) -> list[dict[str, Any]]:
+    """AUROC(controls + trained layer) - AUROC(controls + random layer), tested by swapping the two
+    out-of-fold predictions within each unit (source) at random: exchangeable when neither network reads the
+    target better. No refit is needed, so the draws are cheap; B = the permutation budget."""
+    _, rows, X, Fc, R = cv_info
+    if spec.estimator == "ridge":
+        pT = GroupedRidgeCV(np.hstack([Fc, X]), groups, n_folds, spec.inner_folds, spec.ridge_grid).oof(
+            y[:, None].astype(float))[0][:, 0]
+        pR = GroupedRidgeCV(np.hstack([Fc, R]), groups, n_folds, spec.inner_folds, spec.ridge_grid).oof(
+            y[:, None].astype(float))[0][:, 0]
+    else:
+        pT = oof_predict(np.hstack([Fc, X]), y, groups, n_folds, spec)[0]
+        pR = oof_predict(np.hstack([Fc, R]), y, groups, n_folds, spec)[0]
+    obs = stats.auroc(y, pT, strata=fold) - stats.auroc(y, pR, strata=fold)
+    u = np.unique(units, return_inverse=True)[1]
+    rng = np.random.default_rng(_stable_seed(spec.seed, "trained-minus-random", base["label"], base["layer"]))
+    null: list[np.ndarray] = []
+    Y = np.repeat(y[:, None], pm.BLOCK, axis=1)
+    for _ in range(math.ceil(budget / pm.BLOCK)):
+        flip = rng.random((u.max() + 1, pm.BLOCK)) < 0.5
+        F = flip[u]
+        A = np.where(F, pR[:, None], pT[:, None])
+        Bm = np.where(F, pT[:, None], pR[:, None])
+        null.append(stats.auroc_columns(Y, A, fold) - stats.auroc_columns(Y, Bm, fold))
+    nulls = np.concatenate(null)[:budget]
+    ci = stats.bootstrap_gain_ci(y, pR, pT, units, spec.n_bootstrap, spec.alpha,
+                                 np.random.default_rng(_stable_seed(spec.seed, "tmr-bootstrap", base["label"])),
+                                 strata=fold, second="brier")
+    row = {**base, "control": "trained-minus-random", "metric": "auroc", "gain": obs,
+           "ci_low": ci["auroc"][0], "ci_high": ci["auroc"][1], "p_value": stats.permutation_p(obs, nulls),
+           "p_cluster": float("nan"), "n_permutations": len(nulls),
+           "note": "paired: predictions of the trained and the random layer swapped within sources",
+           "score_controls": stats.auroc(y, pR, strata=fold), "score_full": stats.auroc(y, pT, strata=fold)}
+    return [row]

@@ -4,8 +4,8 @@
 - :func:`bootstrap_gain_ci`: percentile CI of the gain, resampling clusters with replacement on the
   out-of-fold predictions (the models are not refit: the CI is for the predictive gain of the fitted
   procedure on these clips);
-- :func:`permutation_index`: the permutation schemes (the labels of another clip of the same length, or
-  a circular shift within the clip by at least ``min_shift`` frames);
+- :func:`auroc_columns`, :func:`brier`: the ridge probe's metrics over blocks of permutations;
+- the permutation schemes themselves: musicinterp.analysis.permutation;
 - :func:`permutation_p`: (1 + #null >= observed) / (1 + n);
 - :func:`cluster_wald_t`: statsmodels GLM(Binomial) of the target on [controls' out-of-fold score, layer
   model's out-of-fold score] with cluster-robust covariance by cluster; the Wald t of the layer score,
@@ -26,38 +26,68 @@ log = logging.getLogger(__name__)
 EPS = 1e-6
 
 
-def auroc(y: np.ndarray, score: np.ndarray, w: np.ndarray | None = None) -> float:
-    """Area under the ROC curve with ties counted half, optionally weighted per frame; NaN with one class."""
-    y = np.asarray(y).astype(bool)
-    w = np.ones(len(y)) if w is None else np.asarray(w, float)
-    order = np.argsort(score, kind="mergesort")
-    s, yy, ww = np.asarray(score)[order], y[order], w[order]
-    _, grp = np.unique(s, return_inverse=True)
-    pos = np.bincount(grp, weights=ww * yy)
-    neg = np.bincount(grp, weights=ww * ~yy)
-    wp, wn = pos.sum(), neg.sum()
-    if wp <= 0 or wn <= 0:
-        return float("nan")
+def _auc_counts(grp: np.ndarray, y: np.ndarray, w: np.ndarray, ng: int) -> tuple[float, float]:
+    """Concordant weight (ties half) and total positive x negative weight, scores given as sorted group ids."""
+    pos = np.bincount(grp, weights=w * y, minlength=ng)
+    neg = np.bincount(grp, weights=w * ~y, minlength=ng)
     below = np.cumsum(neg) - neg
-    return float((pos * (below + 0.5 * neg)).sum() / (wp * wn))
+    return float((pos * (below + 0.5 * neg)).sum()), float(pos.sum() * neg.sum())
 
 
 class _SortedAuc:
-    """AUROC under many reweightings of the same scores (the bootstrap): sort once, bincount per weight."""
+    """AUROC under many reweightings of the same scores (the bootstrap): sort once, bincount per weight.
 
-    def __init__(self, y: np.ndarray, score: np.ndarray):
+    With ``strata`` (the outer CV folds) only pairs within a stratum count: pooled out-of-fold scores carry
+    each fold's own intercept, and a fold whose training part has more positives predicts higher for a test
+    part that has fewer, so pooled AUROC sits below 0.5 on null data; within-fold pairs do not mix intercepts.
+    """
+
+    def __init__(self, y: np.ndarray, score: np.ndarray, strata: np.ndarray | None = None):
         self.y = np.asarray(y).astype(bool)
-        _, self.grp = np.unique(score, return_inverse=True)
-        self.ng = int(self.grp.max()) + 1 if len(self.grp) else 0
+        strata = np.zeros(len(self.y), int) if strata is None else np.unique(strata, return_inverse=True)[1]
+        self.parts = []
+        for k in np.unique(strata):
+            idx = np.flatnonzero(strata == k)
+            grp = np.unique(np.asarray(score)[idx], return_inverse=True)[1]
+            self.parts.append((idx, grp, int(grp.max()) + 1 if len(grp) else 0))
 
-    def __call__(self, w: np.ndarray) -> float:
-        pos = np.bincount(self.grp, weights=w * self.y, minlength=self.ng)
-        neg = np.bincount(self.grp, weights=w * ~self.y, minlength=self.ng)
-        wp, wn = pos.sum(), neg.sum()
-        if wp <= 0 or wn <= 0:
-            return float("nan")
-        below = np.cumsum(neg) - neg
-        return float((pos * (below + 0.5 * neg)).sum() / (wp * wn))
+    def __call__(self, w: np.ndarray | None = None) -> float:
+        w = np.ones(len(self.y)) if w is None else np.asarray(w, float)
+        num = den = 0.0
+        for idx, grp, ng in self.parts:
+            a, b = _auc_counts(grp, self.y[idx], w[idx], ng)
+            num, den = num + a, den + b
+        return num / den if den > 0 else float("nan")
+
+
+def auroc(y: np.ndarray, score: np.ndarray, w: np.ndarray | None = None, strata: np.ndarray | None = None) -> float:
+    """Area under the ROC curve with ties counted half, optionally weighted per frame and counting only pairs
+    within ``strata``; NaN with one class."""
+    return _SortedAuc(y, score, strata)(w)
+
+
+def auroc_columns(Y: np.ndarray, P: np.ndarray, strata: np.ndarray) -> np.ndarray:
+    """Within-stratum AUROC of every column of ``P`` against the same column of ``Y`` (the permutation blocks)."""
+    from scipy.stats import rankdata
+
+    Y = np.asarray(Y).astype(bool)
+    num = np.zeros(Y.shape[1])
+    den = np.zeros(Y.shape[1])
+    for k in np.unique(strata):
+        idx = strata == k
+        r = rankdata(P[idx], axis=0)  # average ranks: ties count half
+        npos = Y[idx].sum(axis=0)
+        nneg = idx.sum() - npos
+        num += (r * Y[idx]).sum(axis=0) - npos * (npos + 1) / 2
+        den += npos * nneg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def brier(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float:
+    """Mean squared error of the predictions (the ridge probe's score; lower is better)."""
+    e = (np.asarray(y, float) - np.asarray(p, float)) ** 2
+    return float(e.mean() if w is None else (e * w).sum() / w.sum())
 
 
 def log_loss(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float:
@@ -70,30 +100,37 @@ def log_loss(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float
     return float((ll * w).sum() / w.sum())
 
 
-def gains(y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray, w: np.ndarray | None = None) -> dict[str, float]:
-    """AUROC gain (full - controls) and log-loss gain (controls - full): positive = the layer helps."""
-    return {"auroc": auroc(y, p_full, w) - auroc(y, p_controls, w),
-            "log_loss": log_loss(y, p_controls, w) - log_loss(y, p_full, w)}
+def gains(y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray, w: np.ndarray | None = None,
+          strata: np.ndarray | None = None, second: str = "log_loss") -> dict[str, float]:
+    """AUROC gain (full - controls, pairs within ``strata``) and the loss gain (controls - full) of ``second``
+    ('log_loss' or 'brier'): positive = the layer helps."""
+    loss = log_loss if second == "log_loss" else brier
+    return {"auroc": auroc(y, p_full, w, strata) - auroc(y, p_controls, w, strata),
+            second: loss(y, p_controls, w) - loss(y, p_full, w)}
 
 
 def bootstrap_gain_ci(y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray, unit: np.ndarray,
-                      n_boot: int, alpha: float, rng: np.random.Generator) -> dict[str, tuple[float, float]]:
+                      n_boot: int, alpha: float, rng: np.random.Generator, strata: np.ndarray | None = None,
+                      second: str = "log_loss") -> dict[str, tuple[float, float]]:
     """Percentile (1 - alpha) CI of each gain, resampling clusters (``unit``) with replacement."""
     units, inv = np.unique(unit, return_inverse=True)
     k = len(units)
-    auc0, auc1 = _SortedAuc(y, p_controls), _SortedAuc(y, p_full)
-    p0, p1 = np.clip(p_controls, EPS, 1 - EPS), np.clip(p_full, EPS, 1 - EPS)
+    auc0, auc1 = _SortedAuc(y, p_controls, strata), _SortedAuc(y, p_full, strata)
     yf = np.asarray(y, float)
-    ll0 = -(yf * np.log(p0) + (1 - yf) * np.log1p(-p0))
-    ll1 = -(yf * np.log(p1) + (1 - yf) * np.log1p(-p1))
-    out: dict[str, list[float]] = {"auroc": [], "log_loss": []}
+    if second == "log_loss":
+        p0, p1 = np.clip(p_controls, EPS, 1 - EPS), np.clip(p_full, EPS, 1 - EPS)
+        l0 = -(yf * np.log(p0) + (1 - yf) * np.log1p(-p0))
+        l1 = -(yf * np.log(p1) + (1 - yf) * np.log1p(-p1))
+    else:
+        l0, l1 = (yf - p_controls) ** 2, (yf - p_full) ** 2
+    out: dict[str, list[float]] = {"auroc": [], second: []}
     for _ in range(n_boot):
         counts = np.bincount(rng.integers(0, k, k), minlength=k).astype(float)
         w = counts[inv]
         if w.sum() <= 0:
             continue
         out["auroc"].append(auc1(w) - auc0(w))
-        out["log_loss"].append(((ll0 - ll1) * w).sum() / w.sum())
+        out[second].append(((l0 - l1) * w).sum() / w.sum())
     res = {}
     for m, v in out.items():
         v = np.asarray(v, float)
@@ -101,52 +138,6 @@ def bootstrap_gain_ci(y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray,
         res[m] = ((float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2)))
                   if len(v) >= 10 else (float("nan"), float("nan")))
     return res
-
-
-def permutation_index(clip: np.ndarray, min_shift: int, rng: np.random.Generator,
-                      scheme: str = "swap") -> tuple[np.ndarray, int]:
-    """Index ``perm`` such that ``label[perm]`` are the labels of one permutation draw.
-
-    Rows of one clip must be contiguous and in time order (as the labels file stores them).
-    ``scheme="swap"``: each clip takes the whole label track of another clip of the same length (a random
-    derangement within each length class). ``scheme="shift"``: each clip's labels are circularly shifted by
-    a uniform offset in [min_shift, n - min_shift]; a clip shorter than 2 x min_shift + 1 rows swaps instead.
-    A clip the scheme cannot serve falls back to the other (a swap without a partner: a shift of at least
-    ``min_shift``, or of any non-zero offset when the clip is too short). Returns ``perm`` and the number of
-    clips that used a fallback.
-    """
-    if scheme not in ("swap", "shift"):
-        raise ValueError(f"unknown permutation scheme {scheme!r} (use 'swap' or 'shift')")
-    perm = np.arange(len(clip))
-    starts = np.flatnonzero(np.r_[True, clip[1:] != clip[:-1]])
-    ends = np.r_[starts[1:], len(clip)]
-
-    def shift(s: int, n: int) -> None:
-        lo, hi = (min_shift, n - min_shift) if n >= 2 * min_shift + 1 else (1, n - 1)
-        off = int(rng.integers(lo, hi + 1))
-        perm[s:s + n] = s + (np.arange(n) + off) % n
-
-    swappable: dict[int, list[int]] = {}
-    fallback = 0
-    for s, e in zip(starts, ends):
-        n = int(e - s)
-        if scheme == "shift" and n >= 2 * min_shift + 1:
-            shift(s, n)
-        else:
-            swappable.setdefault(n, []).append(int(s))
-    for n, group in swappable.items():
-        if scheme == "shift":
-            fallback += len(group)
-        if len(group) >= 2:
-            order = rng.permutation(len(group))
-            while np.any(order == np.arange(len(group))):
-                order = np.roll(order, 1) if rng.random() < 0.5 else rng.permutation(len(group))
-            for dst, src in zip(group, np.asarray(group)[order]):
-                perm[dst:dst + n] = src + np.arange(n)
-        elif n > 1:
-            shift(group[0], n)
-            fallback += scheme == "swap"
-    return perm, fallback
 
 
 def permutation_p(observed: float, null: np.ndarray) -> float:
@@ -190,7 +181,7 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def cluster_wald_t(y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray,
-                   groups: np.ndarray) -> tuple[float, str]:
+                   groups: np.ndarray, scores: bool = False) -> tuple[float, str]:
     """Cluster-robust Wald t that the layer's out-of-fold score adds to the controls'.
 
     GLM(Binomial): ``y ~ 1 + logit(p_controls) + logit(p_full)`` with cluster-robust covariance by
@@ -210,7 +201,9 @@ def cluster_wald_t(y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray,
     n_groups = int(g.max()) + 1 if len(g) else 0
     if n_groups < 3:
         return float("nan"), "p_cluster: fewer than 3 clusters"
-    s0, s1 = _logit(p_controls), _logit(p_full)
+    # probabilities enter as logits; ridge scores (``scores=True``) as they are
+    s0, s1 = (np.asarray(p_controls, float), np.asarray(p_full, float)) if scores else (_logit(p_controls),
+                                                                                         _logit(p_full))
     X = np.column_stack([np.ones(len(y)), s0, s1])
     if np.std(s0) < 1e-9:
         X = X[:, [0, 2]]

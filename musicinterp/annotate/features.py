@@ -56,7 +56,7 @@ def frame_signal(x: np.ndarray, win: int) -> np.ndarray:
     n = n_frames(len(x))
     half = win // 2
     padded = np.zeros(half + n * HOP_SAMPLES + win, dtype=np.float32)
-    padded[half:half + len(x)] = x
+    padded[half : half + len(x)] = x
     return np.lib.stride_tricks.sliding_window_view(padded, win)[::HOP_SAMPLES][:n]
 
 
@@ -88,11 +88,27 @@ def compute_features(x: np.ndarray) -> Features:
 
     # long window: spectral peaks -> HPCP, dissonance, pitch height
     mag_l = _spectra(x, LONG_WIN_SAMPLES)
-    peaks = es.SpectralPeaks(sampleRate=SAMPLE_RATE_HZ, maxPeaks=MAX_PEAKS, magnitudeThreshold=1e-4,
-                             minFrequency=PEAK_MIN_HZ, maxFrequency=PEAK_MAX_HZ, orderBy="frequency")
-    hpcp_alg = es.HPCP(size=12, referenceFrequency=440.0, harmonics=4, bandPreset=False,
-                       minFrequency=PEAK_MIN_HZ, maxFrequency=PEAK_MAX_HZ, weightType="cosine",
-                       nonLinear=False, normalized="none", sampleRate=SAMPLE_RATE_HZ, windowSize=1.0)
+    peaks = es.SpectralPeaks(
+        sampleRate=SAMPLE_RATE_HZ,
+        maxPeaks=MAX_PEAKS,
+        magnitudeThreshold=1e-4,
+        minFrequency=PEAK_MIN_HZ,
+        maxFrequency=PEAK_MAX_HZ,
+        orderBy="frequency",
+    )
+    hpcp_alg = es.HPCP(
+        size=12,
+        referenceFrequency=440.0,
+        harmonics=4,
+        bandPreset=False,
+        minFrequency=PEAK_MIN_HZ,
+        maxFrequency=PEAK_MAX_HZ,
+        weightType="cosine",
+        nonLinear=False,
+        normalized="none",
+        sampleRate=SAMPLE_RATE_HZ,
+        windowSize=1.0,
+    )
     diss_alg = es.Dissonance()
     hpcp = np.zeros((n, 12), dtype=np.float32)
     dissonance = np.zeros(n, dtype=np.float32)
@@ -111,9 +127,15 @@ def compute_features(x: np.ndarray) -> Features:
     mx = hpcp.max(axis=1, keepdims=True)
     hpcp = np.where(mx > 0, hpcp / np.maximum(mx, EPS), 0).astype(np.float32)
     pitch = _fill_nan(pitch)
-    return Features(hpcp=hpcp, loudness_db=loudness_db.astype(np.float32), flux=flux,
-                    flatness=flatness.astype(np.float32), pitch_midi=pitch, dissonance=dissonance,
-                    peak_energy=peak_energy)
+    return Features(
+        hpcp=hpcp,
+        loudness_db=loudness_db.astype(np.float32),
+        flux=flux,
+        flatness=flatness.astype(np.float32),
+        pitch_midi=pitch,
+        dissonance=dissonance,
+        peak_energy=peak_energy,
+    )
 
 
 def _fill_nan(v: np.ndarray, default: float = 60.0) -> np.ndarray:

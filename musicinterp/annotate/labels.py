@@ -17,8 +17,8 @@ import numpy as np
 
 from musicinterp.annotate import recurrence, tension
 from musicinterp.annotate.features import HOP_SAMPLES, LOOKAHEAD_SAMPLES, Features, compute_features
-from musicinterp.annotate.spec import TENSION_COMPONENTS, AnnotationSpec, frames_of
-from musicinterp.frames import FRAME_RATE_HZ, SAMPLE_RATE_HZ, n_frames
+from musicinterp.config import TENSION_COMPONENTS, AnnotationSpec
+from musicinterp.frames import FRAME_RATE_HZ, SAMPLE_RATE_HZ, frames_of, n_frames
 from musicinterp.sources.base import ClipError
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,9 @@ def horizon_name(h: float) -> str:
     return f"{h:g}s"
 
 
-def prepare_samples(samples, spec: AnnotationSpec, clip_id: str = "<clip>",
-                    sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
+def prepare_samples(
+    samples, spec: AnnotationSpec, clip_id: str = "<clip>", sample_rate_hz: int = SAMPLE_RATE_HZ
+) -> np.ndarray:
     """Check and condition raw samples: mono float32 at 32 kHz, DC removed; errors name the clip."""
     x = np.asarray(samples)
     if x.ndim == 2 and min(x.shape) <= 8:  # (n, channels) or (channels, n): mix down
@@ -55,8 +56,10 @@ def prepare_samples(samples, spec: AnnotationSpec, clip_id: str = "<clip>",
     if x.ndim != 1:
         raise ClipError(clip_id, f"expected mono samples (1-D array), got shape {np.shape(samples)}")
     if not np.issubdtype(x.dtype, np.floating):
-        raise ClipError(clip_id, f"expected float samples in [-1, 1], got dtype {x.dtype}; "
-                        "convert integer PCM first (e.g. int16 / 32768)")
+        raise ClipError(
+            clip_id,
+            f"expected float samples in [-1, 1], got dtype {x.dtype}; convert integer PCM first (e.g. int16 / 32768)",
+        )
     if sample_rate_hz != SAMPLE_RATE_HZ:
         from scipy.signal import resample_poly
 
@@ -78,15 +81,16 @@ def prepare_samples(samples, spec: AnnotationSpec, clip_id: str = "<clip>",
         raise ClipError(clip_id, f"silent: peak |sample| {peak:.2e} < silence_peak={spec.silence_peak:g}")
     clipped = float(np.mean(np.abs(x) >= 0.999 * peak)) if peak >= 0.99 else 0.0
     if clipped > CLIPPED_FRACTION_WARN:
-        log.warning("clip %r: %.2f%% of samples sit at the peak (clipped audio); annotating anyway",
-                    clip_id, 100 * clipped)
+        log.warning(
+            "clip %r: %.2f%% of samples sit at the peak (clipped audio); annotating anyway", clip_id, 100 * clipped
+        )
     if peak > 1.0:
         log.warning("clip %r: peak %.2f exceeds full scale; scaled to 1", clip_id, peak)
         x = x / peak
     return x.astype(np.float32)
 
 
-def _within(event_lag: np.ndarray, has: np.ndarray, h_frames: int) -> tuple[np.ndarray, np.ndarray]:
+def within_horizon(event_lag: np.ndarray, has: np.ndarray, h_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """0/1 'event within h' and its validity: positives, or frames whose horizon ends in the clip."""
     n = len(has)
     pos = has & (event_lag <= h_frames)
@@ -117,8 +121,10 @@ _COMPONENT_DOC = {
     "dissonance": ("0-1", "Essentia Dissonance of the spectral peaks (Plomp & Levelt 1965, Sethares 1998)"),
     "flatness": ("dB", "spectral flatness of the power spectrum, 50 Hz-8 kHz"),
     "key_unclarity": ("0-2", "1 - best Pearson correlation of 4 s chroma with the 24 Krumhansl-Kessler profiles"),
-    "tensile_strain": ("spiral-array units", "distance of the 1 s chroma cloud from the clip's key "
-                       "(Herremans & Chew 2016)"),
+    "tensile_strain": (
+        "spiral-array units",
+        "distance of the 1 s chroma cloud from the clip's key (Herremans & Chew 2016)",
+    ),
 }
 
 
@@ -146,8 +152,12 @@ def label_schema(spec: AnnotationSpec | None = None) -> dict[str, dict[str, str]
     add("rec_strength", "float32", "0-1", "path-enhanced similarity of the best accepted recurrence of t")
     for h in spec.horizons_s:
         add(f"rec_within_{horizon_name(h)}", "int8", "0/1", f"the content at t recurs within {h:g} s", True)
-    add("rec_rate_causal", "float32", "0-1",
-        f"fraction of the last {spec.rate_window_s:g} s that returned earlier material (audio up to t only)")
+    add(
+        "rec_rate_causal",
+        "float32",
+        "0-1",
+        f"fraction of the last {spec.rate_window_s:g} s that returned earlier material (audio up to t only)",
+    )
     add("tension", "float32", "z", "composite tension (weighted mean of the z-scored components), z-scored")
     for name in TENSION_COMPONENTS:
         units, doc = _COMPONENT_DOC[name]
@@ -158,8 +168,9 @@ def label_schema(spec: AnnotationSpec | None = None) -> dict[str, dict[str, str]
     return out
 
 
-def annotate_full(samples, spec: AnnotationSpec | None = None, clip_id: str = "<clip>",
-                  sample_rate_hz: int = SAMPLE_RATE_HZ) -> Annotation:
+def annotate_full(
+    samples, spec: AnnotationSpec | None = None, clip_id: str = "<clip>", sample_rate_hz: int = SAMPLE_RATE_HZ
+) -> Annotation:
     """Labels and intermediates of one clip (see :func:`annotate`)."""
     spec = spec or AnnotationSpec()
     x = prepare_samples(samples, spec, clip_id, sample_rate_hz)
@@ -178,7 +189,7 @@ def annotate_full(samples, spec: AnnotationSpec | None = None, clip_id: str = "<
         lab[name + "_valid"] = ok
     lab["rec_strength"] = rec.strength.astype(np.float32)
     for h in spec.horizons_s:
-        v, ok = _within(rec.next_lag, rec.next_lag > 0, frames_of(h))
+        v, ok = within_horizon(rec.next_lag, rec.next_lag > 0, frames_of(h))
         lab[f"rec_within_{horizon_name(h)}"], lab[f"rec_within_{horizon_name(h)}_valid"] = v, ok
     lab["rec_rate_causal"] = _causal_rate(f, present, spec).astype(np.float32)
 
@@ -193,7 +204,7 @@ def annotate_full(samples, spec: AnnotationSpec | None = None, clip_id: str = "<
     for e in ten.events[::-1]:
         nxt[:e] = e - np.arange(e)
     for h in spec.horizons_s:
-        v, ok = _within(nxt, nxt > 0, frames_of(h))
+        v, ok = within_horizon(nxt, nxt > 0, frames_of(h))
         lab[f"res_within_{horizon_name(h)}"], lab[f"res_within_{horizon_name(h)}_valid"] = v, ok
     for k, v in lab.items():
         if v.dtype.kind == "f" and not np.isfinite(v).all():
@@ -201,8 +212,9 @@ def annotate_full(samples, spec: AnnotationSpec | None = None, clip_id: str = "<
     return Annotation(labels=lab, features=f, rec=rec, tension=ten)
 
 
-def annotate(samples, spec: AnnotationSpec | None = None, clip_id: str = "<clip>",
-             sample_rate_hz: int = SAMPLE_RATE_HZ) -> dict[str, np.ndarray]:
+def annotate(
+    samples, spec: AnnotationSpec | None = None, clip_id: str = "<clip>", sample_rate_hz: int = SAMPLE_RATE_HZ
+) -> dict[str, np.ndarray]:
     """Per-frame labels of a clip (mono float samples, 32 kHz unless ``sample_rate_hz`` says otherwise).
 
     Returns ``{name: array of length n_frames}`` (names and units in musicinterp/annotate/README.md),
@@ -212,73 +224,13 @@ def annotate(samples, spec: AnnotationSpec | None = None, clip_id: str = "<clip>
     return annotate_full(samples, spec, clip_id, sample_rate_hz).labels
 
 
-def truth_label_schema(spec: AnnotationSpec | None = None) -> dict[str, dict[str, str]]:
-    """Labels from a clip's ground truth (planted or score-derived returns), beside the annotated ones:
-    the planted event itself, for known-answer analyses. Undefined (``_valid`` False) on clips without
-    ground truth."""
-    spec = spec or AnnotationSpec()
-    out: dict[str, dict[str, str]] = {}
-    for name, dtype, units, doc in (
-        [("truth_rec_lag_next_s", "float32", "s", "ground truth: lag to the next occurrence of the content at t")]
-        + [(f"truth_rec_within_{horizon_name(h)}", "int8", "0/1",
-            f"ground truth: the content at t recurs within {h:g} s") for h in spec.horizons_s]
-        + [(f"truth_return_within_{horizon_name(h)}", "int8", "0/1",
-            f"ground truth: a return begins at frame t or within {h:g} s after it; where the truth names the "
-            f"points where a return may begin, defined only in that stretch before them") for h in spec.horizons_s]):
-        out[name] = {"dtype": dtype, "units": units, "description": doc, "valid_mask": f"{name}_valid"}
-        out[f"{name}_valid"] = {"dtype": "bool", "units": "", "description": f"where {name} is defined"}
-    return out
-
-
-def truth_labels(returns: list[dict] | None, n: int, spec: AnnotationSpec | None = None,
-                 return_points: list[dict] | None = None) -> dict[str, np.ndarray]:
-    """The :func:`truth_label_schema` labels of a clip of ``n`` frames; ``returns=None``: no ground truth.
-
-    ``truth_return_within_<h>s`` is 1 from ``h`` before a planted return's first frame up to that frame
-    itself: a frame's codes are made from audio up to the end of its 20 ms hop, so a model at the onset
-    frame has heard at most those 20 ms of the return (the toy's causal codec gives that frame the same
-    code either way). ``return_points`` (``start_s`` each), when the truth has them, are the points where
-    a return *may* begin (the cue pieces: every piece has one, half of them return there); the label is
-    then defined only in that same stretch before such a point, where whether a return comes is the open
-    question; a stretch where nothing can happen would only teach a probe where the point is.
-    """
-    from musicinterp.annotate.validate import truth_lags
-
-    spec = spec or AnnotationSpec()
-    if returns is None:
-        nxt = np.full(n, np.nan)
-    else:
-        nxt = truth_lags(returns, n)[0]
-    has = np.isfinite(nxt)
-    lag_frames = np.where(has, np.round(np.nan_to_num(nxt) * FRAME_RATE_HZ), -1).astype(np.int64)
-    out = {"truth_rec_lag_next_s": np.where(has, nxt, 0.0).astype(np.float32), "truth_rec_lag_next_s_valid": has}
-    # frames from t to the next return onset at or after t (-1: none)
-    to_onset = np.full(n, -1, dtype=np.int64)
-    for r0 in sorted({int(round(float(r["start_s"]) * FRAME_RATE_HZ)) for r in returns or []}, reverse=True):
-        upto = min(max(r0 + 1, 0), n)
-        to_onset[:upto] = r0 - np.arange(upto)
-    points = sorted({int(round(float(p["start_s"]) * FRAME_RATE_HZ)) for p in return_points or []})
-    for h in spec.horizons_s:
-        hf, name = frames_of(h), horizon_name(h)
-        v, ok = _within(lag_frames, has, hf)
-        if returns is None:
-            ok = np.zeros(n, dtype=bool)
-            v = np.zeros(n, dtype=np.int8)
-        out[f"truth_rec_within_{name}"], out[f"truth_rec_within_{name}_valid"] = v, ok
-        rv, rok = _within(to_onset, to_onset >= 0, hf)
-        if points:
-            rok = np.zeros(n, dtype=bool)
-            for p in points:
-                rok[max(p - hf, 0):min(max(p + 1, 0), n)] = True
-        if returns is None:
-            rv, rok = np.zeros(n, dtype=np.int8), np.zeros(n, dtype=bool)
-        out[f"truth_return_within_{name}"] = np.where(rok, rv, 0).astype(np.int8)
-        out[f"truth_return_within_{name}_valid"] = rok
-    return out
-
-
-def annotate_windows(samples: np.ndarray, spec: AnnotationSpec | None = None, clip_id: str = "<clip>",
-                     window_s: float = WINDOW_S, on_window=None) -> tuple[dict[str, np.ndarray], Annotation | None]:
+def annotate_windows(
+    samples: np.ndarray,
+    spec: AnnotationSpec | None = None,
+    clip_id: str = "<clip>",
+    window_s: float = WINDOW_S,
+    on_window=None,
+) -> tuple[dict[str, np.ndarray], Annotation | None]:
     """Labels of audio of any length, annotated ``window_s`` at a time (32 kHz mono samples).
 
     The self-similarity grows with the square of the frames, so long files are cut into consecutive

@@ -16,36 +16,51 @@ def plot_annotation(ann: Annotation, path: str | Path, title: str = "", truth: l
     """Left: self-similarity (cosine of mean-removed embedded chroma) with the detected next/previous
     recurrences overlaid (and ground-truth returns as boxes if given); right: tension composite,
     z-scored components and resolution events."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figure list stay untouched
 
     lab = ann.labels
     t = lab["time"]
     n = len(t)
     dur = n / FRAME_RATE_HZ
     step = max(1, int(np.ceil(n / MAX_SSM_PIXELS)))
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(15, 6.5), gridspec_kw={"width_ratios": [1, 1.4]})
-    ax0.imshow(ann.rec.similarity[::step, ::step], origin="lower", cmap="gray_r", vmin=0, vmax=1,
-               extent=(0, dur, 0, dur), interpolation="nearest")
+    fig = Figure(figsize=(15, 6.5))
+    ax0, ax1 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
+    ax0.imshow(
+        ann.rec.similarity[::step, ::step],
+        origin="lower",
+        cmap="gray_r",
+        vmin=0,
+        vmax=1,
+        extent=(0, dur, 0, dur),
+        interpolation="nearest",
+    )
     ok = lab["rec_lag_next_s_valid"]
     ax0.scatter(t[ok], t[ok] + lab["rec_lag_next_s"][ok], s=2, c="tab:red", label="next recurrence")
     okp = lab["rec_lag_prev_s_valid"]
     ax0.scatter(t[okp], t[okp] - lab["rec_lag_prev_s"][okp], s=2, c="tab:blue", label="previous occurrence")
     for r in truth or []:
-        ax0.plot([r["source_start_s"], r["source_end_s"]], [r["start_s"], r["end_s"]], c="tab:green", lw=1,
-                 ls="--", label="ground truth" if r is truth[0] else None)
-    ax0.set(xlabel="time t (s)", ylabel="time of the match (s)", xlim=(0, dur), ylim=(0, dur),
-            title="self-similarity and detected recurrences")
+        ax0.plot(
+            [r["source_start_s"], r["source_end_s"]],
+            [r["start_s"], r["end_s"]],
+            c="tab:green",
+            lw=1,
+            ls="--",
+            label="ground truth" if r is truth[0] else None,
+        )
+    ax0.set(
+        xlabel="time t (s)",
+        ylabel="time of the match (s)",
+        xlim=(0, dur),
+        ylim=(0, dur),
+        title="self-similarity and detected recurrences",
+    )
     ax0.legend(loc="upper left", fontsize=7, markerscale=4)
 
     comps = [k for k in lab if k.startswith("tension_")]
     for k in comps:
         v = lab[k].astype(np.float64)
         sd = v.std()
-        ax1.plot(t, (v - v.mean()) / sd if sd > 0 else v * 0, lw=0.7, alpha=0.6,
-                 label=k.removeprefix("tension_"))
+        ax1.plot(t, (v - v.mean()) / sd if sd > 0 else v * 0, lw=0.7, alpha=0.6, label=k.removeprefix("tension_"))
     ax1.plot(t, lab["tension"], c="k", lw=2, label="tension (composite)")
     ev = np.flatnonzero(lab["res_event"])
     ax1.scatter(t[ev], lab["tension"][ev], marker="v", s=60, c="tab:red", zorder=5, label="resolution")
@@ -57,5 +72,4 @@ def plot_annotation(ann: Annotation, path: str | Path, title: str = "", truth: l
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path

@@ -19,7 +19,8 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 
 from musicinterp.annotate.features import smooth
-from musicinterp.annotate.spec import AnnotationSpec, frames_of
+from musicinterp.config import AnnotationSpec
+from musicinterp.frames import frames_of
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,7 @@ def detect(x: np.ndarray, spec: AnnotationSpec, causal: bool = False) -> Recurre
         next_lag = keep_runs(next_lag, min_run)
         prev_lag = keep_runs(prev_lag, min_run)
         strength[(next_lag < 0) & (prev_lag < 0)] = 0.0
-    return Recurrence(next_lag=next_lag, prev_lag=prev_lag, strength=np.clip(strength, 0, 1),
-                      similarity=sim)
+    return Recurrence(next_lag=next_lag, prev_lag=prev_lag, strength=np.clip(strength, 0, 1), similarity=sim)
 
 
 def keep_runs(lag: np.ndarray, min_run: int) -> np.ndarray:

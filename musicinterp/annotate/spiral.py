@@ -21,7 +21,6 @@ W = np.array([0.536, 0.274, 0.190])
 ALPHA = BETA = 0.75
 # line-of-fifths index of each pitch class C..B in the simplest spelling (C=0, G=1, ..., F=-1)
 FIFTHS_OF_PC = np.array([0, 7, 2, -3, 4, -1, 6, 1, -4, 3, -2, 5])
-STEP_FIFTHS = {"F": -1, "C": 0, "G": 1, "D": 2, "A": 3, "E": 4, "B": 5}
 
 
 def pitch_pos(k) -> np.ndarray:
@@ -89,8 +88,3 @@ def tensile_strain(chroma_c: np.ndarray, tonic_k: int, minor: bool) -> np.ndarra
     """Distance of each row's cloud centre from the key (NaN where the row is empty)."""
     ce = clouds(chroma_c, spell_pc(tonic_k, minor))
     return np.linalg.norm(ce - key_pos(tonic_k, minor)[None, :], axis=1)
-
-
-def fifths_of_name(step: str, alter: float) -> int:
-    """Line-of-fifths index of a spelled pitch (step letter + alteration in semitones)."""
-    return STEP_FIFTHS[step.upper()] + 7 * int(round(alter))

@@ -18,8 +18,8 @@ from scipy.signal import find_peaks
 
 from musicinterp.annotate import spiral
 from musicinterp.annotate.features import HPCP_PC_OF_C, Features, smooth
-from musicinterp.annotate.spec import AnnotationSpec, frames_of
-from musicinterp.frames import FRAME_RATE_HZ
+from musicinterp.config import AnnotationSpec
+from musicinterp.frames import FRAME_RATE_HZ, frames_of
 
 # Krumhansl & Kessler (1982) key profiles, tonic first
 KK_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
@@ -120,7 +120,7 @@ def resolutions(tension: np.ndarray, spec: AnnotationSpec) -> np.ndarray:
         end = min(len(tension), p + max_fall + 1, peaks[j + 1] if j + 1 < len(peaks) else len(tension))
         if end <= p + 1:
             continue
-        q = p + 1 + int(np.argmin(tension[p + 1:end]))
+        q = p + 1 + int(np.argmin(tension[p + 1 : end]))
         if tension[p] - tension[q] >= spec.resolution_drop and q <= last_ok:
             events.append(q)
     return np.asarray(events, dtype=np.int64)

@@ -3,7 +3,7 @@
 The ground truth is the expanded score itself: every played measure with its original number and its
 time span, every note (onset, duration, MIDI pitch, spelling on the line of fifths, part), the
 fermatas (the chorales' phrase endings) and the key. A measure number played twice with the same
-length is a return of that measure (``musicinterp.annotate.validate.returns_from_measures``).
+length is a return of that measure (``musicinterp.annotate.truth.returns_from_measures``).
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ def test_benchmark_flow__bad_inputs_are_named_and_the_rest_completes(tmp_path):
 
 
 def test_benchmark_flow__rerun_of_the_failed_shard_completes_the_store(tmp_path):
-    from musicinterp import benchmark as bench
+    from musicinterp import run
 
     audio = tmp_path / "audio"
     audio.mkdir()
@@ -103,7 +103,7 @@ def test_benchmark_flow__rerun_of_the_failed_shard_completes_the_store(tmp_path)
                    annotate=False, analyze=False)
     clean = benchmark(spec=spec, out=str(tmp_path / "clean"))
 
-    prepared = bench.prepare_run(spec, str(tmp_path / "faulty"))  # the flow reopens this run
+    prepared = run.prepare_run(spec, str(tmp_path / "faulty"))  # the flow reopens this run
     clips = Manifest.from_json(f"{prepared.root}/manifest.json").clips
     victim = next(c for c in clips if c.clip_id.startswith("audio_dir:2"))
     original = (audio / "2.wav").read_bytes()

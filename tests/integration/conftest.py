@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from cli.common import prefect_env
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PG_URL = "postgresql+asyncpg://musicinterp:musicinterp@127.0.0.1:5432/postgres"
 SERVER_START_TIMEOUT_S = 180
@@ -39,16 +41,9 @@ def pytest_configure(config):
 
 
 def cli_prefix() -> list[str]:
-    """``musicinterp`` once flows/cli.py registers the ops commands; ``python -m flows.ops`` until then."""
-    import argparse as ap
-
-    from flows.cli import build_parser
-
-    sub = next(a for a in build_parser()._actions if isinstance(a, ap._SubParsersAction))
-    if "submit" in sub.choices:
-        exe = Path(sys.executable).parent / "musicinterp"
-        return [str(exe)] if exe.exists() else [sys.executable, "-m", "flows.cli"]
-    return [sys.executable, "-m", "flows.ops"]
+    """The ``musicinterp`` console script of this interpreter; ``python -m cli`` where it is not installed."""
+    exe = Path(sys.executable).parent / "musicinterp"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "cli"]
 
 
 def free_port() -> int:
@@ -196,19 +191,17 @@ def stack(request, it_tmp):
     logs.mkdir()
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    # a clean environment: no Prefect setting of the developer's (or of the flow tests' harness) leaks in
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        {
-            "PREFECT_HOME": str(tmp / "prefect-home"),
-            "PREFECT_API_URL": api_url,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "PREFECT_WORKER_HEARTBEAT_SECONDS": "10",
-            "PREFECT_LOGGING_LEVEL": "INFO",
-            "MUSICINTERP_HOME": str(REPO),
-            "PYTHONUNBUFFERED": "1",
-        }
+    # a clean environment: no Prefect setting of the developer's (or of the flow tests' harness) leaks in;
+    # then the command line's own Prefect environment (API URL, telemetry off) and the test's settings
+    env = prefect_env(
+        api_url,
+        base={k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        PREFECT_HOME=str(tmp / "prefect-home"),
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_WORKER_HEARTBEAT_SECONDS="10",
+        PREFECT_LOGGING_LEVEL="INFO",
+        MUSICINTERP_HOME=str(REPO),
+        PYTHONUNBUFFERED="1",
     )
     pg_db = None
     if backend == "postgres":

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.ops import CONTROL_POOL, GPU_POOL, POOL_TYPES, PREFECT_FILE, REPO, add_ops_commands, deployable
+from cli import build_parser
+from cli.common import CONTROL_POOL, GPU_POOL, POOL_TYPES, REPO
+from cli.deploy import PREFECT_FILE, deployable
 
 PLACEHOLDER = re.compile(r"\{\{\s*([\w.$-]+)\s*\}\}")
 
@@ -81,9 +83,8 @@ def test_benchmark_parameters__are_a_form_of_the_run_config():
 def test_ops_commands__are_registered():
     import argparse
 
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    add_ops_commands(sub)
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert {"server", "deploy", "worker", "submit", "status", "rerun"} <= set(sub.choices)
     args = parser.parse_args(["server"])
     assert args.host == "127.0.0.1"  # loopback unless asked otherwise
@@ -93,7 +94,7 @@ def test_submit__without_a_server_says_how_to_get_one_and_starts_none(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PREFECT_HOME"] = str(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.ops", "submit", str(REPO / "configs/demo.yaml")],
+        [sys.executable, "-m", "cli", "submit", str(REPO / "configs/demo.yaml")],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -20,8 +20,8 @@ import soundfile as sf
 import xarray as xr
 import yaml
 
-from musicinterp import benchmark as bench
 from musicinterp.config import RunSpec
+from musicinterp.run import prepare_run, run_inline
 from musicinterp.slice import Manifest
 
 pytestmark = pytest.mark.integration
@@ -57,7 +57,7 @@ def workload(it_tmp):
     path = root / "it-bench.yaml"
     path.write_text(yaml.safe_dump(config))
     spec = RunSpec.model_validate(config)
-    clean = bench.run_inline(spec, str(root / "clean"))  # the reference: no Prefect, one process
+    clean = run_inline(spec, str(root / "clean"))  # the reference: no Prefect, one process
     assert clean.ok, clean.failed
     return {"root": root, "audio": audio, "config": path, "spec": spec, "clean_store": clean.store}
 
@@ -74,7 +74,7 @@ def test_failed_shard_is_named_and_rerun_alone_into_the_same_store(stack, worklo
     tmp_path = it_tmp / f"run-{stack.backend}"
     tmp_path.mkdir(parents=True, exist_ok=True)
     out = str(tmp_path / "runs")
-    prepared = bench.prepare_run(spec, out)  # planned before the fault: the deployed parent reopens this run
+    prepared = prepare_run(spec, out)  # planned before the fault: the deployed parent reopens this run
     clips = Manifest.from_json(f"{prepared.root}/manifest.json").clips
     victim = next(c for c in clips if c.clip_id.startswith("audio_dir:2"))
     wav = workload["audio"] / "2.wav"

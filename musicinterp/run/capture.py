@@ -1,0 +1,116 @@
+"""The capture stage of a run: every unfinished clip of a shard into the store, bad clips collected.
+
+Wraps ``musicinterp.capture`` (one clip through the model) for the run: loads the model once per
+process (``cached_model``), skips clips whose completion flag is set, sets the flag after each clip
+and writes the shard's record beside the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from musicinterp.capture import capture_clip
+from musicinterp.config import CaptureSpec, ModelSpec
+from musicinterp.models import LoadedModel, load_model
+from musicinterp.run.paths import RunPaths
+from musicinterp.run.plan import shard_clips
+from musicinterp.run.records import ShardResult, write_shard_record
+from musicinterp.slice import ClipRecord, load_clip_audio
+from musicinterp.sources.base import ClipError
+from musicinterp.store import StoreError, mark_complete, open_store, write_clip
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+class ShardFailed(RuntimeError):
+    """Some clips of a shard failed; the others were captured. Carries the per-clip reasons."""
+
+    def __init__(self, result: ShardResult):
+        self.result = result
+        reasons = "; ".join(f"{c}: {r}" for c, r in result.failed.items())
+        super().__init__(f"shard {result.shard}: {len(result.failed)} of {len(result.clips)} clips failed: {reasons}")
+
+
+_cached: tuple[str, LoadedModel, threading.Lock] | None = None
+_cache_lock = threading.Lock()
+
+
+def cached_model(model: ModelSpec, device: str) -> tuple[LoadedModel, threading.Lock]:
+    """The model for ``(model, device)``, loaded once and kept until another one is asked for.
+
+    A worker process captures shard after shard of the same run: loading the weights once saves
+    that time on every shard after the first. Only the last model asked for is kept, so a worker
+    that serves runs of different models holds one set of weights at a time, not every model it
+    has seen; ``clear_model_cache`` drops it (tests, notebooks, freeing the device). The lock that
+    comes with the model serialises captures on it (capture hooks the model's layers).
+    """
+    global _cached
+    key = f"{model.fingerprint()}:{device}"
+    with _cache_lock:
+        if _cached is None or _cached[0] != key:
+            _cached = None  # let the old weights go before the new ones are loaded
+            _cached = (key, load_model(model, device=device), threading.Lock())
+        return _cached[1], _cached[2]
+
+
+def clear_model_cache() -> None:
+    """Drop the cached model (its weights are freed once no capture holds it)."""
+    global _cached
+    with _cache_lock:
+        _cached = None
+
+
+def capture_shard(
+    model: ModelSpec, capture: CaptureSpec, paths: RunPaths, shard: int, on_clip: ProgressFn | None = None
+) -> ShardResult:
+    """Capture every unfinished clip of one shard into the store; bad clips never stop the others.
+
+    Complete clips (their flag is set) are skipped, so running a shard twice is harmless and a
+    rerun after a crash redoes exactly the unfinished clips. Refuses to start when the model now
+    loads as another revision than the store holds.
+    """
+    clips = [clip for _, clip in shard_clips(paths, shard)]
+    result = ShardResult(shard=shard, clips=[c.clip_id for c in clips])
+    ds = open_store(paths.store)
+    done = {str(c) for c, flag in zip(ds["clip"].values, ds["complete"].values) if flag}
+    t0 = time.perf_counter()
+    loaded, lock = cached_model(model, capture.device)
+    if loaded.revision != ds.attrs["model_revision"]:
+        raise StoreError(
+            f"store {paths.store!r} holds activations of model revision {ds.attrs['model_revision']!r}, but "
+            f"the model now loads as {loaded.revision!r} (its weights changed since the run was planned); "
+            "choose another --out or delete the old store"
+        )
+    for i, clip in enumerate(clips):
+        if clip.clip_id in done:
+            result.skipped.append(clip.clip_id)
+        else:
+            try:
+                with lock:
+                    result.bytes_written += capture_one(loaded, capture, paths.store, clip)
+                result.captured.append(clip.clip_id)
+                result.frames += clip.n_frames
+                result.audio_s += clip.duration_s
+            except Exception as e:  # noqa: BLE001 - one bad clip must not sink the shard
+                reason = str(e) if isinstance(e, ClipError) else f"{type(e).__name__}: {e}"
+                log.error("clip %s failed: %s", clip.clip_id, reason)
+                result.failed[clip.clip_id] = reason
+        if on_clip is not None:
+            on_clip(i + 1, len(clips), clip.clip_id)
+    result.elapsed_s = time.perf_counter() - t0
+    write_shard_record(paths, result)
+    return result
+
+
+def capture_one(loaded: LoadedModel, capture: CaptureSpec, store: str, clip: ClipRecord) -> int:
+    """Load, capture and write one clip, then set its completion flag; returns bytes written."""
+    samples = load_clip_audio(clip)
+    cap = capture_clip(loaded, samples, capture)
+    written = write_clip(store, clip.clip_id, cap.resid, cap.codes)
+    mark_complete(store, clip.clip_id)
+    return written

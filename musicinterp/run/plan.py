@@ -1,0 +1,117 @@
+"""Planning a run: deal the slice into shards, write the manifest, create (or reopen) the store.
+
+Planning reads the model's config only (``describe_model``): it never builds or loads weights, so
+it runs on any machine, whatever ``capture.device`` says.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import fsspec
+from pydantic import BaseModel, ConfigDict
+
+from musicinterp import __version__
+from musicinterp.annotate import label_schema
+from musicinterp.annotate.truth import truth_label_schema
+from musicinterp.capture import select_layers
+from musicinterp.config import RunSpec
+from musicinterp.models import describe_model
+from musicinterp.run.paths import RunPaths
+from musicinterp.run.records import write_json
+from musicinterp.slice import ClipRecord, Manifest, plan_slice
+from musicinterp.sources.base import ClipError
+from musicinterp.store import ClipLayout, StoreLayout, init_store, open_store, store_attrs
+
+log = logging.getLogger(__name__)
+
+
+class PreparedRun(BaseModel):
+    """What planning hands to the later stages: small and JSON-able, so tasks and deployment runs
+    pass it as it is."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    root: str
+    fingerprint: str
+    store_uid: str  # changes when the store is recreated, so caches never outlive their store
+    n_shards: int
+    n_clips: int
+    rejected: list[dict[str, str]]  # inputs left out at planning, with the reason
+    weights: str
+
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths(self.root)
+
+
+def prepare_run(spec: RunSpec, out: str) -> PreparedRun:
+    """Plan the slice, write the manifest and create (or reopen) the store under ``RunPaths.for_spec``."""
+    paths = RunPaths.for_spec(spec, out)
+    fs, root = fsspec.core.url_to_fs(paths.root)
+    fs.makedirs(root, exist_ok=True)
+    manifest = plan_slice(spec.slice)
+    rejected = [{"item": f.item, "problem": f.problem} for f in manifest.failures]
+    for f in manifest.failures:
+        log.warning("left out %s", f"{f.item}: {f.problem}")
+    if not manifest.clips:
+        reasons = "; ".join(f"{r['item']}: {r['problem']}" for r in rejected) or "the sources yielded nothing"
+        raise ClipError(f"slice {spec.slice.name!r}", f"no usable clips ({reasons})")
+    model_info = describe_model(spec.model)
+    layout = StoreLayout(
+        clips=tuple(ClipLayout(c.clip_id, c.n_frames) for c in manifest.clips),
+        layers=select_layers(spec.capture.layers, model_info["n_layers"], model_info["model_id"]),
+        hidden_size=model_info["hidden_size"],
+        num_codebooks=model_info["num_codebooks"],
+    )
+    clip_vars = {
+        "source": [c.source for c in manifest.clips],
+        "source_id": [c.source_id for c in manifest.clips],
+        "locator": [c.locator for c in manifest.clips],
+        "offset_s": [c.offset_s for c in manifest.clips],
+        "duration_s": [c.duration_s for c in manifest.clips],
+        "sha256": [c.sha256 for c in manifest.clips],
+        "licence": [c.licence or "" for c in manifest.clips],
+        "silent": [c.silent for c in manifest.clips],
+        "shard": [c.shard for c in manifest.clips],
+    }
+    store_uid = uuid.uuid4().hex
+    attrs = store_attrs(
+        model=model_info,
+        run_spec_json=spec.canonical_json(),
+        fingerprint=spec.fingerprint(),
+        capture=spec.capture.model_dump(),
+        package_version=__version__,
+        extra={"run_name": spec.name, "store_uid": store_uid},
+    )
+    labels = {**label_schema(spec.annotation), **truth_label_schema(spec.annotation)} if spec.annotate else None
+    created = init_store(paths.store, layout, clip_vars, attrs, labels=labels)
+    if created:
+        manifest.to_json(paths.manifest)
+    else:
+        store_uid = open_store(paths.store).attrs["store_uid"]
+    prepared = PreparedRun(
+        root=paths.root,
+        fingerprint=spec.fingerprint(),
+        store_uid=store_uid,
+        n_shards=manifest.n_shards,
+        n_clips=len(manifest.clips),
+        rejected=rejected,
+        weights=model_info["weights"],
+    )
+    write_json(paths.run_file, {"spec": spec.model_dump(mode="json"), "prepared": prepared.model_dump(mode="json")})
+    return prepared
+
+
+def run_clips(paths: RunPaths) -> list[tuple[int, ClipRecord]]:
+    """Every clip of the run with its row in the store (the manifest's order)."""
+    return list(enumerate(Manifest.from_json(paths.manifest).clips))
+
+
+def shard_clips(paths: RunPaths, shard: int) -> list[tuple[int, ClipRecord]]:
+    """The clips of one shard with their row in the store (the manifest's order), from the manifest."""
+    manifest = Manifest.from_json(paths.manifest)
+    if not 0 <= shard < manifest.n_shards:
+        raise ValueError(f"shard {shard} out of range: the run has shards 0..{manifest.n_shards - 1}")
+    return [(i, c) for i, c in enumerate(manifest.clips) if c.shard == shard]

@@ -1,0 +1,174 @@
+"""What a run came to: totals over the shard and annotation records, checked against the store's
+completion flags (``summarise_run``, ``summary_markdown``), and which shards are finished
+(``read_progress``, for reruns).
+
+The store's flags are the truth; the records add the reasons (why a clip failed or was not
+annotated) and the timings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from musicinterp.frames import FRAME_RATE_HZ
+from musicinterp.run.paths import RunPaths
+from musicinterp.run.plan import PreparedRun
+from musicinterp.run.records import read_annotation_records, read_shard_records, write_json, write_text
+from musicinterp.slice import Manifest
+from musicinterp.store import finalize_store, open_store, store_size_bytes, weights_note
+
+
+@dataclass
+class RunSummary:
+    root: str
+    store: str
+    weights: str
+    n_clips: int
+    complete: int
+    frames: int
+    audio_s: float
+    bytes_on_disk: int
+    elapsed_s: float
+    failed: dict[str, str]
+    rejected: list[dict[str, str]]
+    shards: list[dict[str, Any]]
+    annotate: bool = True
+    annotated: int = 0
+    not_annotated: dict[str, str] = field(default_factory=dict)  # clip -> reason (silent, too short)
+    plots: dict[str, str] = field(default_factory=dict)  # clip -> png url
+
+    @property
+    def ok(self) -> bool:
+        captured = not self.failed and not self.rejected and self.complete == self.n_clips
+        return captured and (not self.annotate or self.annotated + len(self.not_annotated) == self.n_clips)
+
+
+def summarise_run(prepared: PreparedRun, annotate: bool = True) -> RunSummary:
+    """Totals over the shards, checked against the store's completion flags; consolidates metadata.
+
+    Writes ``summary.json`` and ``summary.md`` into the run folder.
+    """
+    paths = prepared.paths
+    results = read_shard_records(paths)
+    annotations = read_annotation_records(paths) if annotate else []
+    finalize_store(paths.store)
+    ds = open_store(paths.store)
+    complete = ds["complete"].values.astype(bool)
+    failed: dict[str, str] = {}
+    for r in results:
+        failed.update(r.failed)
+    for clip, flag in zip(ds["clip"].values, complete):
+        if not flag and str(clip) not in failed:
+            failed[str(clip)] = "not captured (its shard did not finish)"
+    annotated = ds["annotated"].values.astype(bool) if "annotated" in ds else np.zeros(len(complete), bool)
+    not_annotated = {a.clip_id: a.reason for a in annotations if a.reason}
+    if annotate:
+        for clip, flag in zip(ds["clip"].values, annotated):
+            if not flag and str(clip) not in not_annotated and str(clip) not in failed:
+                failed[str(clip)] = "not annotated (its annotation task did not finish)"
+    summary = RunSummary(
+        root=prepared.root,
+        annotate=annotate,
+        annotated=int(annotated.sum()),
+        not_annotated=not_annotated,
+        plots={a.clip_id: a.plot for a in annotations if a.plot},
+        store=paths.store,
+        weights=prepared.weights,
+        n_clips=prepared.n_clips,
+        complete=int(complete.sum()),
+        frames=int(ds["n_frames"].values[complete].sum()),
+        audio_s=float(ds["n_frames"].values[complete].sum() / FRAME_RATE_HZ),
+        bytes_on_disk=store_size_bytes(paths.store),
+        elapsed_s=sum(r.elapsed_s for r in results),
+        failed=failed,
+        rejected=prepared.rejected,
+        shards=[
+            {
+                "shard": r.shard,
+                "clips": len(r.clips),
+                "captured": len(r.captured),
+                "skipped": len(r.skipped),
+                "failed": len(r.failed),
+                "frames": r.frames,
+                "audio_s": round(r.audio_s, 2),
+                "bytes_written": r.bytes_written,
+                "elapsed_s": round(r.elapsed_s, 2),
+            }
+            for r in results
+        ],
+    )
+    write_json(paths.summary_json, asdict(summary))
+    write_text(paths.summary_md, summary_markdown(summary))
+    return summary
+
+
+def summary_markdown(s: RunSummary, images: dict[str, str] | None = None) -> str:
+    """The run in markdown; ``images`` maps clip ids to image sources (default: the plots' paths
+    relative to the run folder, as ``summary.md`` beside them needs)."""
+    if images is None:
+        images = {c: url[len(s.root) + 1 :] if url.startswith(s.root) else url for c, url in s.plots.items()}
+    lines = [
+        f"# Benchmark run `{Path(s.root).name}`",
+        "",
+        f"**{weights_note(s.weights)}**",
+        "",
+        f"- store: `{s.store}`",
+        f"- clips complete: {s.complete} of {s.n_clips}; frames: {s.frames}; audio: {s.audio_s:.1f} s",
+        f"- clips annotated: {s.annotated} of {s.n_clips}" if s.annotate else "- annotation: off",
+        f"- size on disk: {s.bytes_on_disk / 2**20:.1f} MiB; capture time: {s.elapsed_s:.1f} s",
+        "",
+        "| shard | clips | captured | skipped (already complete) | failed | frames | audio s | MiB written | s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in s.shards:
+        lines.append(
+            f"| {r['shard']} | {r['clips']} | {r['captured']} | {r['skipped']} | {r['failed']} | "
+            f"{r['frames']} | {r['audio_s']} | {r['bytes_written'] / 2**20:.1f} | {r['elapsed_s']} |"
+        )
+    if s.failed:
+        lines += ["", "## Failed clips", ""] + [f"- `{c}`: {r}" for c, r in s.failed.items()]
+    if s.rejected:
+        lines += ["", "## Inputs left out of the slice", ""] + [f"- `{r['item']}`: {r['problem']}" for r in s.rejected]
+    if s.not_annotated:
+        lines += ["", "## Clips captured but not annotated", ""] + [f"- `{c}`: {r}" for c, r in s.not_annotated.items()]
+    if images:
+        lines += [
+            "",
+            "## Annotations of the first clips",
+            "",
+            "Left: self-similarity of the clip's chroma with the detected recurrences (ground-truth "
+            "returns boxed where known); right: tension components, composite and resolution events.",
+            "",
+        ]
+        lines += [f"### `{c}`\n\n![annotation of {c}]({src})\n" for c, src in images.items()]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """Which shards of a planned run are finished in its store."""
+
+    n_shards: int
+    finished: frozenset[int]  # every clip complete, and annotated (or recorded as not annotatable)
+
+
+def read_progress(paths: RunPaths, annotate: bool) -> RunProgress:
+    """The shards whose clips are all complete (and annotated, if the run annotates) in the store.
+
+    The store is the source of truth: a shard whose run failed but that a later rerun completed is
+    finished. A clip that cannot be annotated (silent, too short) counts as annotated when its
+    annotation record says why. Raises when the run was never planned (no manifest or store).
+    """
+    manifest = Manifest.from_json(paths.manifest)
+    ds = open_store(paths.store)
+    done = {str(c) for c, f in zip(ds["clip"].values, ds["complete"].values) if f}
+    if annotate and "annotated" in ds:
+        annotated = {str(c) for c, f in zip(ds["clip"].values, ds["annotated"].values) if f}
+        unannotatable = {a.clip_id for a in read_annotation_records(paths) if a.reason}
+        done &= annotated | unannotatable
+    finished = {s for s in range(manifest.n_shards) if all(c.clip_id in done for c in manifest.shard(s))}
+    return RunProgress(n_shards=manifest.n_shards, finished=frozenset(finished))
