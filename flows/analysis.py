@@ -48,32 +48,50 @@ def analysis(store: str, spec: AnalysisSpec = AnalysisSpec(), out: str | None = 
     """Does layer L at frame t predict the event at t + h beyond controls that see the audio up to t?
 
     ``store``: any store of the documented schema. ``control_store``: the same slice from a random-weight
-    model of the same architecture (its rows are the 'random-model' control). Writes results.parquet,
+    model of the same architecture: analysed alone ('random-model') and as covariates of the store's layers
+    ('beyond-random', 'trained-minus-random'). Writes results.parquet,
     results.csv, heatmaps and findings.md under ``out`` (default: beside the store).
     """
     logger = get_run_logger()
     out = out or default_out(store)
     work = f"{out}/work"
     Path(work).mkdir(parents=True, exist_ok=True)
-    jobs: list[tuple[str, str, list[str]]] = [
-        (store, "", ["none"] + (["shifted-labels"] if spec.shifted_labels_control else []))]
-    if control_store:
-        jobs.append((control_store, "control_", ["random-model"]))
-    plans = [(url, tag, controls, t.plan_store.submit(url, spec)) for url, tag, controls in jobs]
-    plans = [(url, tag, controls, plan.result()) for url, tag, controls, plan in plans]
-    weights = plans[0][3]["weights"]
-    total = sum(len(plan["layers"]) * len(spec.targets) * len(controls) for _, _, controls, plan in plans)
+    controls = ["none"] + (["shifted-labels"] if spec.shifted_labels_control else [])
+    main = t.plan_store.submit(store, spec)
+    ctrl = t.plan_store.submit(control_store, spec) if control_store else None
+    plan = main.result()
+    cplan = ctrl.result() if ctrl else None
+    weights, layers = plan["weights"], plan["layers"]
+    n_cells = len(layers) * len(spec.targets)
+    if cplan is not None:
+        if cplan["layers"] != layers:
+            raise lib.AnalysisError(f"the control store has layers {cplan['layers']}, the store {layers}: capture "
+                                    "both with the same architecture and layers")
+        controls += ["beyond-random"]
+    total = n_cells * (len(controls) + (1 if cplan is not None else 0))
     progress = create_progress_artifact(0.0, key=artifact_key(name, "analysis-progress"),
                                         description=f"{name}: probes finished")
     futures = []
-    for url, tag, controls, plan in plans:
-        fp = plan["identity"]
-        labels = t.load_labels.submit(url, fp, spec, work, tag)
-        for layer in plan["layers"]:
-            reduced = t.reduce_layer.submit(url, fp, spec, work, tag, layer)
+    baselines = {}
+    if cplan is not None:  # the random network alone, and its reduced layers for 'beyond-random'
+        cfp = cplan["identity"]
+        clabels = t.load_labels.submit(control_store, cfp, spec, work, "control_")
+        for layer in layers:
+            baselines[layer] = t.reduce_layer.submit(control_store, cfp, spec, work, "control_", layer)
             for target in spec.targets:
-                for control in controls:
-                    futures.append(t.probe.submit(reduced, labels, fp, spec, layer, target, control))
+                futures.append(t.probe.submit(baselines[layer], clabels, cfp, spec, layer, target, "random-model",
+                                              n_cells))
+    fp = plan["identity"]
+    labels = t.load_labels.submit(store, fp, spec, work, "")
+    for layer in layers:
+        reduced = t.reduce_layer.submit(store, fp, spec, work, "", layer)
+        for target in spec.targets:
+            for control in controls:
+                if control == "beyond-random":
+                    futures.append(t.probe.submit(reduced, labels, f"{fp}+{cplan['identity']}", spec, layer, target,
+                                                  control, n_cells, baselines[layer]))
+                else:
+                    futures.append(t.probe.submit(reduced, labels, fp, spec, layer, target, control, n_cells))
     rows: list[dict[str, Any]] = []
     for done, future in enumerate(as_completed(futures), start=1):
         new = future.result()

@@ -59,11 +59,14 @@ def reduce_layer(store: str, store_fp: str, spec: AnalysisSpec, work: str, tag: 
 
 @task(name="analysis-probe", task_run_name="probe layer {layer} {target} ({control})", retries=1,
       retry_delay_seconds=RETRY_DELAY_S, persist_result=True,
-      cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_key("probe", "layer", "target", "control")))
-def probe(reduced: str, labels: str, store_fp: str, spec: AnalysisSpec, layer: int, target: str, control: str
-          ) -> list[dict[str, Any]]:
-    """Controls alone vs controls + layer, with CI, permutation p and cluster-robust p."""
-    return analysis.probe_layer_target(reduced, labels, target, spec, control)
+      cache_policy=TASK_SOURCE + CacheKeyFnPolicy(
+          cache_key_fn=_key("probe", "layer", "target", "control", "n_cells")))
+def probe(reduced: str, labels: str, store_fp: str, spec: AnalysisSpec, layer: int, target: str, control: str,
+          n_cells: int, baseline: str | None = None) -> list[dict[str, Any]]:
+    """Controls alone vs controls + layer (``baseline``: + the random network's layer), with CI, permutation p
+    and cluster-robust p. ``store_fp`` names every store the probe reads (both for 'beyond-random')."""
+    return analysis.probe_layer_target(reduced, labels, target, spec, control, baseline_npz=baseline,
+                                       n_cells=n_cells)
 
 
 @task(name="analysis-finalize")

@@ -1,0 +1,261 @@
+"""Known answers for the statistics at MusicGen's settings: valid permutations, resolution, fair controls,
+the random-network baseline and the codec's look-ahead (issue "[1 of 7]")."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import binomtest
+from sklearn.linear_model import Ridge
+from sklearn.metrics import roc_auc_score
+
+from musicinterp.analysis import permutation as pm
+from musicinterp.analysis import probe_layer_target, stats
+from musicinterp.analysis.data import save_labels, save_reduced
+from musicinterp.analysis.ridge import GroupedRidgeCV, _predict, _split
+from musicinterp.config import AnalysisSpec
+
+FAST = {"n_bootstrap": 20, "n_folds": 3, "inner_folds": 2, "frame_stride": 1, "codec_lookahead_frames": 0}
+
+
+def _rows_of(lens: list[int], stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    clip = np.concatenate([np.full(len(range(0, n, stride)), j) for j, n in enumerate(lens)])
+    frame = np.concatenate([np.arange(0, n, stride) for n in lens])
+    return clip, frame
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(3, 40), min_size=2, max_size=7), st.integers(4, 15), st.integers(1, 3),
+       st.integers(0, 2**31 - 1))
+def test_window_classes__a_draw_keeps_every_label_at_its_offset_in_a_window_of_equal_frames(lens, window, stride,
+                                                                                           seed):
+    clip, frame = _rows_of(lens, stride)
+    n_frames = np.asarray(lens)
+    classes = pm.window_classes(clip, frame, n_frames, window)
+    perm = pm.random_draw(len(clip), classes, np.random.default_rng(seed))
+    assert sorted(perm) == list(range(len(clip)))
+    k, kk = frame // window, frame[perm] // window
+    assert (k == kk).all() and (frame % window == frame[perm] % window).all()  # same offset in the clip
+    length = np.minimum(window, n_frames[clip] - k * window)
+    assert (length == np.minimum(window, n_frames[clip[perm]] - k * window)).all()  # exact frame counts
+    # every member of a class moves as a whole window: rows of one source window go to one target window
+    for m in classes.members:
+        for member in m:
+            assert len(np.unique(clip[perm[member]])) == 1
+    n_all = sum(1 for _ in pm.all_draws(len(clip), classes)) if classes.log10_arrangements() < 3 else None
+    if n_all is not None:
+        assert n_all == round(10 ** classes.log10_arrangements())
+
+
+def test_permutation_test__enumerates_small_groups_exactly_and_counts_the_identity():
+    clip, frame = _rows_of([10, 10, 10, 10])
+    classes = pm.window_classes(clip, frame, np.array([10, 10, 10, 10]), 10)  # one class of 4: 24 arrangements
+    y = np.repeat([3.0, 1.0, 2.0, 0.0], 10)
+
+    def stat(perms):
+        return {"s": np.array([float(np.dot(y[p][:10], np.ones(10))) for p in perms])}
+
+    res = pm.permutation_test({"s": 30.0}, stat, len(y), classes, np.random.default_rng(0), min_draws=99,
+                              max_draws=99, sequential_h=10)
+    assert res.exact and res.n_draws == 23
+    assert res.p["s"] == pytest.approx(6 / 24)  # clip 0 keeps its own track in 3! of the 4! arrangements
+
+
+def test_permutation_test__besag_clifford_stops_early_on_null_and_runs_to_the_budget_on_an_effect():
+    clip, frame = _rows_of([5] * 12)
+    classes = pm.window_classes(clip, frame, np.full(12, 5), 5)
+    rng = np.random.default_rng(1)
+
+    def noise(perms):
+        return {"s": rng.standard_normal(len(perms))}
+
+    null = pm.permutation_test({"s": 0.0}, noise, len(clip), classes, rng, min_draws=20, max_draws=5000,
+                               sequential_h=10)
+    assert null.n_draws <= 64 and null.p["s"] > 0.2  # stopped in the first block
+    strong = pm.permutation_test({"s": 10.0}, noise, len(clip), classes, rng, min_draws=20, max_draws=5000,
+                                 sequential_h=10)
+    assert strong.n_draws == 5000 and strong.p["s"] == pytest.approx(1 / 5001)
+
+
+def _null_files(tmp, seed: int, lens: list[int], n_sources: int, hidden: int = 8, phi: float = 0.9,
+                plant: float = 0.0, nonlinear: bool = False):
+    """Labels and one layer as the probe reads them: AR(1) activations, labels from sparse events within 1 s.
+
+    ``plant``: the layer's first feature carries the label with this strength. ``nonlinear``: the label is
+    (audio > 1) for an AR(1) 'audio' a(t); the controls hold a(t) and the layer (and a 'random network') hold
+    only random non-linear features of it.
+    """
+    rng = np.random.default_rng(seed)
+    clip, frame = _rows_of(lens)
+    N = len(clip)
+    audio = np.concatenate([stats.ar1_noise(rng, n, 1, 0.8)[:, 0] for n in lens])
+    if nonlinear:
+        y = (np.abs(audio) > 1.0).astype(np.int8)
+    else:
+        ev = rng.random(N) < 1 / 50
+        y = np.zeros(N, np.int8)
+        for j in range(len(lens)):
+            idx = np.flatnonzero(clip == j)
+            e = ev[idx]
+            y[idx] = [e[i + 1:i + 51].any() for i in range(len(idx))]
+    valid = frame + 50 < np.asarray(lens)[clip]  # the window (t, t + 1 s] inside the clip: censored like the store
+    controls = np.column_stack([frame / 50.0, audio])
+    X = np.concatenate([stats.ar1_noise(rng, n, hidden, phi) for n in lens])
+    R = np.concatenate([stats.ar1_noise(rng, n, hidden, phi) for n in lens])
+    if plant:
+        X[:, 0] += plant * (y - y.mean())
+    if nonlinear:
+        Wt, Wr = rng.standard_normal((2, hidden)), rng.standard_normal((2, hidden))
+        basis = np.column_stack([audio, np.ones(N)])
+        X = np.tanh(3 * basis @ Wt) + 0.05 * X
+        R = np.tanh(3 * basis @ Wr) + 0.05 * R
+    clips = [f"c{j}" for j in range(len(lens))]
+    sources = [f"s{j % n_sources}" for j in range(len(lens))]
+    lab = save_labels(tmp / f"labels{seed}.npz", clip=clip, frame=frame, clips=clips, sources=sources,
+                      n_frames=np.asarray(lens), controls=controls, control_names=["t_s", "audio"],
+                      targets={"ev_1s": {"y": y, "valid": valid, "lag": np.zeros(N), "lag_valid": np.zeros(N, bool)}},
+                      weights="random")
+    red = save_reduced(tmp / f"layer{seed}.npz", X, clip, frame, clips, 1)
+    base = save_reduced(tmp / f"random{seed}.npz", R, clip, frame, clips, 1)
+    return str(red), str(lab), str(base)
+
+
+@pytest.mark.parametrize("lens", [[150, 150], [150, 150, 150], [150, 150, 97, 97, 120, 120]])
+def test_null__classes_too_small_for_alpha_are_refused_with_a_note(tmp_path, lens):
+    red, lab, _ = _null_files(tmp_path, 0, lens, n_sources=len(lens))
+    spec = AnalysisSpec(n_permutations=19, window_s=10.0, min_sources=2, **FAST)
+    rows = probe_layer_target(red, lab, "ev_1s", spec)
+    assert all(math.isnan(r["p_value"]) for r in rows)
+    assert "distinct label arrangements" in rows[0]["note"]
+
+
+def test_null__many_clips_per_class_keep_the_false_positive_rate(tmp_path):
+    """40 null experiments of 12 clips of one length (one window class of 12 per offset): rejections at 0.05
+    must be consistent with 5% (a binomial test at 0.01), never the 23-50% the old swap gave."""
+    spec = AnalysisSpec(n_permutations=19, max_permutations=19, sequential_h=0, window_s=1.0, **FAST)
+    p = [probe_layer_target(*_null_files(tmp_path, s, [100] * 12, 12)[:2], "ev_1s", spec)[0]["p_value"]
+         for s in range(40)]
+    rejections = int(np.sum(np.asarray(p) <= 0.05))
+    assert binomtest(rejections, 40, 0.05, alternative="greater").pvalue > 0.01, p
+
+
+def test_controls_only__out_of_fold_auroc_is_not_below_chance_on_null(tmp_path):
+    spec = AnalysisSpec(n_permutations=1, max_permutations=1, sequential_h=0, window_s=1.0, **FAST)
+    base = [probe_layer_target(*_null_files(tmp_path, s, [100] * 12, 12, plant=0.0)[:2], "ev_1s", spec,
+                               return_predictions=True)[0] for s in range(16)]
+    pooled = [stats.auroc(r["_y"], r["_p_controls"]) for r in base]
+    within = [stats.auroc(r["_y"], r["_p_controls"], strata=r["_fold"]) for r in base]
+    assert abs(np.mean(within) - 0.5) < 2.5 * np.std(within) / 4, within  # 16 experiments: chance within noise
+    assert np.mean(within) > np.mean(pooled)  # pooling folds' intercepts is what pulled it below 0.5
+
+
+def test_random_network_baseline__removes_a_gain_that_is_only_nonlinear_audio(tmp_path):
+    red, lab, base = _null_files(tmp_path, 5, [200] * 12, 12, hidden=16, nonlinear=True)
+    spec = AnalysisSpec(n_permutations=39, max_permutations=39, window_s=1.0, **FAST)
+    plain = probe_layer_target(red, lab, "ev_1s", spec)[0]
+    beyond = probe_layer_target(red, lab, "ev_1s", spec, control="beyond-random", baseline_npz=base)
+    assert plain["gain"] > 0.05 and plain["p_value"] <= 0.05  # beyond linear controls: a "gain"
+    assert beyond[0]["control"] == "beyond-random" and beyond[0]["p_value"] > 0.05  # beyond a random network: none
+    tmr = [r for r in beyond if r["control"] == "trained-minus-random"][0]
+    assert tmr["p_value"] > 0.05
+
+
+def test_planted_direction__full_width_finds_what_a_random_projection_loses(tmp_path):
+    """One direction among 256 isotropic noise dimensions: a projection to 8 keeps ~8/256 of its signal."""
+    red, lab, _ = _null_files(tmp_path, 7, [150] * 16, 16, hidden=256, phi=0.5, plant=2.0)
+    full = AnalysisSpec(n_permutations=39, max_permutations=39, window_s=1.0, **FAST)
+    rows = probe_layer_target(red, lab, "ev_1s", full)
+    assert rows[0]["p_value"] <= 1 / 40 + 1e-9 and rows[0]["gain"] > 0.1
+    z = dict(np.load(red))
+    W = np.random.default_rng(0).standard_normal((256, 8)) / math.sqrt(8)
+    save_reduced(tmp_path / "proj.npz", z["X"] @ W, z["clip"], z["frame"], list(z["clips"]), 1)
+    proj = probe_layer_target(str(tmp_path / "proj.npz"), lab, "ev_1s", full)
+    assert proj[0]["gain"] < rows[0]["gain"] / 2
+
+
+def test_ridge__permutation_refits_equal_direct_fits_with_the_moving_own_lag_columns():
+    rng = np.random.default_rng(0)
+    n, p, B = 240, 20, 3
+    Z, Y = rng.standard_normal((n, p)), rng.standard_normal((n, B))
+    L = rng.standard_normal((n, 2, B))
+    tr, te = np.arange(180), np.arange(180, 240)
+    pred = _predict(_split(Z, tr, te), Y, L, np.array([7.0]))[0]
+    for b in range(B):
+        F = np.hstack([Z, L[:, :, b]])
+        mu, sd = F[tr].mean(0), F[tr].std(0)
+        ref = Ridge(alpha=7.0).fit((F[tr] - mu) / sd, Y[tr, b]).predict((F[te] - mu) / sd)
+        np.testing.assert_allclose(pred[:, b], ref, atol=1e-9)
+    groups = np.repeat(np.arange(12), 20)
+    y = (Z[:, 0] > 0).astype(float)
+    P, chosen = GroupedRidgeCV(Z, groups, 4, 3, [0.001, 1000.0]).oof(np.column_stack([y, rng.permutation(y)]))
+    assert roc_auc_score(y, P[:, 0]) > 0.9 and (chosen[:, 0] == 0.001).all()  # signal: weak ridge
+    assert (chosen[:, 1] == 1000.0).mean() >= 0.5  # noise: mostly the strongest
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 4))
+def test_auroc_columns__equals_sklearn_within_each_stratum(seed, k):
+    rng = np.random.default_rng(seed)
+    n = 120
+    strata = rng.integers(0, k, n)
+    Y = rng.random((n, 3)) < 0.4
+    P = np.round(rng.standard_normal((n, 3)) + Y, 1)
+    got = stats.auroc_columns(Y, P, strata)
+    for b in range(3):
+        num = den = 0.0
+        for s in range(k):
+            m = strata == s
+            if 0 < Y[m, b].sum() < m.sum():
+                npos, nneg = Y[m, b].sum(), m.sum() - Y[m, b].sum()
+                num += roc_auc_score(Y[m, b], P[m, b]) * npos * nneg
+                den += npos * nneg
+        assert got[b] == pytest.approx(num / den, abs=1e-12) if den else math.isnan(got[b])
+        assert stats.auroc(Y[:, b], P[:, b], strata=strata) == pytest.approx(got[b], abs=1e-12, nan_ok=True)
+
+
+def test_codec_lookahead__audio_changed_after_frame_t_moves_latents_from_t_minus_4(tiny_model):
+    """MusicGen's 32 kHz EnCodec is not causal: measured on the model's own encoder, independently of
+    musicinterp.codec, then compared with what musicinterp.codec derives from the config alone."""
+    import torch
+    from transformers import EncodecConfig
+
+    from musicinterp.codec import lookahead_frames
+
+    enc = tiny_model.model.audio_encoder.encoder
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((1, 1, 640 * 80)).astype(np.float32))
+    y = x.clone()
+    y[..., 640 * 40:] = torch.from_numpy(rng.standard_normal((1, 1, 640 * 40)).astype(np.float32))
+    with torch.no_grad():
+        moved = (enc(x)[0] - enc(y)[0]).abs().amax(dim=0) > 1e-6
+    first = int(torch.nonzero(moved)[0])
+    assert first == 36 and not moved[:36].any()
+    assert lookahead_frames(tiny_model.model.config.audio_encoder) == 40 - first == 4
+    assert lookahead_frames(EncodecConfig(use_causal_conv=True)) == 0
+
+
+def test_reduce_layer__reads_the_layer_as_many_frames_before_the_label_as_the_codec_hears(tmp_path):
+    import xarray as xr
+    from analysis_factories import make_store
+
+    from musicinterp.analysis import load_labels, reduce_layer
+
+    store = make_store(tmp_path / "s.zarr", n_clips=3, n_sources=3, n_frames=200, layers=1, hidden=4)
+    ramp = np.broadcast_to(np.arange(200, dtype=np.float16)[None, None, :, None], (3, 2, 200, 4)).copy()
+    xr.Dataset({"resid": (("clip", "layer", "time", "feature"), ramp)}).to_zarr(store, mode="r+", consolidated=False)
+    for look, attr in ((4, None), (0, 0), (7, 7)):
+        if attr is not None:  # the attribute written at capture wins over the assumed default
+            import zarr
+
+            zarr.open_group(store, mode="r+").attrs["codec_lookahead_frames"] = attr
+        spec = AnalysisSpec(reduced_width=None, frame_stride=5)
+        z = np.load(reduce_layer(store, 1, spec, tmp_path / f"l{look}.npz"))
+        lab = np.load(load_labels(store, spec, tmp_path / f"lab{look}.npz"))
+        np.testing.assert_array_equal(z["frame"], lab["frame"])
+        assert z["frame"].min() >= look
+        np.testing.assert_array_equal(z["X"][:, 0], z["frame"] - look)  # the layer at t - lookahead
+        assert bool(str(lab["meta_lookahead_note"])) == (attr is None)
