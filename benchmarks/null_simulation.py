@@ -1,21 +1,19 @@
 """False-positive rates of the analysis's p-values on null data (DESIGN.md §3: a statistic not shown to keep
 its rate on null data is not done).
 
-    python benchmarks/null_simulation.py --experiments 200 --seed 0 --frames 300                      # swap
-    python benchmarks/null_simulation.py --experiments 200 --seed 1 --frames 300 --permutation shift \
-        --min-shift-s 2
+    python benchmarks/null_simulation.py --experiments 200 --seed 0 --frames 300 --per-class 24   # one class
+    python benchmarks/null_simulation.py --experiments 200 --seed 1 --frames 300 --per-class 3    # triples
+    python benchmarks/null_simulation.py --experiments 200 --seed 2 --frames 300 --per-class 2    # pairs
 
 Each experiment: 24 clips from 12 sources (two clips per source share the source's event rate), 150 frames
 (3 s) each (``--frames``); one "layer" (--layers) of AR(1) activations (phi 0.98 per 50 Hz frame, 16
 features, already at the reduced width); a target ``sim_within_1s`` = "an event falls in (t, t + 1 s]"
 from Poisson events, independent of the activations but autocorrelated (and correlated within a source);
 AR(1) controls in the store's control layout. The real probe (``probe_layer_target``) runs on the same npz files the
-pipeline writes, with the AnalysisSpec defaults except ``n_permutations`` (19 here, 99 by default: with
-19 the permutation p is still exact, 1/20 = 0.05 being its smallest value), ``n_bootstrap`` (200) and
-``min_shift_s`` (``--min-shift-s``, 4 s by default). ``--permutation`` picks the scheme (``swap``, the
-default: each clip takes the labels of another clip of the same length; ``shift``: circular shifts within
-the clip, which needs clips longer than twice the minimum shift: 6 s clips with a 2 s minimum shift, above
-the 1 s correlation time of the AR(1) series and of the 1 s target).
+pipeline writes, with the AnalysisSpec defaults (ridge at full width, windows of 10 s, sequential permutations)
+except ``n_permutations`` (19, the fewest draws), ``max_permutations`` (199) and ``n_bootstrap`` (200).
+``--per-class`` sets how many clips share an exact length (24: all; 3: eight lengths of three clips; 2: twelve
+pairs), the layouts where the first wave's swap rejected 23-50% of nulls.
 """
 
 from __future__ import annotations
@@ -44,14 +42,18 @@ H_FRAMES = 50
 
 
 def experiment(rng: np.random.Generator, spec: AnalysisSpec, work: Path, n_clips: int, n_sources: int,
-               n_frames: int, n_layers: int, width: int) -> dict[str, list[float]]:
-    keep = np.arange(0, n_frames, spec.frame_stride)
+               n_frames: int, n_layers: int, width: int, per_class: int = 24) -> dict[str, list[float]]:
+    lens = [n_frames + 7 * (c // per_class) for c in range(n_clips)]  # clips of one class share an exact length
     clips = [f"c{i}" for i in range(n_clips)]
     sources = [f"s{i % n_sources}" for i in range(n_clips)]
     rate_hz = {s: rng.uniform(0.2, 0.8) for s in set(sources)}
     have = {"rec_lag_prev_s", "rec_rate_causal", *DESCRIPTOR_LOOKAHEAD_S}
     ys, vs, lags, lagvs, ctrls = [], [], [], [], []
+    keeps = []
     for c in range(n_clips):
+        n_frames = lens[c]
+        keep = np.arange(0, n_frames, spec.frame_stride)
+        keeps.append(keep)
         ev = rng.random(n_frames) < rate_hz[sources[c]] / 50
         cs = np.r_[0, np.cumsum(ev)]
         t = np.arange(n_frames)
@@ -63,10 +65,10 @@ def experiment(rng: np.random.Generator, spec: AnalysisSpec, work: Path, n_clips
         m, names = control_matrix(per, n_frames, spec, have)
         for lst, a in ((ys, y), (vs, v), (lags, lag), (lagvs, lagv), (ctrls, m)):
             lst.append(a[keep])
-    clip = np.repeat(np.arange(n_clips), len(keep))
-    frame = np.tile(keep, n_clips)
+    clip = np.concatenate([np.full(len(k), c) for c, k in enumerate(keeps)])
+    frame = np.concatenate(keeps)
     labels = save_labels(work / "labels.npz", clip=clip, frame=frame, clips=clips, sources=sources,
-                         n_frames=np.full(n_clips, n_frames), controls=np.concatenate(ctrls), control_names=names,
+                         n_frames=np.asarray(lens), controls=np.concatenate(ctrls), control_names=names,
                          targets={TARGET: {"y": np.concatenate(ys), "valid": np.concatenate(vs),
                                            "lag": np.concatenate(lags), "lag_valid": np.concatenate(lagvs)}},
                          weights="random")
@@ -75,11 +77,11 @@ def experiment(rng: np.random.Generator, spec: AnalysisSpec, work: Path, n_clips
     out: dict[str, list[float]] = {k: [] for k in ("perm_auroc", "perm_logloss", "p_cluster", "ci_auroc",
                                                    "ci_auroc_pos", "naive_lr", "naive_frame_boot")}
     for layer in range(1, n_layers + 1):
-        X = np.concatenate([ar1_noise(rng, n_frames, width, 0.98)[keep] for _ in range(n_clips)]).astype(np.float32)
+        X = np.concatenate([ar1_noise(rng, n, width, 0.98)[k] for n, k in zip(lens, keeps)]).astype(np.float32)
         red = save_reduced(work / f"layer{layer}.npz", X, clip, frame, clips, layer, {"weights": "random"})
         rows = {r["metric"]: r for r in probe_layer_target(str(red), str(labels), TARGET, spec, "none",
                                                                     return_predictions=True)}
-        a, ll = rows["auroc"], rows["log_loss"]
+        a, ll = rows["auroc"], rows[[m for m in rows if m != "auroc"][0]]
         out["perm_auroc"].append(a["p_value"])
         out["perm_logloss"].append(ll["p_value"])
         out["p_cluster"].append(a["p_cluster"])
@@ -98,7 +100,8 @@ def _frame_boot_low(y: np.ndarray, row: dict, rng: np.random.Generator) -> float
     p0, p1 = row.get("_p_controls"), row.get("_p_full")
     if p0 is None:
         return float("nan")
-    ci = stats.bootstrap_gain_ci(y, p0, p1, np.arange(len(y)), 200, 0.05, rng)
+    ci = stats.bootstrap_gain_ci(y, p0, p1, np.arange(len(y)), 200, 0.05, rng, strata=row.get("_fold"),
+                                 second="brier")
     return ci["auroc"][0]
 
 
@@ -109,34 +112,32 @@ def main() -> None:
     ap.add_argument("--permutations", type=int, default=19)
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--frames", type=int, default=150, help="frames per clip (50 per second)")
-    ap.add_argument("--min-shift-s", type=float, default=4.0, help="AnalysisSpec.min_shift_s")
-    ap.add_argument("--permutation", choices=["swap", "shift"], default="swap", help="AnalysisSpec.permutation")
+    ap.add_argument("--per-class", type=int, default=24, help="clips per exact length (24 = all equal)")
+    ap.add_argument("--max-permutations", type=int, default=199)
     args = ap.parse_args()
-    spec = AnalysisSpec(targets=[TARGET], n_permutations=args.permutations, n_bootstrap=200, seed=args.seed,
-                        min_shift_s=args.min_shift_s, permutation=args.permutation)
-    kept = len(range(0, args.frames, spec.frame_stride))
-    shift = max(1, int(np.ceil(args.min_shift_s * 50 / spec.frame_stride)))
-    scheme = ("circular shift within each clip" if args.permutation == "shift" and kept >= 2 * shift + 1
-              else "labels swapped between equal-length clips")
+    spec = AnalysisSpec(targets=[TARGET], n_permutations=args.permutations, max_permutations=args.max_permutations,
+                        n_bootstrap=200, seed=args.seed)
+    scheme = f"window classes of {args.per_class} clips of one exact length"
     rng = np.random.default_rng(args.seed)
     res: dict[str, list[float]] = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for e in range(args.experiments):
             spec_e = spec.model_copy(update={"seed": args.seed * 100_000 + e})
-            for k, v in experiment(rng, spec_e, Path(tmp), 24, 12, args.frames, args.layers, 16).items():
+            for k, v in experiment(rng, spec_e, Path(tmp), 24, 12, args.frames, args.layers, 16,
+                                   args.per_class).items():
                 res.setdefault(k, []).extend(v)
             if (e + 1) % 20 == 0:
                 print(f"  {e + 1} experiments, {time.perf_counter() - t0:.0f} s", flush=True)
     alpha = spec.alpha
     print(f"\nnull simulation: {args.experiments} experiments x {args.layers} layers, 24 clips / 12 sources, "
-          f"{args.frames} frames, stride {spec.frame_stride}, {args.permutations} permutations ({scheme}, "
-          f"min_shift_s {args.min_shift_s:g}), seed {args.seed}; {time.perf_counter() - t0:.0f} s")
+          f"{args.frames} frames, stride {spec.frame_stride}, {args.permutations}-{args.max_permutations} permutations "
+          f"({scheme}), seed {args.seed}; {time.perf_counter() - t0:.0f} s")
     print(f"{'procedure':<44} {'rate':>6}  95% interval      n   nominal")
     nominal = {"ci_auroc_pos": alpha / 2, "naive_frame_boot": alpha / 2}
     names = {
         "perm_auroc": "permutation p (AUROC gain) <= 0.05",
-        "perm_logloss": "permutation p (log-loss gain) <= 0.05",
+        "perm_logloss": "permutation p (Brier gain) <= 0.05",
         "p_cluster": "p_cluster (permuted cluster Wald t) <= 0.05",
         "ci_auroc": "cluster-bootstrap 95% CI excludes 0",
         "ci_auroc_pos": "cluster-bootstrap 95% CI above 0",

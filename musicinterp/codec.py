@@ -16,7 +16,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 HOP_SAMPLES = 640  # 32 kHz / 50 Hz
-PROBE_FRAME = 40
+PROBE_FRAME = 12  # the perturbation starts here; enough frames after it for any look-ahead under 12
 
 
 def lookahead_frames(audio_encoder_config) -> int:
@@ -29,14 +29,15 @@ def _measure(config_json: str) -> int:
     import json
 
     import torch
-    from transformers import EncodecConfig, EncodecModel
+    from transformers import EncodecConfig
+    from transformers.models.encodec.modeling_encodec import EncodecEncoder
 
     config = EncodecConfig(**{k: v for k, v in json.loads(config_json).items()
                               if k not in ("transformers_version", "model_type", "architectures")})
     hop = int(round(config.sampling_rate / config.frame_rate))
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        encoder = EncodecModel(config).encoder.eval()
+        encoder = EncodecEncoder(config).eval()
         n = hop * (2 * PROBE_FRAME)
         x = torch.randn(1, config.audio_channels, n)
         y = x.clone()

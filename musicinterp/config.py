@@ -7,10 +7,9 @@ runs of the same config are the same run.
 
 from __future__ import annotations
 
-import math
-
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from musicinterp.codec import lookahead_frames
 from musicinterp.config import ModelSpec
 from musicinterp.frames import FRAME_RATE_HZ, SAMPLE_RATE_HZ
 
@@ -65,6 +66,7 @@ class LoadedModel:
             "n_layers": self.n_layers,
             "hidden_size": self.hidden_size,
             "num_codebooks": self.num_codebooks,
+            "codec_lookahead_frames": lookahead_frames(self.model.config.audio_encoder),
         }
 
 
@@ -264,6 +266,7 @@ def describe_model(spec: ModelSpec) -> dict[str, Any]:
         "n_layers": decoder.num_hidden_layers,
         "hidden_size": decoder.hidden_size,
         "num_codebooks": decoder.num_codebooks,
+        "codec_lookahead_frames": lookahead_frames(config.audio_encoder),
     }
 
 

@@ -148,6 +148,8 @@ def store_attrs(*, model: dict[str, Any], run_spec_json: str, fingerprint: str, 
         "guidance_scale": capture["guidance_scale"],
         "text_condition": capture["description"],
     }
+    if model.get("codec_lookahead_frames") is not None:  # frames of later audio a frame's codes hear (codec.py)
+        attrs["codec_lookahead_frames"] = int(model["codec_lookahead_frames"])
     attrs.update(extra or {})
     return attrs
 
