@@ -4,8 +4,13 @@ a ToySpec assembled from a ``--settings`` file and the flags over it."""
 from __future__ import annotations
 
 import argparse
+import json
+from typing import TYPE_CHECKING
 
-from cli.common import error, load_settings
+from cli.common import EXIT_FAILED, EXIT_OK, error, load_settings
+
+if TYPE_CHECKING:
+    from musicinterp.toy import ToySpec
 
 
 def toy_spec_from_args(args: argparse.Namespace):
@@ -24,8 +29,23 @@ def toy_spec_from_args(args: argparse.Namespace):
         raise ConfigError(format_validation_error("train-toy flags", e)) from e
 
 
+def train_toy_cli(out: str, spec: ToySpec) -> int:
+    """Run the toy flow in-process and print its report; 0 if the model learned the structure, 1 if not."""
+    from flows.toy import train_toy_flow  # imports Prefect and torch: only when a flow is run
+    from musicinterp.toy import report_markdown
+
+    state = train_toy_flow(spec=spec, out=out, return_state=True)
+    report = state.result(raise_on_failure=False)  # the exception itself when the flow failed
+    if not isinstance(report, dict):
+        print(f"train-toy failed: {state.message}")
+        return EXIT_FAILED
+    print(report_markdown(report))
+    print(json.dumps({k: report[k] for k in ("trained", "random", "checks", "train_seconds", "checkpoint_bytes")},
+                     indent=2))
+    return EXIT_OK if report.get("learned") else EXIT_FAILED
+
+
 def cmd_train_toy(args: argparse.Namespace) -> int:
-    from flows.toy import train_toy_cli
     from musicinterp.config import ConfigError
 
     try:

@@ -1,13 +1,12 @@
 """The toy flow: train the positive-control model on cue pieces, check it, publish the report.
 
-``musicinterp train-toy`` calls :func:`train_toy_cli`. The flow fails when the model did not learn
+``musicinterp train-toy`` (``cli/toy.py``) runs it in-process. The flow fails when the model did not learn
 the structure (a positive control that is not positive is worse than none); the checkpoint is still
 written, and the report artifact says which check failed.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -43,15 +42,3 @@ def train_toy_flow(spec: ToySpec = ToySpec(), out: str = DEFAULT_OUT, random_out
     get_run_logger().info("toy model saved to %s (weights: trained-here)", report["out_dir"])
     return report
 
-
-def train_toy_cli(out: str, spec: ToySpec) -> int:
-    """Run the flow in-process and print the report; 0 if the model learned the structure, 1 if not."""
-    state = train_toy_flow(spec=spec, out=out, return_state=True)
-    report = state.result(raise_on_failure=False)  # the exception itself when the flow failed
-    if not isinstance(report, dict):
-        print(f"train-toy failed: {state.message}")
-        return 1
-    print(report_markdown(report))
-    print(json.dumps({k: report[k] for k in ("trained", "random", "checks", "train_seconds", "checkpoint_bytes")},
-                     indent=2))
-    return 0 if report.get("learned") else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from factories import chord, midi_hz, noise, note, planted_piece, section, tone
 
 from musicinterp.annotate import AnnotationSpec, annotate, annotate_full, to_csv
 from musicinterp.frames import FRAME_RATE_HZ, HOP_SAMPLES, SAMPLE_RATE_HZ, n_frames
@@ -11,39 +12,6 @@ from musicinterp.sources.base import ClipError
 
 SR = SAMPLE_RATE_HZ
 SPEC = AnnotationSpec()
-SCALE = [0, 2, 4, 5, 7, 9, 11]
-
-
-# ---- small seeded factory: additive-synth notes, random sections, planted returns -------------
-def _tone(midi: float, dur: float, amp: float = 0.15) -> np.ndarray:
-    t = np.arange(int(dur * SR)) / SR
-    f = 440 * 2 ** ((midi - 69) / 12)
-    env = np.minimum(1, t / 0.01) * np.exp(-2.5 * t) * np.minimum(1, (dur - t) / 0.01)
-    return amp * env * sum(a * np.sin(2 * np.pi * f * k * t) for k, a in ((1, 1), (2, .5), (3, .3), (4, .2)))
-
-
-def _section(rng: np.random.Generator, dur: float) -> np.ndarray:
-    y = np.zeros(int(dur * SR))
-    t = 0.0
-    while t < dur - 1e-6:
-        d = min(0.25 * rng.choice([1, 1, 2]), dur - t)
-        s = _tone(60 + rng.choice(SCALE) + 12 * rng.integers(-1, 1), d)
-        y[int(t * SR):int(t * SR) + len(s)] += s
-        t += d
-    for b in np.arange(0, dur, 1.0):
-        root = 48 + rng.choice(SCALE)
-        for iv in (0, 4, 7):
-            s = _tone(root + iv, min(1.0, dur - b), 0.1)
-            y[int(b * SR):int(b * SR) + len(s)] += s
-    return y
-
-
-def planted_piece(seed: int, ret: bool = True) -> tuple[np.ndarray, float, float]:
-    """A (4 s) B (5 s) A-or-C (4 s) D (5 s); returns samples, A's start and the return's start (s)."""
-    rng = np.random.default_rng(seed)
-    a = _section(rng, 4.0)
-    parts = [a, _section(rng, 5.0), a if ret else _section(rng, 4.0), _section(rng, 5.0)]
-    return np.concatenate(parts).astype(np.float32), 0.0, 9.0
 
 
 @pytest.fixture(scope="module")
@@ -93,22 +61,19 @@ def test_recurrence__validity_masks_false_near_clip_end(planted):
 
 
 def test_recurrence__sustained_chord_and_drone_are_not_recurrence():
-    t = np.arange(12 * SR) / SR
-    organ = [sum(a * np.sin(2 * np.pi * 440 * 2 ** ((m - 69) / 12) * k * t) for k, a in ((1, 1), (2, .5), (3, .3)))
-             for m in (48, 55, 60, 64)]
-    chord = 0.1 * sum(organ)
-    tremolo = 1 + 0.3 * np.sin(2 * np.pi * 0.5 * t)
-    drone = (0.3 * np.sin(2 * np.pi * 110 * t) + 0.2 * np.sin(2 * np.pi * 165 * t)) * tremolo
-    for name, y in (("chord", chord), ("drone", drone)):
-        lab = annotate(y.astype(np.float32), SPEC, clip_id=name)
+    organ = chord([midi_hz(m) for m in (48, 55, 60, 64)], 12.0, amp=0.1, partials=((1, 1), (2, .5), (3, .3)))
+    tremolo = 1 + tone(12.0, freq_hz=0.5, amp=0.3)
+    drone = tone(12.0, freq_hz=110, amp=1.0, partials=((1, 0.3), (1.5, 0.2))) * tremolo
+    for name, y in (("chord", organ), ("drone", drone)):
+        lab = annotate(y, SPEC, clip_id=name)
         assert lab["rec_lag_next_s_valid"].sum() == 0, name
         assert lab["rec_lag_prev_s_valid"].sum() == 0, name
 
 
 def test_recurrence__chord_that_departs_and_returns_is_recurrence():
     rng = np.random.default_rng(5)
-    chord = sum(_tone(m, 3.0) for m in (48, 55, 64))
-    y = np.concatenate([chord, _section(rng, 4.0), chord, _section(rng, 3.0)]).astype(np.float32)
+    held = sum(note(m, 3.0) for m in (48, 55, 64))
+    y = np.concatenate([held, section(rng, 4.0), held, section(rng, 3.0)])
     lab = annotate(y, SPEC, clip_id="chord-return")
     src = slice(int(0.5 * 50), int(2.5 * 50))
     assert lab["rec_lag_next_s_valid"][src].mean() > 0.8
@@ -118,8 +83,8 @@ def test_recurrence__chord_that_departs_and_returns_is_recurrence():
 
 def test_recurrence__adjacent_repeat_within_min_lag_is_not_recurrence():
     rng = np.random.default_rng(7)
-    motif = _section(rng, 0.75)
-    y = np.concatenate([_section(rng, 4.0), motif, motif, _section(rng, 5.0)]).astype(np.float32)
+    motif = section(rng, 0.75)
+    y = np.concatenate([section(rng, 4.0), motif, motif, section(rng, 5.0)])
     lab = annotate(y, SPEC, clip_id="adjacent")
     assert not (lab["rec_lag_next_s_valid"] & (lab["rec_lag_next_s"] < SPEC.min_lag_s)).any()
     region = slice(int(4.0 * 50), int(5.5 * 50))
@@ -127,8 +92,7 @@ def test_recurrence__adjacent_repeat_within_min_lag_is_not_recurrence():
 
 
 def test_recurrence__white_noise_and_no_return_piece_give_almost_no_positives():
-    noise = np.random.default_rng(0).normal(0, 0.1, 15 * SR).astype(np.float32)
-    assert annotate(noise, SPEC, clip_id="noise")["rec_lag_next_s_valid"].mean() <= 0.02
+    assert annotate(noise(15.0, std=0.1, seed=0), SPEC, clip_id="noise")["rec_lag_next_s_valid"].mean() <= 0.02
     y, _, _ = planted_piece(2, ret=False)
     assert annotate(y, SPEC, clip_id="no-return")["rec_lag_next_s_valid"].mean() <= 0.05
 
@@ -149,11 +113,9 @@ def test_recurrence__causal_rate_ignores_the_future():
 # ---- tension ------------------------------------------------------------------------------------
 def test_tension__rises_with_dissonance_and_loudness():
     rng = np.random.default_rng(11)
-    calm = np.concatenate([_section(rng, 4.0) for _ in range(2)])
-    dis = calm.copy()
-    t = np.arange(len(calm)) / SR
-    dis += 0.15 * sum(np.sin(2 * np.pi * f * t) for f in (466.2, 493.9, 523.3, 554.4))  # cluster
-    y = np.concatenate([calm, 2.0 * dis]).astype(np.float32)
+    calm = np.concatenate([section(rng, 4.0) for _ in range(2)])
+    dis = calm + chord((466.2, 493.9, 523.3, 554.4), 8.0, amp=0.15)  # a cluster
+    y = np.concatenate([calm, 2.0 * dis])
     lab = annotate(y, SPEC, clip_id="tension")
     half = len(lab["time"]) // 2
     first, second = lab["tension"][50:half - 50].mean(), lab["tension"][half + 50:-50].mean()

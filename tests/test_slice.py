@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import soundfile as sf
+from factories import tone, write_tone
 
 from musicinterp.config import SliceSpec
 from musicinterp.frames import SAMPLE_RATE_HZ as SR
@@ -12,14 +12,9 @@ from musicinterp.slice import Manifest, _deal, load_clip_audio, plan_slice
 from musicinterp.sources.base import ClipError
 
 
-def _tone(path, seconds, amp=0.3, freq=330.0):
-    t = np.arange(int(round(seconds * SR))) / SR
-    sf.write(path, (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32), SR, subtype="FLOAT")
-
-
 def test_slice__long_file_is_cut_at_clip_s_and_short_tail_dropped(tmp_path):
-    _tone(tmp_path / "long.wav", 61.5)
-    _tone(tmp_path / "tail.wav", 30.4)
+    write_tone(tmp_path / "long.wav", 61.5)
+    write_tone(tmp_path / "tail.wav", 30.4)
     m = plan_slice(SliceSpec(sources=[{"kind": "audio_dir", "path": str(tmp_path)}], n_shards=3))
     got = {c.clip_id: (c.offset_s, c.duration_s, c.n_frames) for c in m.clips}
     assert got == {
@@ -32,14 +27,13 @@ def test_slice__long_file_is_cut_at_clip_s_and_short_tail_dropped(tmp_path):
 
 
 def test_slice__reloaded_clip_is_the_planned_clip_and_changes_are_refused(tmp_path):
-    _tone(tmp_path / "a.wav", 35.0)
+    write_tone(tmp_path / "a.wav", 35.0)
     m = plan_slice(SliceSpec(sources=[{"kind": "audio_dir", "path": str(tmp_path)}], n_shards=1))
     second = m.clips[1]
     x = load_clip_audio(second)
     assert len(x) == second.n_samples == 5 * SR
-    t = np.arange(30 * SR, 35 * SR) / SR
-    np.testing.assert_allclose(x, 0.3 * np.sin(2 * np.pi * 330 * t), atol=1e-6)
-    _tone(tmp_path / "a.wav", 35.0, freq=331.0)
+    np.testing.assert_array_equal(x, tone(35.0, freq_hz=330.0)[30 * SR:])
+    write_tone(tmp_path / "a.wav", 35.0, freq_hz=331.0)
     with pytest.raises(ClipError, match=r"audio_dir:a.wav@30s: audio changed since the slice was planned"):
         load_clip_audio(second)
     (tmp_path / "a.wav").unlink()
@@ -48,8 +42,8 @@ def test_slice__reloaded_clip_is_the_planned_clip_and_changes_are_refused(tmp_pa
 
 
 def test_slice__silent_clip_is_kept_and_flagged(tmp_path):
-    _tone(tmp_path / "quiet.wav", 2.0, amp=0.0)
-    _tone(tmp_path / "loud.wav", 2.0)
+    write_tone(tmp_path / "quiet.wav", 2.0, amp=0.0)
+    write_tone(tmp_path / "loud.wav", 2.0)
     m = plan_slice(SliceSpec(sources=[{"kind": "audio_dir", "path": str(tmp_path)}]))
     assert {c.clip_id: c.silent for c in m.clips} == {"audio_dir:loud.wav@0s": False, "audio_dir:quiet.wav@0s": True}
 
@@ -91,7 +85,7 @@ def test_deal__longest_first_to_least_loaded():
 
 
 def test_slice__duplicate_sources_get_distinct_clip_ids(tmp_path):
-    _tone(tmp_path / "a.wav", 2.0)
+    write_tone(tmp_path / "a.wav", 2.0)
     src = {"kind": "audio_dir", "path": str(tmp_path)}
     m = plan_slice(SliceSpec(sources=[src, src]))
     assert [c.clip_id for c in m.clips] == ["audio_dir:a.wav@0s", "audio_dir:a.wav@0s#2"]

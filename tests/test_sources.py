@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-import soundfile as sf
+from factories import tone, write_wav
 
 from musicinterp.config import AudioDirSource, Music21Source, SyntheticSource
 from musicinterp.frames import SAMPLE_RATE_HZ as SR
@@ -123,10 +123,7 @@ def test_music21__unknown_score_is_a_named_failure():
 # ---- audio files ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt,ext,sr", [("WAV", "wav", 44100), ("FLAC", "flac", 48000), ("OGG", "ogg", 22050)])
 def test_audio__stereo_any_rate_becomes_mono_32k_same_pitch(tmp_path, fmt, ext, sr):
-    t = np.arange(int(2.0 * sr)) / sr
-    left = 0.4 * np.sin(2 * np.pi * 440 * t)
-    path = tmp_path / f"a.{ext}"
-    sf.write(path, np.stack([left, left], axis=1), sr, format=fmt)
+    path = write_wav(tmp_path / f"a.{ext}", tone(2.0, freq_hz=440, amp=0.4, sr=sr), sr, channels=2, format=fmt)
     x = read_audio(path)
     assert x.dtype == np.float32 and x.ndim == 1
     assert abs(len(x) - 2 * SR) <= 2
@@ -147,7 +144,7 @@ def test_audio__bad_files_are_named(tmp_path):
 
 
 def test_audio__locator_reloads_the_same_file(tmp_path):
-    sf.write(tmp_path / "x.wav", np.full(32000, 0.25, dtype=np.float32), SR, subtype="FLOAT")
+    write_wav(tmp_path / "x.wav", np.full(32000, 0.25, dtype=np.float32), subtype="FLOAT")
     (track,) = list(plan_audio_dir(AudioDirSource(path=str(tmp_path), licence="CC-BY")))
     assert track.source_id == "audio_dir:x.wav" and track.licence == "CC-BY"
     assert json.loads(track.locator)["path"].endswith("x.wav")

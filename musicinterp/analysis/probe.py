@@ -1,23 +1,23 @@
 """One (layer, target) analysis: nested out-of-fold probes, their gain, and its inference.
 
-For the frames where the target is valid:
+For the rows where the target is valid in every member of its permutation class (musicinterp.analysis.permutation):
 
 1. **Folds.** GroupKFold by ``source_id`` (``n_folds``, fewer when there are fewer sources).
-2. **Two models**, both ``Pipeline(StandardScaler, L2 logistic regression)`` fit on the training folds only:
-   *controls* (position, past of the labels, causal descriptors, the target's own value at t - h - 1 frame) and
-   *full* (the same controls + the layer's reduced activations). The strength C of each is chosen by an
-   inner GroupKFold (``inner_folds``) on the training folds only, by inner out-of-fold log-loss; the
-   scaler of each inner split is fit on its inner training part.
-3. **Gain** on the pooled out-of-fold predictions: AUROC(full) - AUROC(controls) and
-   log-loss(controls) - log-loss(full); positive = the layer adds information.
-4. **Inference** (musicinterp.analysis.stats): cluster-bootstrap CI of each gain, a permutation p-value
-   (the target, its valid mask and its own-lag control move together: by default each clip takes the
-   labels of another clip of the same length, ``permutation="shift"`` shifts them circularly within the
-   clip; both models refit each time, inner CV included), and ``p_cluster``: the cluster-robust Wald t of
-   the full model's out-of-fold logit in a GLM of the target on [controls' out-of-fold logit, that score],
-   referred to the same permutations (see :func:`musicinterp.analysis.stats.cluster_wald_t`).
+2. **Two models** fit on the training folds only: *controls* (position, past of the labels, causal descriptors,
+   and the target's own value at t - h - 1 frame, which moves with the target under permutation) and *full*
+   (the same + the layer at full width; with a random network's layer as a baseline, that layer joins both).
+   ``estimator="ridge"`` (musicinterp.analysis.ridge): strength chosen by an inner grouped CV on the training
+   folds, every permutation refit in a few matrix products. ``estimator="logistic"``: the first wave's L2
+   logistic regression (C by inner grouped CV on log-loss, exact Newton solver), refit from scratch.
+3. **Gain** on the out-of-fold predictions: AUROC(full) - AUROC(controls) over pairs within one outer fold, and
+   the Brier (ridge) or log-loss (logistic) gain; positive = the layer adds information.
+4. **Inference**: the permutation p of each gain over window classes (exact when the group is small, refused
+   when it has fewer than 1/alpha arrangements, sequential up to the grid's budget otherwise), ``p_cluster``
+   (the cluster-robust Wald t of the full model's score in a GLM beside the controls' score, referred to the
+   first ``n_permutations`` draws) and a cluster-bootstrap CI of each gain (an effect size, not a test).
 
-Degenerate inputs (a target missing or with one class, too few sources) give rows with NaN and a ``note``.
+Degenerate inputs (a target missing or with one class, too few sources or arrangements) give rows with NaN and
+a ``note``.
 """
 
 from __future__ import annotations
@@ -179,14 +179,6 @@ def oof_predict(F: np.ndarray, y: np.ndarray, groups: np.ndarray, n_folds: int,
         cs.append(C)
         p[te] = fit_predict(F[tr], y[tr], F[te], C, spec.solver)
     return p, cs, notes
-
-
-def _procedure(X: np.ndarray, Fc: np.ndarray, y: np.ndarray, groups: np.ndarray, n_folds: int,
-               spec: AnalysisSpec) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Both nested models' out-of-fold predictions on one labelling."""
-    p0, c0, n0 = oof_predict(Fc, y, groups, n_folds, spec)
-    p1, c1, n1 = oof_predict(np.hstack([Fc, X]), y, groups, n_folds, spec)
-    return p0, p1, {"c_controls": c0, "c_full": c1, "notes": n0 | n1}
 
 
 def _rows(base: dict[str, Any], metrics: tuple[str, ...], **per_metric: Any) -> list[dict[str, Any]]:
@@ -400,18 +392,19 @@ def _probe(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec, c
                 score_controls={"auroc": stats.auroc(y_obs, p0, strata=fold), second: loss_name(y_obs, p0)},
                 score_full={"auroc": stats.auroc(y_obs, p1, strata=fold), second: loss_name(y_obs, p1)})
     if R is not None:
-        out += _trained_minus_random(base, y_obs, fold, units, Z0, Z1, groups, n_folds, spec, cv_info=(
-            predict, rows, X, Fc, R), budget=budget)
+        own = np.column_stack([lag_all[rows], lagv_all[rows]]) if use_lag else np.empty((len(rows), 0))
+        out += _trained_minus_random(base, y_obs, fold, units, np.hstack([Fc, own]), X, R, groups, n_folds, spec,
+                                     budget)
     return out
 
 
 def _trained_minus_random(base: dict[str, Any], y: np.ndarray, fold: np.ndarray, units: np.ndarray,
-                          Z0: np.ndarray, Z1: np.ndarray, groups: np.ndarray, n_folds: int, spec: AnalysisSpec,
-                          cv_info: tuple, budget: int) -> list[dict[str, Any]]:
+                          Fc: np.ndarray, X: np.ndarray, R: np.ndarray, groups: np.ndarray, n_folds: int,
+                          spec: AnalysisSpec, budget: int) -> list[dict[str, Any]]:
     """AUROC(controls + trained layer) - AUROC(controls + random layer), tested by swapping the two
     out-of-fold predictions within each unit (source) at random: exchangeable when neither network reads the
-    target better. No refit is needed, so the draws are cheap; B = the permutation budget."""
-    _, rows, X, Fc, R = cv_info
+    target better. No refit is needed, so the draws are cheap; B = the permutation budget. ``Fc``: the controls
+    with the target's own past (fixed here: the labels are not permuted)."""
     if spec.estimator == "ridge":
         pT = GroupedRidgeCV(np.hstack([Fc, X]), groups, n_folds, spec.inner_folds, spec.ridge_grid).oof(
             y[:, None].astype(float))[0][:, 0]

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
 import xarray as xr
+from factories import tone, write_tone, write_wav
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -48,26 +48,28 @@ def test_benchmark_flow__captures_all_clips_and_publishes_artifacts(tmp_path):
     assert set(results["layer"]) == {0, 1, 2} and set(results["control"]) == {"none", "shifted-labels"}
     findings = asyncio.run(_artifact("flow-ok-findings"))
     assert findings is not None and "weights: random" in findings.data
-    # a second run of the same config is the same run: nothing is recaptured
+    # a second run of the same config is the same run: nothing is recaptured (no activation chunk rewritten)
+    from pathlib import Path
+
+    def chunk_stamps() -> dict[str, int]:
+        return {str(f): f.stat().st_mtime_ns for f in (Path(out["store"]) / "resid").rglob("*") if f.is_file()}
+
+    before = chunk_stamps()
     again = benchmark(spec=spec, out=str(tmp_path))
-    assert again["store"] == out["store"]
-
-
-def _write(path, samples, sr=32000, **kw):
-    sf.write(path, samples, sr, **kw)
+    assert again["store"] == out["store"] and len(before) > 0
+    assert chunk_stamps() == before
 
 
 def test_benchmark_flow__bad_inputs_are_named_and_the_rest_completes(tmp_path):
     audio = tmp_path / "audio"
     audio.mkdir()
-    t = np.arange(3 * 32000) / 32000
-    _write(audio / "good.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32))
-    _write(audio / "silent.flac", np.zeros(3 * 32000, dtype=np.float32))
-    _write(audio / "short.wav", np.zeros(8000, dtype=np.float32) + 0.1)
-    nan = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    write_wav(audio / "good.wav", tone(3.0, freq_hz=220))
+    write_wav(audio / "silent.flac", np.zeros(3 * 32000, dtype=np.float32))
+    write_wav(audio / "short.wav", np.zeros(8000, dtype=np.float32) + 0.1)
+    nan = tone(3.0, freq_hz=220)
     nan[100:200] = np.nan
-    _write(audio / "nan.wav", nan, subtype="FLOAT")
-    _write(audio / "empty.wav", np.zeros(0, dtype=np.float32))
+    write_wav(audio / "nan.wav", nan, subtype="FLOAT")
+    write_wav(audio / "empty.wav", np.zeros(0, dtype=np.float32))
     (audio / "garbage.ogg").write_bytes(b"this is not audio")
     spec = RunSpec(name="flow-bad", slice={"sources": [
         {"kind": "audio_dir", "path": str(audio)},
@@ -96,9 +98,8 @@ def test_benchmark_flow__rerun_of_the_failed_shard_completes_the_store(tmp_path)
 
     audio = tmp_path / "audio"
     audio.mkdir()
-    t = np.arange(int(2.5 * 32000)) / 32000
     for i in range(4):
-        _write(audio / f"{i}.wav", (0.3 * np.sin(2 * np.pi * (200 + 60 * i) * t)).astype(np.float32), subtype="FLOAT")
+        write_tone(audio / f"{i}.wav", 2.5, freq_hz=200 + 60 * i)
     spec = RunSpec(name="flow-rerun", slice={"sources": [{"kind": "audio_dir", "path": str(audio)}], "n_shards": 4},
                    annotate=False, analyze=False)
     clean = benchmark(spec=spec, out=str(tmp_path / "clean"))
@@ -107,7 +108,7 @@ def test_benchmark_flow__rerun_of_the_failed_shard_completes_the_store(tmp_path)
     clips = Manifest.from_json(f"{prepared.root}/manifest.json").clips
     victim = next(c for c in clips if c.clip_id.startswith("audio_dir:2"))
     original = (audio / "2.wav").read_bytes()
-    _write(audio / "2.wav", np.zeros(len(t), np.float32), subtype="FLOAT")  # the fault: the file changed
+    write_wav(audio / "2.wav", np.zeros(int(2.5 * 32000), np.float32), subtype="FLOAT")  # the fault: the file changed
     state = benchmark(spec=spec, out=str(tmp_path / "faulty"), return_state=True)
     assert state.is_failed()
     with pytest.raises(RunIncomplete, match=rf"failed shards: \[{victim.shard}\]"):

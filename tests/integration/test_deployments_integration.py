@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import xarray as xr
 import yaml
+from factories import write_tone
 
 from musicinterp.config import RunSpec
 from musicinterp.run import prepare_run, run_inline
@@ -34,10 +34,9 @@ REPO = Path(__file__).resolve().parents[2]
 RUNS: dict[str, dict] = {}  # backend -> the finished benchmark run, for the UI check
 
 
-def _tone(i: int, shift: float = 0.0) -> np.ndarray:
-    t = np.arange(int(CLIP_S * SR)) / SR
-    f = 200 + 60 * i + shift
-    return (0.3 * np.sin(2 * np.pi * f * t) + 0.1 * np.sin(2 * np.pi * 1.5 * f * t)).astype(np.float32)
+def _write_tone(path: Path, i: int, shift: float = 0.0) -> Path:
+    """Clip ``i``: a tone at 200 + 60 i Hz (+ ``shift``) with a fifth above it, 2.5 s, float wav."""
+    return write_tone(path, CLIP_S, freq_hz=200 + 60 * i + shift, amp=1.0, partials=((1, 0.3), (1.5, 0.1)), sr=SR)
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +46,7 @@ def workload(it_tmp):
     audio = root / "audio"
     audio.mkdir(parents=True)
     for i in range(N_CLIPS):
-        sf.write(audio / f"{i}.wav", _tone(i), SR, subtype="FLOAT")
+        _write_tone(audio / f"{i}.wav", i)
     config = {
         "name": "it-bench",
         "model": {"source": "offline", "name": "tiny", "seed": 0},
@@ -81,7 +80,7 @@ def test_failed_shard_is_named_and_rerun_alone_into_the_same_store(stack, worklo
     backup = tmp_path / "2.wav.orig"
     shutil.copy(wav, backup)
     try:
-        sf.write(wav, _tone(2, shift=37.0), SR, subtype="FLOAT")  # the fault: the file changed since planning
+        _write_tone(wav, 2, shift=37.0)  # the fault: the file changed since planning
         sub = stack.cli("submit", str(workload["config"]), "--out", out, "--wait", "--json")
     finally:
         shutil.copy(backup, wav)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import xarray as xr
+from factories import write_tone, write_wav
 
 from musicinterp import run
 from musicinterp.capture import capture_clip
@@ -21,11 +21,6 @@ def _audio_spec(folder, name="t", n_shards=2, **capture) -> RunSpec:
                                      "n_shards": n_shards}, capture=capture)
 
 
-def _write_tone(path, seconds, sr=32000, freq=330.0):
-    t = np.arange(int(round(seconds * sr))) / sr
-    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr, subtype="FLOAT")
-
-
 def _run_all(spec, out) -> run.RunSummary:
     return run.run_inline(spec, str(out))
 
@@ -33,7 +28,7 @@ def _run_all(spec, out) -> run.RunSummary:
 def test_store__time_coordinate_and_frames_match_durations(tmp_path):
     durations = {"a.wav": 1.0, "b.wav": 2.5, "c.wav": 3.33, "d.wav": 4.011}
     for name, seconds in durations.items():
-        _write_tone(tmp_path / name, seconds)
+        write_tone(tmp_path / name, seconds)
     summary = _run_all(_audio_spec(tmp_path, n_shards=1), tmp_path / "out")
     ds = xr.open_zarr(summary.store)
     for clip, n in zip(ds["clip"].values, ds["n_frames"].values):
@@ -48,7 +43,7 @@ def test_store__time_coordinate_and_frames_match_durations(tmp_path):
 
 
 def test_store__holds_what_the_model_produced(tmp_path, tiny_model):
-    _write_tone(tmp_path / "a.wav", 2.0)
+    write_tone(tmp_path / "a.wav", 2.0)
     spec = _audio_spec(tmp_path, n_shards=1)
     summary = _run_all(spec, tmp_path / "out")
     manifest = Manifest.from_json(f"{summary.root}/manifest.json")
@@ -62,7 +57,7 @@ def test_store__holds_what_the_model_produced(tmp_path, tiny_model):
 
 def test_run__resumed_after_crash_equals_uninterrupted(tmp_path, monkeypatch):
     for i, seconds in enumerate([1.5, 2.0, 2.5, 3.0, 1.2]):
-        _write_tone(tmp_path / f"{i}.wav", seconds, freq=200 + 50 * i)
+        write_tone(tmp_path / f"{i}.wav", seconds, freq_hz=200 + 50 * i)
     spec = _audio_spec(tmp_path, n_shards=2)
     clean = _run_all(spec, tmp_path / "clean")
 
@@ -96,10 +91,10 @@ def test_run__resumed_after_crash_equals_uninterrupted(tmp_path, monkeypatch):
 
 def test_run__bad_clip_does_not_sink_the_others(tmp_path):
     for i in range(3):
-        _write_tone(tmp_path / f"{i}.wav", 2.0, freq=300 + 40 * i)
+        write_tone(tmp_path / f"{i}.wav", 2.0, freq_hz=300 + 40 * i)
     spec = _audio_spec(tmp_path, n_shards=1)
     prepared = run.prepare_run(spec, str(tmp_path / "out"))
-    _write_tone(tmp_path / "1.wav", 2.0, freq=999)  # the file changed after planning
+    write_tone(tmp_path / "1.wav", 2.0, freq_hz=999)  # the file changed after planning
     result = run.capture_shard(spec.model, spec.capture, prepared.paths, 0)
     assert len(result.captured) == 2 and len(result.failed) == 1
     (clip, reason), = result.failed.items()
@@ -112,8 +107,8 @@ def test_run__bad_clip_does_not_sink_the_others(tmp_path):
 def test_run__labels_in_the_store_are_the_annotation_of_the_clip(tmp_path):
     from musicinterp.annotate import annotate, label_schema
 
-    _write_tone(tmp_path / "quiet.wav", 3.0)
-    sf.write(tmp_path / "silent.wav", np.zeros(3 * 32000, dtype=np.float32), 32000)
+    write_tone(tmp_path / "quiet.wav", 3.0)
+    write_wav(tmp_path / "silent.wav", np.zeros(3 * 32000, dtype=np.float32))
     spec = RunSpec(name="lab", slice={"sources": [{"kind": "synthetic", "n_pieces": 1, "duration_s": 8.0},
                                                   {"kind": "audio_dir", "path": str(tmp_path)}], "n_shards": 1})
     summary = _run_all(spec, tmp_path / "out")
