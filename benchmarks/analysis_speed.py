@@ -6,8 +6,9 @@ Writes a store in the run-store schema (tests/analysis_factories.py; AR(1) activ
 layer 1), then times (a) the baseline: reading every selected clip's residual stream once, one clip and one
 layer at a time, cast to float32 (what any analysis must at least do); (b) the reduction of every layer
 (:func:`reduce_layer`: read + project + subsample); (c) the probe grid (every layer x target, real analysis
-and shifted-labels control, permutation tests included) and the report. Prints each time and its ratio
-to (a). Threads pinned to one.
+and shifted-labels control, permutation tests included) and the report, once per estimator (the default
+ridge probe at full width and the first wave's logistic probe), each with exactly ``--permutations`` draws.
+Prints each time and its ratio to (a). Threads pinned to one.
 """
 
 from __future__ import annotations
@@ -52,9 +53,10 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=4, help="decoder layers (layer 0 is added)")
     ap.add_argument("--permutations", type=int, default=99)
+    ap.add_argument("--estimators", nargs="+", default=["ridge", "logistic"])
     args = ap.parse_args()
     spec = AnalysisSpec(targets=["rec_within_2s", "rec_within_4s", "res_within_2s"],
-                        n_permutations=args.permutations)
+                        n_permutations=args.permutations, max_permutations=args.permutations, sequential_h=0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t = time.perf_counter()
@@ -70,22 +72,29 @@ def main() -> None:
         labels = load_labels(store, spec, tmp / "labels.npz")
         reduced = [reduce_layer(store, layer, spec, tmp / f"l{layer}.npz") for layer in layers]
         t_reduce = time.perf_counter() - t
-        t = time.perf_counter()
-        rows = []
-        for r in reduced:
-            for target in spec.targets:
-                for control in ("none", "shifted-labels"):
-                    rows += probe_layer_target(str(r), str(labels), target, spec, control)
-        df = finalize(rows, spec, tmp / "out", "random")
-        t_probe = time.perf_counter() - t
+        t_probe = {}
+        for est in args.estimators:
+            spec_e = spec.model_copy(update={"estimator": est})
+            t = time.perf_counter()
+            rows = []
+            for r in reduced:
+                for target in spec.targets:
+                    for control in ("none", "shifted-labels"):
+                        rows += probe_layer_target(str(r), str(labels), target, spec_e, control)
+            df = finalize(rows, spec_e, tmp / f"out_{est}", "random")
+            t_probe[est] = time.perf_counter() - t
+            sig = int(((df.control == "none") & (df.metric == "auroc") & (df.q_value < 0.05)).sum())
+            print(f"  {est}: {t_probe[est]:.1f} s, significant cells (q < 0.05, none, auroc): {sig}", flush=True)
     n_probe = len(layers) * len(spec.targets) * 2
     print(f"(a) read activations once ({nbytes / 2**20:.0f} MB as float32): {t_read:8.2f} s   1.00x")
     print(f"(b) load labels + reduce {len(layers)} layers:              {t_reduce:8.2f} s   "
           f"{t_reduce / t_read:6.2f}x")
-    print(f"(c) probe grid ({n_probe} layer x target x control, {args.permutations} permutations each) + report: "
-          f"{t_probe:8.2f} s   {t_probe / t_read:6.1f}x   ({t_probe / n_probe:.2f} s per probe)")
-    print(f"significant cells (q < 0.05, control none, auroc): "
-          f"{int(((df.control == 'none') & (df.metric == 'auroc') & (df.q_value < 0.05)).sum())}")
+    for est, tp in t_probe.items():
+        print(f"(c) {est} probe grid ({n_probe} layer x target x control, {args.permutations} permutations each) + "
+              f"report: {tp:8.2f} s   {tp / t_read:6.1f}x   ({tp / n_probe:.2f} s per probe)")
+    if len(t_probe) == 2:
+        a, b = list(t_probe)
+        print(f"{b} / {a}: {t_probe[b] / t_probe[a]:.1f}x")
 
 
 if __name__ == "__main__":

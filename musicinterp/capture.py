@@ -67,7 +67,8 @@ def delayed_decoder_input(loaded: LoadedModel, codes: torch.Tensor) -> torch.Ten
     k, t = codes.shape
     start = torch.full((k, 1), PAD_TOKEN_ID, dtype=torch.long, device=codes.device)
     prompt = torch.cat([start, codes.long()], dim=1)  # (K, T + 1)
-    full, _ = loaded.model.decoder.build_delay_pattern_mask(prompt, PAD_TOKEN_ID, max_length=t + k)
+    # transformers returns the prompt undelayed when max_length < 2K - 1 (here: fewer than K - 1 frames)
+    full, _ = loaded.model.decoder.build_delay_pattern_mask(prompt, PAD_TOKEN_ID, max_length=max(t + k, 2 * k - 1))
     return full[:, : t + 1]
 
 

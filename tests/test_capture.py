@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from musicinterp.capture import capture_codes, delayed_decoder_input, encode_audio
 from musicinterp.config import CaptureSpec
@@ -84,6 +86,21 @@ def test_capture__matches_generation_step_by_step(tiny_model):
         # next-code logits at every decoder step 0..t
         gen_logits = torch.stack([lg.reshape(2, k, -1)[row] for lg in out.logits[: t + 1]]).numpy()
         np.testing.assert_allclose(cap.logits, gen_logits, rtol=1e-4, atol=1e-4, err_msg=half)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 80), st.integers(0, 2**31 - 1))
+def test_delay_pattern__step_s_holds_codebook_k_of_frame_s_minus_k_minus_1(tiny_model, n_frames, seed):
+    """The documented mapping (frames.py), brute-forced cell by cell: pad where the frame does not exist."""
+    k = tiny_model.num_codebooks
+    codes = torch.randint(0, PAD_TOKEN_ID, (k, n_frames), generator=torch.Generator().manual_seed(seed))
+    expected = torch.full((k, n_frames + 1), PAD_TOKEN_ID, dtype=torch.long)
+    for codebook in range(k):
+        for step in range(n_frames + 1):
+            frame = step - codebook - 1
+            if frame >= 0:
+                expected[codebook, step] = codes[codebook, frame]
+    assert torch.equal(delayed_decoder_input(tiny_model, codes), expected)
 
 
 @pytest.mark.parametrize("t_change", [0, 1, 7, 19])

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from factories import tone, write_tone
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from musicinterp.config import SliceSpec
 from musicinterp.frames import SAMPLE_RATE_HZ as SR
@@ -82,6 +86,70 @@ def test_slice__more_shards_than_clips_gives_one_clip_per_shard():
 def test_deal__longest_first_to_least_loaded():
     # 5 -> shard 0; 3 -> shard 1; 3 -> shard 1 (3 < 5); 1 -> shard 0 (5 < 6)
     assert _deal([1, 5, 3, 3], 2) == [0, 0, 1, 1]
+
+
+# ---- the dealing, against brute force ---------------------------------------------------------------------
+CLIP_DURATIONS = st.lists(st.integers(1, 3000).map(lambda cs: cs / 100), max_size=40)  # 0.01-30 s, as cut
+
+
+def _deal_by_hand(durations: list[float], n_shards: int) -> list[int]:
+    """The documented rule, spelled out: longest first (ties: earlier clip), to the least-loaded shard
+    (ties: lowest shard)."""
+    loads = [0.0] * n_shards
+    shard_of = [0] * len(durations)
+    for i in sorted(range(len(durations)), key=lambda i: (-durations[i], i)):
+        s = min(range(n_shards), key=lambda s: (loads[s], s))
+        shard_of[i] = s
+        loads[s] += durations[i]
+    return shard_of
+
+
+def _loads(durations: list[float], shard_of: list[int] | tuple[int, ...], n_shards: int) -> list[float]:
+    loads = [0.0] * n_shards
+    for d, s in zip(durations, shard_of):
+        loads[s] += d
+    return loads
+
+
+@settings(max_examples=200, deadline=None)
+@given(CLIP_DURATIONS, st.integers(1, 12))
+def test_deal__matches_the_rule_by_hand_and_is_deterministic(durations, n_shards):
+    shards = _deal(durations, n_shards)
+    assert shards == _deal_by_hand(durations, n_shards)
+    assert _deal(list(durations), n_shards) == shards
+
+
+@settings(max_examples=200, deadline=None)
+@given(CLIP_DURATIONS, st.integers(1, 12))
+def test_deal__every_clip_in_one_shard_and_no_shard_empty(durations, n_shards):
+    n_shards = max(1, min(n_shards, len(durations)))  # as plan_slice does
+    shards = _deal(durations, n_shards)
+    assert len(shards) == len(durations) and all(0 <= s < n_shards for s in shards)
+    assert set(shards) == set(range(n_shards)) or not durations
+
+
+@settings(max_examples=200, deadline=None)
+@given(CLIP_DURATIONS.filter(bool), st.integers(1, 12))
+def test_deal__shard_times_differ_by_at_most_the_longest_clip(durations, n_shards):
+    loads = _loads(durations, _deal(durations, n_shards), n_shards)
+    assert max(loads) - min(loads) <= max(durations) + 1e-9
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 50), st.floats(0.5, 30.0), st.integers(1, 12))
+def test_deal__equal_clips_split_evenly(n_clips, seconds, n_shards):
+    counts = np.bincount(_deal([seconds] * n_clips, n_shards), minlength=n_shards)
+    assert counts.max() - counts.min() <= 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(1, 3000).map(lambda cs: cs / 100), min_size=1, max_size=7), st.integers(2, 3))
+def test_deal__longest_shard_within_graham_bound_of_the_best_split(durations, n_shards):
+    """Longest-first greedy is within 4/3 - 1/(3m) of the best split (Graham 1969); the best by trying all."""
+    longest = max(_loads(durations, _deal(durations, n_shards), n_shards))
+    best = min(max(_loads(durations, split, n_shards))
+               for split in itertools.product(range(n_shards), repeat=len(durations)))
+    assert longest <= (4 / 3 - 1 / (3 * n_shards)) * best + 1e-9
 
 
 def test_slice__duplicate_sources_get_distinct_clip_ids(tmp_path):

@@ -163,3 +163,59 @@ def validate_recurrence(clips: Iterable[tuple[str, np.ndarray, Sequence[dict]]],
         "no_return_positive_rate": null.summary()["positive_frame_rate"],
         "failures": failures,
     }
+
+
+def lag_metrics(s: RecurrenceScore) -> dict:
+    """The lag-exact view of a :class:`RecurrenceScore`: a frame is found only when its true next lag is
+    reported within ``LAG_TOLERANCE_S``.
+
+    ``lag_recall`` = lag-correct frames / frames with a true lag; ``spurious_rate`` = positive frames
+    without a true lag / scored frames; ``lag_precision`` = lag-correct frames / positive frames;
+    ``lag_f1`` their harmonic mean (``f1`` of :meth:`RecurrenceScore.summary` counts a positive with a
+    wrong lag as correct).
+    """
+    lag_r = s.lag_ok / max(s.tp + s.fn, 1)
+    lag_p = s.lag_ok / max(s.tp + s.fp, 1)
+    return {
+        **s.summary(),
+        "lag_recall": round(lag_r, 4),
+        "lag_precision": round(lag_p, 4),
+        "lag_f1": round(2 * lag_p * lag_r / max(lag_p + lag_r, 1e-12), 4),
+        "spurious_rate": round(s.fp / max(s.frames, 1), 4),
+    }
+
+
+def score_splice(
+    labels: dict[str, np.ndarray], bounds_s: Sequence[float], returns: Sequence[dict], nxt: RecurrenceScore
+) -> dict:
+    """Score a spliced clip (segments ``[bounds_s[k], bounds_s[k+1])``) *across segments* only.
+
+    The splice's truth says where X returns (``returns``: X at X') and that nothing else recurs
+    across segments (they come from different recordings); what recurs inside one segment of a
+    recording is not known. So a frame whose reported next occurrence lies in its own segment is not
+    scored; a frame of a returning X with no report, or a report outside its return, is a miss; a
+    report across segments anywhere else is spurious. Frames within ``EDGE_TOLERANCE_S`` of a
+    segment boundary are not scored. Adds to ``nxt`` and returns this clip's counts.
+    """
+    from musicinterp.annotate.truth import EDGE_TOLERANCE_S
+
+    n = len(labels["time"])
+    t = np.arange(n) / FRAME_RATE_HZ
+    edges = np.asarray(bounds_s, dtype=np.float64)
+    seg_t = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
+    lag = labels["rec_lag_next_s"].astype(np.float64)
+    valid = labels["rec_lag_next_s_valid"].astype(bool)
+    seg_u = np.clip(np.searchsorted(edges, t + lag, side="right") - 1, 0, len(edges) - 2)
+    within = valid & (seg_u == seg_t)
+    true_lag = truth_lags(returns, n)[0] if returns else np.full(n, np.nan)
+    skip = within | (np.abs(t[:, None] - edges[None, 1:-1]) < EDGE_TOLERANCE_S).any(axis=1)
+    before = RecurrenceScore(**asdict(nxt))
+    nxt.add(lag, valid & ~within, true_lag, skip)
+    return {
+        "tp": nxt.tp - before.tp,
+        "fp": nxt.fp - before.fp,
+        "fn": nxt.fn - before.fn,
+        "lag_ok": nxt.lag_ok - before.lag_ok,
+        "frames": nxt.frames - before.frames,
+        "within_segment": int(within.sum()),
+    }

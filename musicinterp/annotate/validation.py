@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -436,6 +437,273 @@ def validation_markdown(result: dict) -> str:
                 f"{_f(c['prev_f1'])} | {_f(c['positive_frame_rate'], True)} | "
                 f"{c['events']} ({c['events_on_fermata']}) / {c['fermatas']} | {_f(c['strain_r'])} |"
             )
+    if result["failures"]:
+        lines += ["", "## Failures", ""] + [f"- {f['item']}: {f['problem']}" for f in result["failures"]]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- families beyond the project's own pieces
+
+FAMILY_TARGETS = (  # (metric of scoring.lag_metrics, comparison, threshold): the issue's bar for music not ours
+    ("lag_recall", ">=", 0.70),
+    ("spurious_rate", "<=", 0.10),
+)
+SPLICE = "splice"  # the family of X|Y|X' splices of recorded music (families.splice_items)
+
+
+@dataclass(frozen=True)
+class EvalClip:
+    """A clip with exact recurrence truth: a rendered corpus piece, or a splice (``bounds_s`` set)."""
+
+    family: str
+    item: str
+    samples: np.ndarray
+    returns: list
+    bounds_s: list | None
+    meta: dict
+
+
+def family_clips(
+    families: Sequence[str],
+    n_dev: int,
+    n_held: int,
+    *,
+    n_splice: int = 0,
+    n_unrelated: int = 0,
+    splice_seed: int = 0,
+    progress: Callable[[str, int, int, str], None] | None = None,
+) -> dict[str, list[EvalClip]]:
+    """The clips of each family in ``families`` (names of ``families.FAMILIES`` and/or ``"splice"``),
+    split ``{"dev": [...], "held": [...]}``: ``n_dev`` / ``n_held`` pieces of each corpus family
+    (:func:`musicinterp.annotate.families.family_items`), and per split ``n_splice`` X|Y|X' and
+    ``n_unrelated`` X|Y|Z' splices from that split's tracks (:func:`~musicinterp.annotate.families.splice_items`)."""
+    from musicinterp.annotate import families as fam
+
+    out: dict[str, list[EvalClip]] = {"dev": [], "held": []}
+    for name in families:
+        if name == SPLICE:
+            for split in ("dev", "held"):
+                for c in fam.splice_items(n_splice, n_unrelated, split, seed=splice_seed):
+                    out[split].append(EvalClip(SPLICE, c.item, c.samples, c.returns, c.bounds_s, c.meta()))
+                if progress is not None:
+                    progress(SPLICE, len(out[split]), 0, split)
+            continue
+        dev, held = fam.family_items(name, n_dev, n_held, log_progress=progress)
+        for split, clips in (("dev", dev), ("held", held)):
+            out[split] += [EvalClip(name, c.item, c.samples, c.returns, None, c.meta()) for c in clips]
+    return out
+
+
+def recurrence_features(samples: np.ndarray, spec: AnnotationSpec, clip_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """The HPCP and the tonal-presence mask that :func:`musicinterp.annotate.annotate` computes (so
+    that several settings can be scored without recomputing the features)."""
+    from musicinterp.annotate import recurrence
+    from musicinterp.annotate.features import compute_features
+    from musicinterp.annotate.labels import prepare_samples
+
+    f = compute_features(prepare_samples(samples, spec, clip_id))
+    return f.hpcp, recurrence.tonal_presence(f.peak_energy)
+
+
+def recurrence_lags(hpcp: np.ndarray, present: np.ndarray, spec: AnnotationSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Next and previous lags in frames (-1 = none) as :func:`annotate` finds them, *before* the
+    minimum-run rule (apply :func:`with_min_run`); the expensive part of a settings search."""
+    from musicinterp.annotate import recurrence
+
+    x = recurrence.embed(hpcp, present, spec, causal=False)
+    rec = recurrence.detect(x, spec.model_copy(update={"min_run_s": 0.0}))
+    return rec.next_lag, rec.prev_lag
+
+
+def with_min_run(next_lag: np.ndarray, prev_lag: np.ndarray, min_run_s: float) -> dict[str, np.ndarray]:
+    """The recurrence labels (``rec_lag_next_s``/``rec_lag_prev_s`` and their ``_valid``) after the
+    minimum-run rule, exactly as :func:`annotate` returns them."""
+    from musicinterp.annotate.recurrence import keep_runs
+    from musicinterp.frames import frames_of
+
+    run = frames_of(min_run_s) if min_run_s > 0 else 1
+    lab = {"time": np.arange(len(next_lag)) / FRAME_RATE_HZ}
+    for name, lag in (("rec_lag_next_s", keep_runs(next_lag, run)), ("rec_lag_prev_s", keep_runs(prev_lag, run))):
+        ok = lag > 0
+        lab[name] = np.where(ok, lag / FRAME_RATE_HZ, 0.0).astype(np.float32)
+        lab[name + "_valid"] = ok
+    return lab
+
+
+def score_family_clips(clips: Sequence[EvalClip], labels: Sequence[dict[str, np.ndarray]]) -> dict[str, dict]:
+    """Per family: the pooled next-lag scores (:func:`~musicinterp.annotate.scoring.lag_metrics`) and
+    per-clip rows. Corpus pieces are scored against their returns on every frame
+    (:func:`~musicinterp.annotate.scoring.score_clip`); splices across segments only
+    (:func:`~musicinterp.annotate.scoring.score_splice`), with the return splices and the unrelated
+    ones also pooled apart."""
+    from musicinterp.annotate.scoring import lag_metrics, score_splice
+
+    acc: dict[str, dict] = {}
+    for clip, lab in zip(clips, labels):
+        d = acc.setdefault(clip.family, {"next": RecurrenceScore(), "prev": RecurrenceScore(), "per_clip": []})
+        if clip.bounds_s is None:
+            one_n, one_p = RecurrenceScore(), RecurrenceScore()
+            score_clip(lab, clip.returns, one_n, one_p)
+            score_clip(lab, clip.returns, d["next"], d["prev"])
+            row = {k: v for k, v in lag_metrics(one_n).items() if k in ("tp", "fp", "fn", "lag_ok", "frames")}
+        else:
+            kind = "return" if clip.returns else "unrelated"
+            sub = d.setdefault(kind, RecurrenceScore())
+            score_splice(lab, clip.bounds_s, clip.returns, sub)
+            row = score_splice(lab, clip.bounds_s, clip.returns, d["next"])
+            row["kind"] = kind
+        row["lag_recall"] = round(row["lag_ok"] / max(row["tp"] + row["fn"], 1), 4) if row["tp"] + row["fn"] else None
+        row["spurious_rate"] = round(row["fp"] / max(row["frames"], 1), 4)
+        d["per_clip"].append({"item": clip.item, **clip.meta, **row})
+    out = {}
+    for fam_name, d in acc.items():
+        out[fam_name] = {"n_clips": len(d["per_clip"]), "next": lag_metrics(d["next"]), "per_clip": d["per_clip"]}
+        if d["prev"].frames:
+            out[fam_name]["prev"] = lag_metrics(d["prev"])
+        for kind in ("return", "unrelated"):
+            if kind in d:
+                out[fam_name][kind] = lag_metrics(d[kind])
+                out[fam_name][f"n_{kind}"] = sum(r.get("kind") == kind for r in d["per_clip"])
+        if fam_name == SPLICE and "return" in d:
+            rows = [r for r in d["per_clip"] if r.get("kind") == "return"]
+            out[fam_name]["returns_found"] = round(sum(r["lag_ok"] > 0 for r in rows) / max(len(rows), 1), 4)
+    return out
+
+
+def family_targets(families: dict[str, dict]) -> list[dict]:
+    rows = []
+    for name, d in families.items():
+        for metric, op, thr in FAMILY_TARGETS:
+            value = d["next"][metric]
+            measured = metric != "lag_recall" or d["next"]["tp"] + d["next"]["fn"] > 0
+            ok = None if not measured else (value >= thr if op == ">=" else value <= thr)
+            rows.append({"family": name, "metric": metric, "value": value if measured else None, "op": op,
+                         "threshold": thr, "pass": ok})
+    return rows
+
+
+def run_families(
+    families: Sequence[str],
+    n_dev: int,
+    n_held: int,
+    split: str = "held",
+    spec: AnnotationSpec | None = None,
+    *,
+    n_splice: int = 0,
+    n_unrelated: int = 0,
+    splice_seed: int = 0,
+    clips: dict[str, list[EvalClip]] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> dict:
+    """Score the recurrence labels on the ``split`` ('dev' or 'held') clips of ``families``; returns a
+    JSON-able report with the per-family numbers and :data:`FAMILY_TARGETS`. ``clips`` (from
+    :func:`family_clips`) skips the rendering. The labels are :func:`annotate`'s (recomputed through
+    :func:`recurrence_features` / :func:`recurrence_lags` / :func:`with_min_run`, which skip the
+    tension; a test checks they are identical)."""
+    import time
+
+    from musicinterp import __version__
+    from musicinterp.annotate import families as fam
+    from musicinterp.config import AnnotationSpec
+    from musicinterp.sources.base import ClipError
+
+    if split not in ("dev", "held"):
+        raise ValueError(f"run_families: split must be 'dev' or 'held', got {split!r}")
+    spec = spec or AnnotationSpec()
+    t0 = time.perf_counter()
+    if clips is None:
+        clips = family_clips(families, n_dev, n_held, n_splice=n_splice, n_unrelated=n_unrelated,
+                             splice_seed=splice_seed)
+    todo = [c for c in clips[split] if c.family in families]
+    kept, labels, failures = [], [], []
+    for i, c in enumerate(todo):
+        try:
+            hpcp, present = recurrence_features(c.samples, spec, c.item)
+        except ClipError as e:
+            failures.append({"item": e.item, "problem": e.problem})
+        else:
+            labels.append(with_min_run(*recurrence_lags(hpcp, present, spec), spec.min_run_s))
+            kept.append(c)
+        if progress is not None:
+            progress(i + 1, len(todo), c.item)
+    scored = score_family_clips(kept, labels)
+    result = {
+        "title": f"Recurrence labels on music the project did not make ({split} split)",
+        "settings": {
+            "families": list(families),
+            "split": split,
+            "n_dev": n_dev,
+            "n_held": n_held,
+            "n_splice": n_splice,
+            "n_unrelated": n_unrelated,
+            "splice_seed": splice_seed,
+            "family_render": {
+                k: {"collections": list(f.collections), "tempo_bpm": list(f.tempo_bpm),
+                    "timbres": [list(t) for t in f.timbres], "clip_s": f.clip_s, "description": f.description}
+                for k, f in fam.FAMILIES.items() if k in families
+            },
+            "min_returned_s": fam.MIN_RETURNED_S,
+            "held_out_collections_never_used": list(fam.HELD_OUT_COLLECTIONS),
+            "splice": {"lowpass_hz": fam.LOWPASS_HZ, "gain_db": fam.RETURN_GAIN_DB, "snr_db": fam.RETURN_SNR_DB},
+            "edge_tolerance_s": EDGE_TOLERANCE_S,
+            "lag_tolerance_s": LAG_TOLERANCE_S,
+            "annotation_spec": spec.model_dump(mode="json"),
+            "annotation_fingerprint": spec.fingerprint(),
+            "musicinterp_version": __version__,
+        },
+        "families": {k: scored[k] for k in families if k in scored},
+        "failures": failures,
+    }
+    result["targets"] = family_targets(result["families"])
+    measured = [t["pass"] for t in result["targets"] if t["pass"] is not None]
+    result["passed"] = bool(measured) and all(measured)
+    result["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def families_markdown(result: dict) -> str:
+    """A readable report of :func:`run_families` (one row per family)."""
+    s = result["settings"]
+    lines = [
+        f"# {result['title']}",
+        "",
+        f"Annotation settings `{s['annotation_fingerprint']}`, musicinterp {s['musicinterp_version']}; "
+        f"{'all families meet' if result['passed'] else '**not every family meets**'} lag recall >= 0.70 "
+        f"at spurious <= 10%; {result.get('elapsed_s', '?')} s.",
+        "",
+        "| family | clips | lag recall | spurious frames | next P / R / F1 | lag F1 | lag within 0.5 s "
+        "| positive frames |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, d in result["families"].items():
+        n = d["next"]
+        has = n["tp"] + n["fn"] > 0
+        prf = f"{_f(n['precision'])} / {_f(n['recall'])} / {_f(n['f1'])}" if has else "–"
+        lines.append(
+            f"| {name} | {d['n_clips']} | **{_f(n['lag_recall']) if has else '–'}** | "
+            f"**{_f(n['spurious_rate'], True)}** | {prf} | {_f(n['lag_f1']) if has else '–'} | "
+            f"{_f(n['lag_within_0.5s'], True) if has else '–'} | {_f(n['positive_frame_rate'], True)} |"
+        )
+    sp = result["families"].get(SPLICE)
+    if sp:
+        lines += [""]
+        if "return" in sp:
+            r = sp["return"]
+            lines.append(
+                f"Splices X|Y|X' ({sp.get('n_return', 0)}): lag recall {_f(r['lag_recall'])}, spurious "
+                f"{_f(r['spurious_rate'], True)}, returns found (any frame at the right lag) "
+                f"{_f(sp.get('returns_found'), True)}."
+            )
+        if "unrelated" in sp:
+            u = sp["unrelated"]
+            lines.append(
+                f"Unrelated splices X|Y|Z' ({sp.get('n_unrelated', 0)}): spurious cross-segment frames "
+                f"{_f(u['spurious_rate'], True)}."
+            )
+        within = sum(r.get("within_segment", 0) for r in sp["per_clip"])
+        total = sum(r.get("frames", 0) + r.get("within_segment", 0) for r in sp["per_clip"])
+        lines.append(f"Frames not scored because their reported next occurrence lies inside their own segment: "
+                     f"{within} of {total}.")
     if result["failures"]:
         lines += ["", "## Failures", ""] + [f"- {f['item']}: {f['problem']}" for f in result["failures"]]
     return "\n".join(lines) + "\n"

@@ -47,16 +47,21 @@ def _tempo(score, override: float | None) -> float:
 
 def expand(corpus_path: str, tempo_bpm: float | None = None) -> tuple[list[Note], dict, float]:
     """Notes of the repeat-expanded score, its ground truth and its duration in seconds."""
-    score = _parse(corpus_path)
+    return expand_stream(_parse(corpus_path), f"music21:{corpus_path}", tempo_bpm)
+
+
+def expand_stream(score, item: str, tempo_bpm: float | None = None) -> tuple[list[Note], dict, float]:
+    """:func:`expand` of a parsed music21 ``Score`` (e.g. one tune of an ABC collection, which music21
+    parses as an ``Opus``); ``item`` names it in errors."""
     try:
         played = score.expandRepeats()
     except Exception as e:  # noqa: BLE001
-        raise ClipError(f"music21:{corpus_path}", f"cannot expand its repeats: {e}") from e
+        raise ClipError(item, f"cannot expand its repeats: {e}") from e
     bpm = _tempo(score, tempo_bpm)
     sec = 60.0 / bpm  # seconds per quarter note
     parts = list(played.parts)
     if not parts:
-        raise ClipError(f"music21:{corpus_path}", "the score has no parts")
+        raise ClipError(item, "the score has no parts")
     measures = []
     for m in parts[0].getElementsByClass("Measure"):
         start = float(m.offset) * sec
@@ -78,7 +83,7 @@ def expand(corpus_path: str, tempo_bpm: float | None = None) -> tuple[list[Note]
             if any(type(x).__name__ == "Fermata" for x in n.expressions):
                 fermatas.append((round(onset, 6), round(onset + dur, 6)))
     if not notes:
-        raise ClipError(f"music21:{corpus_path}", "the score has no notes")
+        raise ClipError(item, "the score has no notes")
     key = score.analyze("key")
     truth = {
         "measures": measures,
