@@ -7,7 +7,8 @@ layer 1), then times (a) the baseline: reading every selected clip's residual st
 layer at a time, cast to float32 (what any analysis must at least do); (b) the reduction of every layer
 (:func:`reduce_layer`: read + project + subsample); (c) the probe grid (every layer x target, real analysis
 and shifted-labels control, permutation tests included) and the report, once per estimator (the default
-ridge probe at full width and the first wave's logistic probe), each with exactly ``--permutations`` draws.
+ridge probe at full width and the first wave's logistic probe on the 64-wide projection it defaulted to, its
+reduction included in its time), each with exactly ``--permutations`` draws.
 Prints each time and its ratio to (a). Threads pinned to one.
 """
 
@@ -74,10 +75,13 @@ def main() -> None:
         t_reduce = time.perf_counter() - t
         t_probe = {}
         for est in args.estimators:
-            spec_e = spec.model_copy(update={"estimator": est})
+            # each estimator at its own default width: ridge at full width, the first wave's logistic at 64
+            spec_e = spec.model_copy(update={"estimator": est, "reduced_width": None if est == "ridge" else 64})
             t = time.perf_counter()
             rows = []
-            for r in reduced:
+            files = reduced if est == "ridge" else [
+                reduce_layer(store, layer, spec_e, tmp / f"l{layer}_{est}.npz") for layer in layers]
+            for r in files:
                 for target in spec.targets:
                     for control in ("none", "shifted-labels"):
                         rows += probe_layer_target(str(r), str(labels), target, spec_e, control)

@@ -41,4 +41,3 @@ def train_toy_flow(spec: ToySpec = ToySpec(), out: str = DEFAULT_OUT, random_out
                             f"(trained {report['trained']}, random {report['random']}); try more steps")
     get_run_logger().info("toy model saved to %s (weights: trained-here)", report["out_dir"])
     return report
-

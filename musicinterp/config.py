@@ -151,12 +151,16 @@ SourceSpec = Annotated[
 ]
 
 
+def _default_sources() -> list[SourceSpec]:
+    return [SyntheticSource()]
+
+
 class SliceSpec(Spec):
     """The benchmark slice: which clips, how long, how many shards."""
 
     name: str = Field("demo", description="Name of the slice; used in run names.")
     sources: list[SourceSpec] = Field(
-        default_factory=lambda: [SyntheticSource()], description="Where the clips come from."
+        default_factory=_default_sources, description="Where the clips come from."
     )
     clip_s: float = Field(
         CLIP_MAX_S, gt=0, le=CLIP_MAX_S,

@@ -214,7 +214,7 @@ def _local_checkpoint(spec: ModelSpec) -> _LocalCheckpoint:
     if not path.is_dir():
         raise ModelLoadError(f"model directory {spec.name!r} does not exist")
     meta = read_checkpoint_meta(path)
-    weights = "trained-here" if spec.weights == "trained-here" else meta.get("weights", "pretrained")
+    weights: WeightsKind = "trained-here" if spec.weights == "trained-here" else meta.get("weights", "pretrained")
     # a folder's name says nothing about what is in it: the store records the weights' digest, so a
     # retrained checkpoint at the same path is never resumed into activations of the old one
     revision = f"{meta.get('revision', 'local')}+sha256:{weights_digest(path)}"
@@ -227,7 +227,7 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
         model = build_offline(spec.name, spec.seed)
         loaded = LoadedModel(model, None, f"offline/{spec.name}", f"seed-{spec.seed}", "random")
     elif spec.source == "hub":
-        loaded = _load_pretrained(spec.name, spec.revision, weights="pretrained")
+        loaded = _load_pretrained(spec.name, _hub_revision(spec), weights="pretrained")
     else:
         ckpt = _local_checkpoint(spec)
         loaded = _load_pretrained(str(ckpt.path), ckpt.load_revision, weights=ckpt.weights)
@@ -250,7 +250,7 @@ def describe_model(spec: ModelSpec) -> dict[str, Any]:
         config = _offline_config(spec.name)
         model_id, revision, weights = f"offline/{spec.name}", f"seed-{spec.seed}", "random"
     elif spec.source == "hub":
-        config = _pretrained_config(spec.name, spec.revision)
+        config = _pretrained_config(spec.name, _hub_revision(spec))
         model_id, weights = spec.name, "pretrained"
         revision = getattr(config, "_commit_hash", None) or spec.revision or "local"
     else:
@@ -270,7 +270,14 @@ def describe_model(spec: ModelSpec) -> dict[str, Any]:
     }
 
 
-def _pretrained_config(name: str, revision: str | None):
+def _hub_revision(spec: ModelSpec) -> str:
+    """The revision of a Hub model; ModelSpec's validation already refuses a Hub model without one."""
+    if not spec.revision:
+        raise ModelLoadError(f"model {spec.name!r}: a Hub model needs an explicit revision (a commit sha or tag)")
+    return spec.revision
+
+
+def _pretrained_config(name: str, revision: str):
     from transformers import MusicgenConfig
 
     try:
@@ -282,7 +289,7 @@ def _pretrained_config(name: str, revision: str | None):
         ) from e
 
 
-def _load_pretrained(name: str, revision: str | None, weights: WeightsKind) -> LoadedModel:
+def _load_pretrained(name: str, revision: str, weights: WeightsKind) -> LoadedModel:
     from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
     try:

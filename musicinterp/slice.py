@@ -107,6 +107,8 @@ def _cut(track: Track, spec: SliceSpec) -> Iterator[tuple[float, np.ndarray]]:
     """(offset s, samples) windows of at most ``clip_s``; a tail shorter than ``min_clip_s`` is dropped."""
     step = int(round(spec.clip_s * SAMPLE_RATE_HZ))
     x = track.samples
+    if x is None:  # every planner decodes its tracks; a new one that does not is a bug, named here
+        raise ValueError(f"{track.source_id}: the source planned a track without its samples")
     if len(x) == 0:
         yield 0.0, x  # so that the check names the empty input
         return

@@ -187,15 +187,20 @@ def permutation_test(observed: dict[str, float], stat_fn: Callable[[list[np.ndar
 
 
 def circular_shift_index(clip: np.ndarray, min_shift: int, rng: np.random.Generator) -> np.ndarray:
-    """Each clip's rows circularly shifted by a uniform offset in [min_shift, n - min_shift] (any non-zero offset
-    for a clip shorter than 2 x min_shift + 1 rows): the shifted-labels control, one draw, never a test."""
+    """Every clip's rows circularly shifted by one seeded offset in [min_shift, n - min_shift] of the shortest
+    clip long enough for it (clips shorter than 2 x min_shift + 1 rows: the offset modulo their length): the
+    shifted-labels control, one draw, never a test. One offset for all clips keeps clips of equal length
+    aligned with each other, so their label windows still share a permutation class after the shift."""
     perm = np.arange(len(clip))
     starts = np.flatnonzero(np.r_[True, clip[1:] != clip[:-1]])
     ends = np.r_[starts[1:], len(clip)]
+    lengths = ends - starts
+    long_enough = lengths[lengths >= 2 * min_shift + 1]
+    n_ref = int(long_enough.min()) if len(long_enough) else int(lengths.max())
+    lo, hi = (min_shift, n_ref - min_shift) if len(long_enough) else (1, max(1, n_ref - 1))
+    off = int(rng.integers(lo, hi + 1))
     for s, e in zip(starts.tolist(), ends.tolist()):
         n = e - s
-        if n < 2:
-            continue
-        lo, hi = (min_shift, n - min_shift) if n >= 2 * min_shift + 1 else (1, n - 1)
-        perm[s:e] = s + (np.arange(n) + int(rng.integers(lo, hi + 1))) % n
+        if n >= 2:
+            perm[s:e] = s + (np.arange(n) + off) % n
     return perm

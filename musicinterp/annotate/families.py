@@ -89,15 +89,6 @@ FAMILIES: dict[str, Family] = {
             30.0,
         ),
         Family(
-            "essen",
-            "Essen folk-song collection (German and other European songs): one melody line",
-            ("essenFolksong",),
-            True,
-            (80.0, 140.0),
-            SOLO,
-            30.0,
-        ),
-        Family(
             "classical",
             "Mozart, Haydn and Beethoven movements (string quartets, a sonata): four or more parts",
             ("mozart", "haydn", "beethoven"),
@@ -128,7 +119,7 @@ def _corpus_paths(collections: tuple[str, ...]) -> list[str]:
     return sorted(out)
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)  # an ABC collection parses into one Opus of hundreds of tunes: keep a few
 def _parse(path: str):
     from music21 import corpus
 
@@ -407,8 +398,10 @@ def splice_items(
             continue
         if sx is None or sy is None or (unrelated and sz is None):
             continue
-        samples, returns, bounds = splice(sx[0], sy[0], sz[0] if unrelated else None, seed=int(rng.integers(2**31)))
-        segs = [(tx, sx), (ty, sy)] + ([(tz, sz)] if unrelated else [(tx, sx)])
+        # sz is None exactly when the third segment is the return (not unrelated)
+        samples, returns, bounds = splice(sx[0], sy[0], sz[0] if sz is not None else None,
+                                          seed=int(rng.integers(2**31)))
+        segs = [(tx, sx), (ty, sy), (tz, sz) if sz is not None else (tx, sx)]
         meta = [
             {
                 "package": t["package"],

@@ -38,14 +38,14 @@ def plot_annotation(ann: Annotation, path: str | Path, title: str = "", truth: l
     ax0.scatter(t[ok], t[ok] + lab["rec_lag_next_s"][ok], s=2, c="tab:red", label="next recurrence")
     okp = lab["rec_lag_prev_s_valid"]
     ax0.scatter(t[okp], t[okp] - lab["rec_lag_prev_s"][okp], s=2, c="tab:blue", label="previous occurrence")
-    for r in truth or []:
+    for i, r in enumerate(truth or []):
         ax0.plot(
             [r["source_start_s"], r["source_end_s"]],
             [r["start_s"], r["end_s"]],
             c="tab:green",
             lw=1,
             ls="--",
-            label="ground truth" if r is truth[0] else None,
+            label="ground truth" if i == 0 else None,
         )
     ax0.set(
         xlabel="time t (s)",

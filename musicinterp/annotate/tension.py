@@ -100,7 +100,7 @@ def components(f: Features, spec: AnnotationSpec) -> tuple[dict[str, np.ndarray]
 def composite(comps: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
     tot = sum(weights.get(k, 0.0) for k in comps)
     mix = sum(weights.get(k, 0.0) * _z(v) for k, v in comps.items()) / tot
-    return _z(mix)
+    return _z(np.asarray(mix))
 
 
 def resolutions(tension: np.ndarray, spec: AnnotationSpec) -> np.ndarray:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -319,7 +319,7 @@ def run_validation(
         },
         "per_clip": per_chorale,
     }
-    result = {
+    result: dict[str, Any] = {
         "title": "Annotation validation on musicinterp's own sources",
         "settings": {
             "n_synthetic": n_synthetic,
@@ -522,12 +522,44 @@ def with_min_run(next_lag: np.ndarray, prev_lag: np.ndarray, min_run_s: float) -
     from musicinterp.frames import frames_of
 
     run = frames_of(min_run_s) if min_run_s > 0 else 1
-    lab = {"time": np.arange(len(next_lag)) / FRAME_RATE_HZ}
+    lab: dict[str, np.ndarray] = {"time": np.arange(len(next_lag)) / FRAME_RATE_HZ}
     for name, lag in (("rec_lag_next_s", keep_runs(next_lag, run)), ("rec_lag_prev_s", keep_runs(prev_lag, run))):
         ok = lag > 0
         lab[name] = np.where(ok, lag / FRAME_RATE_HZ, 0.0).astype(np.float32)
         lab[name + "_valid"] = ok
     return lab
+
+
+SHORT_STRETCH_S = 2.0  # a true lag held for less than this is a "short" return (the default path / run length)
+
+
+def miss_breakdown(labels: dict[str, np.ndarray], returns: Sequence[dict]) -> dict[str, int]:
+    """Where the lag-exact misses of a scored piece lie: frames with a true next lag, split by the length
+    of the stretch over which that true lag holds (< ``SHORT_STRETCH_S``: a measure or two recurring at
+    their own lag, e.g. a phrase written out twice; otherwise a returning passage), and, for the
+    misses, whether nothing was reported or a shorter / longer lag than the truth's."""
+    from musicinterp.annotate.truth import truth_lags
+
+    n = len(labels["time"])
+    t_next, _, skip = truth_lags(returns, n)
+    has = np.isfinite(t_next)
+    # stretches of one true lag: consecutive frames with a lag that moves by < 1 frame per frame
+    same = np.zeros(n, dtype=bool)
+    same[1:] = has[1:] & has[:-1] & (np.abs(np.nan_to_num(t_next[1:] - t_next[:-1])) < 1.0 / FRAME_RATE_HZ)
+    ids = np.cumsum(~same)  # a new stretch starts wherever a frame does not continue the one before
+    stretch = np.bincount(ids)[ids] / FRAME_RATE_HZ
+    gt = has & ~skip
+    pred = labels["rec_lag_next_s_valid"].astype(bool)
+    err = labels["rec_lag_next_s"].astype(np.float64) - np.nan_to_num(t_next)
+    ok = gt & pred & (np.abs(err) <= LAG_TOLERANCE_S)
+    out = {}
+    for name, sel in (("short", gt & (stretch < SHORT_STRETCH_S)), ("long", gt & (stretch >= SHORT_STRETCH_S))):
+        out[f"{name}_frames"] = int(sel.sum())
+        out[f"{name}_found"] = int((sel & ok).sum())
+        out[f"{name}_none"] = int((sel & ~pred).sum())
+        out[f"{name}_shorter_lag"] = int((sel & pred & ~ok & (err < 0)).sum())
+        out[f"{name}_longer_lag"] = int((sel & pred & ~ok & (err > 0)).sum())
+    return out
 
 
 def score_family_clips(clips: Sequence[EvalClip], labels: Sequence[dict[str, np.ndarray]]) -> dict[str, dict]:
@@ -546,6 +578,8 @@ def score_family_clips(clips: Sequence[EvalClip], labels: Sequence[dict[str, np.
             score_clip(lab, clip.returns, one_n, one_p)
             score_clip(lab, clip.returns, d["next"], d["prev"])
             row = {k: v for k, v in lag_metrics(one_n).items() if k in ("tp", "fp", "fn", "lag_ok", "frames")}
+            misses = miss_breakdown(lab, clip.returns)
+            d["misses"] = {k: d.get("misses", {}).get(k, 0) + v for k, v in misses.items()}
         else:
             kind = "return" if clip.returns else "unrelated"
             sub = d.setdefault(kind, RecurrenceScore())
@@ -560,6 +594,12 @@ def score_family_clips(clips: Sequence[EvalClip], labels: Sequence[dict[str, np.
         out[fam_name] = {"n_clips": len(d["per_clip"]), "next": lag_metrics(d["next"]), "per_clip": d["per_clip"]}
         if d["prev"].frames:
             out[fam_name]["prev"] = lag_metrics(d["prev"])
+        if "misses" in d:
+            m = d["misses"]
+            out[fam_name]["misses"] = m
+            for k in ("short", "long"):
+                frames = m[f"{k}_frames"]
+                out[fam_name][f"lag_recall_{k}"] = round(m[f"{k}_found"] / frames, 4) if frames else None
         for kind in ("return", "unrelated"):
             if kind in d:
                 out[fam_name][kind] = lag_metrics(d[kind])
@@ -627,7 +667,7 @@ def run_families(
         if progress is not None:
             progress(i + 1, len(todo), c.item)
     scored = score_family_clips(kept, labels)
-    result = {
+    result: dict[str, Any] = {
         "title": f"Recurrence labels on music the project did not make ({split} split)",
         "settings": {
             "families": list(families),

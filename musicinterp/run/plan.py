@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 import fsspec
 from pydantic import BaseModel, ConfigDict
@@ -65,7 +66,7 @@ def prepare_run(spec: RunSpec, out: str) -> PreparedRun:
         hidden_size=model_info["hidden_size"],
         num_codebooks=model_info["num_codebooks"],
     )
-    clip_vars = {
+    clip_vars: dict[str, list[Any]] = {
         "source": [c.source for c in manifest.clips],
         "source_id": [c.source_id for c in manifest.clips],
         "locator": [c.locator for c in manifest.clips],
