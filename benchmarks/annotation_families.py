@@ -3,8 +3,8 @@ on a held-out split, per family (musicinterp/annotate/README.md, "Music the proj
 
     python benchmarks/annotation_families.py --out docs/validation --cache /tmp/annotation-families
 
-Families (``musicinterp.annotate.families``): Ryan's Mammoth Collection, Aird's Airs, the Essen folk
-songs, Mozart / Haydn / Beethoven movements (music21 corpus, repeats expanded, rendered with a timbre and
+Families (``musicinterp.annotate.families``): Ryan's Mammoth Collection, Aird's Airs, Mozart / Haydn /
+Beethoven movements (music21 corpus, repeats expanded, rendered with a timbre and
 tempo drawn per piece; truth: identical measures of the expanded score), and X|Y|X' splices of Debian
 game music (``apt-get install drascula-music asc-music hyperrogue-music``; truth: X returns at X',
 scored across segments only). The O'Neill collection is held out for outside checks and never used.

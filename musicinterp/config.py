@@ -332,8 +332,6 @@ class AnalysisSpec(Spec):
     sequential_h: int = Field(
         10, ge=0, description="Besag-Clifford sequential stopping: draws stop once the null has beaten the observed "
         "statistic this many times (p = h / draws); 0 = always max_permutations draws.")
-    min_shift_s: float = Field(
-        4.0, gt=0, description="Smallest circular shift (s) of the shifted-labels control.")
     codec_lookahead_frames: int | None = Field(
         None, ge=0, description="Frames of later audio a frame's codes hear; the layer is read this many frames "
         "before the label. None = the store's attribute (measured at capture), else MusicGen's EnCodec (4).")
@@ -343,8 +341,9 @@ class AnalysisSpec(Spec):
         "clips of one track together (DESIGN: the unit of inference is the source when clips share one).")
     alpha: float = Field(0.05, gt=0, lt=1, description="Level of the tests, of the CI (1 - alpha) and of the BH FDR.")
     shifted_labels_control: bool = Field(
-        True, description="Also run every (layer, target) with the labels circularly shifted within each clip "
-        "(a selectivity control after Hewitt & Liang 2019): any effect there is an artefact.")
+        True, description="Also run every (layer, target) with every clip's label track handed to another clip of "
+        "its permutation class, at the same positions (a selectivity control after Hewitt & Liang 2019; the name "
+        "is the first wave's): any effect there is an artefact.")
     descriptor_lookahead_s: dict[str, float] = Field(
         default_factory=lambda: dict(DESCRIPTOR_LOOKAHEAD_S),
         description="Tension descriptors used as controls and how far each looks past its frame (s); each is "

@@ -261,14 +261,14 @@ def test_reduce_layer__reads_the_layer_as_many_frames_before_the_label_as_the_co
         assert bool(str(lab["meta_lookahead_note"])) == (attr is None)
 
 
-def test_shifted_labels__one_offset_keeps_equal_length_clips_in_one_class(tmp_path):
-    """Labels valid only in a stretch before a fixed time (the toy's truth labels): after the shift every clip's
-    valid stretch is still at the same offset, so the class keeps rows and the control can run."""
+def test_shifted_labels__every_window_takes_another_members_track_at_the_same_offset():
+    """Labels valid only in a stretch before a fixed time (the toy's truth labels): the control hands each clip
+    another clip's track, so the valid stretch stays where it was and the class keeps its rows."""
     lens = [100] * 12
     clip, frame = _rows_of(lens)
-    perm = pm.circular_shift_index(clip, 20, np.random.default_rng(0))
-    off = {int((perm[clip == j][0] - np.flatnonzero(clip == j)[0]) % 100) for j in range(12)}
-    assert len(off) == 1 and 20 <= off.pop() <= 80
-    valid = (frame >= 60) & (frame < 80)
     classes = pm.window_classes(clip, frame, np.asarray(lens), 100)
+    for seed in range(20):
+        perm = pm.control_draw(len(clip), classes, np.random.default_rng(seed))
+        assert (clip[perm] != clip).all() and (frame[perm] == frame).all()
+    valid = (frame >= 60) & (frame < 80)
     assert pm.consensus_valid(valid[perm], classes).sum() == valid.sum()

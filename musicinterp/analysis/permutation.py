@@ -186,21 +186,16 @@ def permutation_test(observed: dict[str, float], stat_fn: Callable[[list[np.ndar
     return PermutationResult(p, done, False, {k: np.asarray(v) for k, v in first.items()})
 
 
-def circular_shift_index(clip: np.ndarray, min_shift: int, rng: np.random.Generator) -> np.ndarray:
-    """Every clip's rows circularly shifted by one seeded offset in [min_shift, n - min_shift] of the shortest
-    clip long enough for it (clips shorter than 2 x min_shift + 1 rows: the offset modulo their length): the
-    shifted-labels control, one draw, never a test. One offset for all clips keeps clips of equal length
-    aligned with each other, so their label windows still share a permutation class after the shift."""
-    perm = np.arange(len(clip))
-    starts = np.flatnonzero(np.r_[True, clip[1:] != clip[:-1]])
-    ends = np.r_[starts[1:], len(clip)]
-    lengths = ends - starts
-    long_enough = lengths[lengths >= 2 * min_shift + 1]
-    n_ref = int(long_enough.min()) if len(long_enough) else int(lengths.max())
-    lo, hi = (min_shift, n_ref - min_shift) if len(long_enough) else (1, max(1, n_ref - 1))
-    off = int(rng.integers(lo, hi + 1))
-    for s, e in zip(starts.tolist(), ends.tolist()):
-        n = e - s
-        if n >= 2:
-            perm[s:e] = s + (np.arange(n) + off) % n
+def control_draw(n: int, classes: Classes, rng: np.random.Generator) -> np.ndarray:
+    """The shifted-labels control's one draw: every window takes the label track of another member of its
+    class (a random derangement), so each clip is asked about another clip's events at the same positions;
+    a window without a partner keeps its own. Never a test: a selectivity control (Hewitt & Liang 2019)."""
+    perm = np.arange(n)
+    for m in classes.members:
+        c = m.shape[0]
+        if c > 1:
+            order = rng.permutation(c)
+            while np.any(order == np.arange(c)):  # rejection: about e draws on average
+                order = rng.permutation(c)
+            perm[m] = m[order]
     return perm

@@ -212,8 +212,8 @@ def probe_layer_target(reduced_npz: str, labels_npz: str, target: str, spec: Ana
                        n_cells: int | None = None) -> list[dict[str, Any]]:
     """The analysis of one (layer, target) under one control; one row per metric.
 
-    ``control``: 'none' (the real analysis), 'shifted-labels' (the target circularly shifted within each clip
-    by a seeded offset >= min_shift_s before anything else: the effect must vanish), 'random-model' (the same
+    ``control``: 'none' (the real analysis), 'shifted-labels' (every clip's label track handed to another clip
+    of its window class, at the same positions, before anything else: the effect must vanish), 'random-model' (the same
     analysis; the caller passes the random-weight store's reduced file) or 'beyond-random' (``baseline_npz``:
     the same layer of a random-weight network of the same architecture on the same clips; its activations join
     the controls, so the gain is what the layer holds beyond what a random network extracts from the audio; two
@@ -275,13 +275,12 @@ def _probe(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec, c
     look_note = str(lab.get("meta_lookahead_note", ""))
     if look_note:
         notes.append(look_note)
-    if control == "shifted-labels":
-        min_shift = max(1, math.ceil(spec.min_shift_s * FRAME_RATE_HZ / spec.frame_stride))
-        perm = pm.circular_shift_index(clip, min_shift, np.random.default_rng(
-            _stable_seed(spec.seed, "shifted-labels", target)))
-        y_all, valid_all, lag_all, lagv_all = y_all[perm], valid_all[perm], lag_all[perm], lagv_all[perm]
     window = max(1, round(spec.window_s * FRAME_RATE_HZ))
     classes = pm.window_classes(clip, lab["frame"].astype(int), lab["n_frames"].astype(int), window)
+    if control == "shifted-labels":  # another clip's label track at the same positions (same classes)
+        perm = pm.control_draw(len(y_all), classes, np.random.default_rng(
+            _stable_seed(spec.seed, "shifted-labels", target)))
+        y_all, valid_all, lag_all, lagv_all = y_all[perm], valid_all[perm], lag_all[perm], lagv_all[perm]
     rows = np.flatnonzero(pm.consensus_valid(valid_all, classes))
     y = y_all[rows]
     src = sources[rows]

@@ -3,7 +3,7 @@
 Two kinds of clip, each with ``returns`` in the format of :mod:`musicinterp.annotate.truth`:
 
 * **Corpus families** (:data:`FAMILIES`): scores with repeat signs from music21's own corpus (Ryan's
-  Mammoth Collection, Aird's Airs, the Essen folk songs, Mozart / Haydn / Beethoven movements),
+  Mammoth Collection, Aird's Airs, Mozart / Haydn / Beethoven movements),
   repeats expanded (:func:`musicinterp.sources.music21_source.expand_stream`) and rendered by the
   project's synthesizer with a timbre and a tempo drawn per piece from the family's sets, so that the
   renders differ from the chorales' fixed flute/reed/organ at 90 bpm. The truth is

@@ -50,6 +50,12 @@ def truth_lags(returns: Sequence[dict], n: int) -> tuple[np.ndarray, np.ndarray,
     return nxt, prv, skip
 
 
+def _return(source: dict, later: dict) -> dict:
+    """One return in the ground-truth format: measure ``source`` heard again at measure ``later``."""
+    return {"source_start_s": float(source["start_s"]), "source_end_s": float(source["end_s"]),
+            "start_s": float(later["start_s"]), "end_s": float(later["end_s"])}
+
+
 def returns_from_measures(measures: Sequence[dict]) -> list[dict]:
     """Returns implied by an expanded score's played measures.
 
@@ -67,14 +73,7 @@ def returns_from_measures(measures: Sequence[dict]) -> list[dict]:
         for later in measures[i + 1 :]:
             same_len = abs((later["end_s"] - later["start_s"]) - dur) <= 0.01 * dur
             if later["number"] == m["number"] and same_len:
-                out.append(
-                    {
-                        "source_start_s": float(m["start_s"]),
-                        "source_end_s": float(m["end_s"]),
-                        "start_s": float(later["start_s"]),
-                        "end_s": float(later["end_s"]),
-                    }
-                )
+                out.append(_return(m, later))
                 break
     return _merge_adjacent(out)
 
@@ -108,14 +107,7 @@ def returns_from_score(measures: Sequence[dict], notes: Sequence[dict]) -> list[
         for j in range(i + 1, len(measures)):
             later = measures[j]
             if abs((later["end_s"] - later["start_s"]) - dur) <= 0.01 * dur and sigs[j] == sigs[i]:
-                out.append(
-                    {
-                        "source_start_s": float(m["start_s"]),
-                        "source_end_s": float(m["end_s"]),
-                        "start_s": float(later["start_s"]),
-                        "end_s": float(later["end_s"]),
-                    }
-                )
+                out.append(_return(m, later))
                 break
     return _merge_adjacent(out)
 
