@@ -70,6 +70,7 @@ DEPARTS = (0.2, 0.4)
 NORM_FLOORS = (0.15, 0.35)
 MIN_RUNS = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 IMPROVEMENT = 0.02  # the defaults stay unless beaten by this much (mean dev lag F1)
+DEFAULT_COUNTS = {"ryans": (16, 24), "airds": (16, 24), "classical": (6, 8)}
 
 
 def say(msg: str) -> None:
@@ -113,6 +114,8 @@ def features(clips: list[EvalClip], spec: AnnotationSpec, cache: Path | None) ->
     for i, c in enumerate(clips):
         key = hashlib.sha1(c.samples.tobytes()).hexdigest()[:16]
         f = cache / f"{key}.npz" if cache else None
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
         if f is not None and f.exists():
             z = np.load(f)
             out.append((z["hpcp"], z["present"]))
@@ -193,16 +196,67 @@ def choose(rows: list[dict], default: AnnotationSpec) -> tuple[dict, dict]:
     return base, {"decision": f"keep the defaults: no feasible setting beats them by {IMPROVEMENT} or more"}
 
 
+def blind_spots(n: int, specs: list[AnnotationSpec], out: Path) -> None:
+    """What the annotator cannot see: X|Y|X'' probes (``families.BLIND_SPOT_PROBES``), X'' transposed,
+    slower, varied or short, scored across segments like the splices; ``annotation-blind-spots.json``."""
+    from musicinterp.annotate.families import BLIND_SPOT_PROBES, probe_piece
+
+    clips = []
+    for name in BLIND_SPOT_PROBES:
+        for i in range(n):
+            x, ret, bounds = probe_piece(name, i)
+            clips.append(EvalClip(name, f"probe:{name}:{i}", x, ret, bounds, {}))
+    say(f"blind-spot probes: {len(clips)} clips")
+    feats = features(clips, specs[0], None)
+    doc = {
+        "title": "Blind-spot probes: X | Y | X'' with X'' changed",
+        "pieces_per_probe": n,
+        "probes": {
+            k: dict(zip(("repeat_s", "transposition", "tempo_ratio", "melody_changed"), v))
+            for k, v in BLIND_SPOT_PROBES.items()
+        },
+        "results": [],
+    }
+    for spec in specs:
+        labels = [with_min_run(*recurrence_lags(h, p, spec), spec.min_run_s) for h, p in feats]
+        scored = score_family_clips(clips, labels)
+        rows = {}
+        for name in BLIND_SPOT_PROBES:
+            d = scored[name]
+            rows[name] = {
+                "lag_recall": d["next"]["lag_recall"],
+                "recall_any_lag": d["next"]["recall"],
+                "spurious_rate": d["next"]["spurious_rate"],
+                "pieces_found": round(sum(r["lag_ok"] > 0 for r in d["per_clip"]) / len(d["per_clip"]), 3),
+            }
+            say(f"  {spec.fingerprint()} {name}: {rows[name]}")
+        doc["results"].append(
+            {
+                "annotation_fingerprint": spec.fingerprint(),
+                "annotation_spec": spec.model_dump(mode="json"),
+                "probes": rows,
+            }
+        )
+    (out / "annotation-blind-spots.json").write_text(json.dumps(doc, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--families", nargs="+", default=list(NEW_FAMILIES), choices=list(NEW_FAMILIES))
-    ap.add_argument("--n-dev", type=int, default=12, help="dev pieces per corpus family (default 12)")
-    ap.add_argument("--n-held", type=int, default=20, help="held-out pieces per corpus family (default 20)")
+    ap.add_argument(
+        "--count",
+        action="append",
+        default=[],
+        metavar="FAMILY=DEV:HELD",
+        help=f"pieces of a corpus family in each split (default {DEFAULT_COUNTS})",
+    )
     ap.add_argument("--n-splice", type=int, default=12, help="X|Y|X' splices per split (default 12)")
     ap.add_argument("--n-unrelated", type=int, default=6, help="X|Y|Z' splices per split (default 6)")
     ap.add_argument("--dev-synthetic", type=int, default=6, help="synthetic seed-100 pieces per kind (default 6)")
     ap.add_argument("--dev-chorales", type=int, default=8, help="chorales 1..N as dev constraints (default 8)")
     ap.add_argument("--no-search", action="store_true", help="held-out report of the defaults only")
+    ap.add_argument("--blind-spots", type=int, default=10, help="pieces per blind-spot probe (0: none; default 10)")
+    ap.add_argument("--only-blind-spots", action="store_true", help="run the blind-spot probes only")
     ap.add_argument("--out", default="docs/validation", help="folder for the reports")
     ap.add_argument("--cache", default=None, help="folder to keep clip features in")
     args = ap.parse_args(argv)
@@ -214,14 +268,25 @@ def main(argv: list[str] | None = None) -> int:
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
     default = AnnotationSpec()
+    counts = dict(DEFAULT_COUNTS)
+    for c in args.count:
+        name, _, dh = c.partition("=")
+        d, _, h = dh.partition(":")
+        counts[name] = (int(d), int(h))
+    n_dev = {k: v[0] for k, v in counts.items()}
+    n_held = {k: v[1] for k, v in counts.items()}
 
+    if args.only_blind_spots:
+        blind_spots(args.blind_spots, [default], out)
+        return 0
     say(f"rendering {args.families}")
     clips = family_clips(
         args.families,
-        args.n_dev,
-        args.n_held,
+        n_dev,
+        n_held,
         n_splice=args.n_splice,
         n_unrelated=args.n_unrelated,
+        cache=str(cache / "renders") if cache else None,
         progress=lambda fam, i, n, item: say(f"  {fam} {i}/{n} {item}"),
     )
     say(f"clips: dev {len(clips['dev'])}, held {len(clips['held'])}")
@@ -230,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_search:
         dev = clips["dev"] + own_dev_clips(args.dev_synthetic, args.dev_chorales)
         say(f"dev features: {len(dev)} clips")
-        feats = features(dev, default, cache)
+        feats = features(dev, default, cache / "features" if cache else None)
         rows = search(dev, feats, default)
         best, decision = choose(rows, default)
         chosen = default.model_copy(update=best["setting"])
@@ -262,8 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"held-out report: {name}")
         res = run_families(
             args.families,
-            args.n_dev,
-            args.n_held,
+            n_dev,
+            n_held,
             "held",
             spec,
             n_splice=args.n_splice,
@@ -280,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         (out / f"{name}.json").write_text(json.dumps(res, indent=1, default=str))
         (out / f"{name}.md").write_text(families_markdown(res))
         print(families_markdown(res))
+    if args.blind_spots:
+        blind_spots(args.blind_spots, [default] if chosen == default else [default, chosen], out)
     return 0
 
 

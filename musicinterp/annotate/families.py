@@ -227,23 +227,75 @@ def returned_in_clip(returns: list[dict], clip_s: float) -> float:
     return total
 
 
-def family_items(family: str, n_dev: int, n_held: int, log_progress=None) -> tuple[list[FamilyClip], list[FamilyClip]]:
-    """The development and held-out clips of a family: the first ``n_dev`` pieces of :func:`scan`
-    with at least ``MIN_RETURNED_S`` of returning material inside the clip, then the next ``n_held``.
-    Pieces music21 cannot load or expand are logged and passed over."""
+def _cached_render(family: str, item: str, cache: Path | None) -> FamilyClip | str:
+    """:func:`render_item`, or why it failed (a string); kept in ``cache`` (a folder) when given."""
+    import hashlib
+    import json
+
     from musicinterp.sources.base import ClipError
 
+    f = cache / f"{family}-{hashlib.sha1(item.encode()).hexdigest()[:16]}.npz" if cache else None
+    if f is not None and f.exists():
+        z = np.load(f)
+        meta = json.loads(str(z["meta"]))
+        if "failed" in meta:
+            return meta["failed"]
+        return FamilyClip(
+            item,
+            family,
+            z["samples"],
+            meta["returns"],
+            meta["tempo_bpm"],
+            tuple(meta["timbres"]),
+            meta["clip_s"],
+            meta["n_parts"],
+        )
+    try:
+        clip: FamilyClip | str = render_item(family, item)
+    except ClipError as e:
+        clip = e.problem
+    except Exception as e:  # noqa: BLE001 - a malformed tune must not stop the scan
+        clip = f"{type(e).__name__}: {e}"
+    if f is not None:
+        if isinstance(clip, str):
+            np.savez(f, samples=np.zeros(0, np.float32), meta=json.dumps({"failed": clip}))
+        else:
+            meta = {
+                "returns": clip.returns,
+                "tempo_bpm": clip.tempo_bpm,
+                "timbres": list(clip.timbres),
+                "clip_s": clip.clip_s,
+                "n_parts": clip.n_parts,
+            }
+            np.savez(f, samples=clip.samples, meta=json.dumps(meta))
+    return clip
+
+
+def family_items(
+    family: str, n_dev: int, n_held: int, log_progress=None, cache: str | Path | None = None
+) -> tuple[list[FamilyClip], list[FamilyClip]]:
+    """The development and held-out clips of a family: the first ``n_dev`` pieces of :func:`scan`
+    with at least ``MIN_RETURNED_S`` of returning material inside the clip, then the next ``n_held``.
+    Pieces music21 cannot load or expand are logged and passed over. ``cache``: a folder that keeps the
+    scan order and the renders (a rerun skips music21; delete it after changing this module)."""
+    import json
+
+    cache = Path(cache) if cache else None
+    order = cache / f"{family}-scan.json" if cache else None
+    if order is not None and order.exists():
+        items = json.loads(order.read_text())
+    else:
+        items = scan(family)
+        if order is not None:
+            order.parent.mkdir(parents=True, exist_ok=True)
+            order.write_text(json.dumps(items))
     out: list[FamilyClip] = []
-    for item in scan(family):
+    for item in items:
         if len(out) >= n_dev + n_held:
             break
-        try:
-            clip = render_item(family, item)
-        except ClipError as e:
-            log.warning("family %s: %s", family, e)
-            continue
-        except Exception as e:  # noqa: BLE001 - a malformed tune must not stop the scan
-            log.warning("family %s: %s: %s", family, item, e)
+        clip = _cached_render(family, item, cache)
+        if isinstance(clip, str):
+            log.warning("family %s: %s: %s", family, item, clip)
             continue
         if returned_in_clip(clip.returns, clip.clip_s) < MIN_RETURNED_S:
             continue
@@ -399,8 +451,9 @@ def splice_items(
         if sx is None or sy is None or (unrelated and sz is None):
             continue
         # sz is None exactly when the third segment is the return (not unrelated)
-        samples, returns, bounds = splice(sx[0], sy[0], sz[0] if sz is not None else None,
-                                          seed=int(rng.integers(2**31)))
+        samples, returns, bounds = splice(
+            sx[0], sy[0], sz[0] if sz is not None else None, seed=int(rng.integers(2**31))
+        )
         segs = [(tx, sx), (ty, sy), (tz, sz) if sz is not None else (tx, sx)]
         meta = [
             {
@@ -418,3 +471,55 @@ def splice_items(
     if len(out) < n_return + n_unrelated:
         log.warning("splice %s: made %d of %d clips", split, len(out), n_return + n_unrelated)
     return out
+
+
+# ---------------------------------------------------------------- probes of what the annotator cannot see
+
+BLIND_SPOT_PROBES = {  # name: (repeat length s, transposition semitones, tempo ratio, share of melody notes changed)
+    "exact-6s": (6.0, 0, 1.0, 0.0),
+    "transposed+1": (6.0, 1, 1.0, 0.0),
+    "transposed+2": (6.0, 2, 1.0, 0.0),
+    "transposed+5": (6.0, 5, 1.0, 0.0),
+    "slower-5%": (6.0, 0, 1.05, 0.0),
+    "slower-10%": (6.0, 0, 1.10, 0.0),
+    "slower-20%": (6.0, 0, 1.20, 0.0),
+    "varied-25%": (6.0, 0, 1.0, 0.25),
+    "varied-50%": (6.0, 0, 1.0, 0.5),
+    "exact-1.5s": (1.5, 0, 1.0, 0.0),
+    "exact-2s": (2.0, 0, 1.0, 0.0),
+    "exact-2.5s": (2.5, 0, 1.0, 0.0),
+    "exact-3s": (3.0, 0, 1.0, 0.0),
+}
+
+
+def probe_piece(name: str, index: int, seed: int = 0) -> tuple[np.ndarray, list[dict], list[float]]:
+    """X | Y | X'' with X'' a changed repeat of X (``BLIND_SPOT_PROBES[name]``): X a random melody over
+    triads (the synthetic pieces' material, :mod:`musicinterp.sources.synthetic`), Y 8 s in another key,
+    X'' transposed, slower, or with a share of its melody notes changed to other scale degrees. The
+    truth maps X onto X'' linearly (a slower X'' stretches the map). Returns samples, returns, bounds."""
+    from musicinterp.sources.synth import render
+    from musicinterp.sources.synthetic import SCALES, _section
+
+    rep_s, semis, ratio, vary = BLIND_SPOT_PROBES[name]
+    rng = np.random.default_rng([seed, index])
+    tonic = 48 + int(rng.integers(0, 12))
+    scale = SCALES[str(rng.choice(list(SCALES)))]
+    beat = 60.0 / float(rng.uniform(90, 130))
+    timbre = str(rng.choice(["organ", "piano", "reed", "pluck", "flute"]))
+    x = _section(rng, 0.0, rep_s, beat, tonic, scale, timbre)
+    y = _section(rng, 0.0, 8.0, beat, tonic + int(rng.integers(3, 10)), scale, timbre)
+    melody_top = tonic + 12  # melody notes lie at tonic+12 and above, chords below
+    changed = []
+    for n in x:
+        midi = n.midi + semis
+        if vary and n.midi >= melody_top and rng.random() < vary:
+            midi = tonic + 12 + 12 * int(rng.integers(0, 2)) + scale[int(rng.integers(0, 7))] + semis
+        changed.append(replace(n, onset_s=n.onset_s * ratio, dur_s=n.dur_s * ratio, midi=float(midi)))
+    segs = [render(x, rep_s), render(y, 8.0), render(changed, rep_s * ratio)]
+    segs = [s[: (len(s) // HOP_SAMPLES) * HOP_SAMPLES] for s in segs]
+    samples = np.concatenate(segs).astype(np.float32)
+    a = len(segs[0]) / SAMPLE_RATE_HZ
+    b = a + len(segs[1]) / SAMPLE_RATE_HZ
+    c = len(samples) / SAMPLE_RATE_HZ
+    returns = [{"source_start_s": 0.0, "source_end_s": a, "start_s": b, "end_s": c}]
+    return samples, returns, [0.0, a, b, c]

@@ -465,19 +465,24 @@ class EvalClip:
 
 def family_clips(
     families: Sequence[str],
-    n_dev: int,
-    n_held: int,
+    n_dev: int | dict[str, int],
+    n_held: int | dict[str, int],
     *,
     n_splice: int = 0,
     n_unrelated: int = 0,
     splice_seed: int = 0,
+    cache: str | None = None,
     progress: Callable[[str, int, int, str], None] | None = None,
 ) -> dict[str, list[EvalClip]]:
     """The clips of each family in ``families`` (names of ``families.FAMILIES`` and/or ``"splice"``),
-    split ``{"dev": [...], "held": [...]}``: ``n_dev`` / ``n_held`` pieces of each corpus family
-    (:func:`musicinterp.annotate.families.family_items`), and per split ``n_splice`` X|Y|X' and
-    ``n_unrelated`` X|Y|Z' splices from that split's tracks (:func:`~musicinterp.annotate.families.splice_items`)."""
+    split ``{"dev": [...], "held": [...]}``: ``n_dev`` / ``n_held`` pieces of each corpus family (a
+    number, or one per family name) (:func:`musicinterp.annotate.families.family_items`, ``cache``
+    its render cache), and per split ``n_splice`` X|Y|X' and ``n_unrelated`` X|Y|Z' splices from that
+    split's tracks (:func:`~musicinterp.annotate.families.splice_items`)."""
     from musicinterp.annotate import families as fam
+
+    def count(n: int | dict[str, int], name: str) -> int:
+        return n if isinstance(n, int) else int(n.get(name, 0))
 
     out: dict[str, list[EvalClip]] = {"dev": [], "held": []}
     for name in families:
@@ -488,7 +493,7 @@ def family_clips(
                 if progress is not None:
                     progress(SPLICE, len(out[split]), 0, split)
             continue
-        dev, held = fam.family_items(name, n_dev, n_held, log_progress=progress)
+        dev, held = fam.family_items(name, count(n_dev, name), count(n_held, name), log_progress=progress, cache=cache)
         for split, clips in (("dev", dev), ("held", held)):
             out[split] += [EvalClip(name, c.item, c.samples, c.returns, None, c.meta()) for c in clips]
     return out
@@ -624,8 +629,8 @@ def family_targets(families: dict[str, dict]) -> list[dict]:
 
 def run_families(
     families: Sequence[str],
-    n_dev: int,
-    n_held: int,
+    n_dev: int | dict[str, int],
+    n_held: int | dict[str, int],
     split: str = "held",
     spec: AnnotationSpec | None = None,
     *,
