@@ -56,15 +56,29 @@ def main() -> None:
     ap.add_argument("--permutations", type=int, default=99)
     ap.add_argument("--estimators", nargs="+", default=["ridge", "logistic"])
     args = ap.parse_args()
-    spec = AnalysisSpec(targets=["rec_within_2s", "rec_within_4s", "res_within_2s"],
-                        n_permutations=args.permutations, max_permutations=args.permutations, sequential_h=0)
+    spec = AnalysisSpec(
+        targets=["rec_within_2s", "rec_within_4s", "res_within_2s"],
+        n_permutations=args.permutations,
+        max_permutations=args.permutations,
+        sequential_h=0,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t = time.perf_counter()
-        store = make_store(tmp / "s.zarr", n_clips=args.clips, n_sources=args.sources, n_frames=args.frames,
-                           layers=args.layers, hidden=args.hidden, planted_layer=1, phi=0.98)
-        print(f"store: {args.clips} clips x {args.layers + 1} layers x {args.frames} frames x {args.hidden} "
-              f"(written in {time.perf_counter() - t:.1f} s)")
+        store = make_store(
+            tmp / "s.zarr",
+            n_clips=args.clips,
+            n_sources=args.sources,
+            n_frames=args.frames,
+            layers=args.layers,
+            hidden=args.hidden,
+            planted_layer=1,
+            phi=0.98,
+        )
+        print(
+            f"store: {args.clips} clips x {args.layers + 1} layers x {args.frames} frames x {args.hidden} "
+            f"(written in {time.perf_counter() - t:.1f} s)"
+        )
         t = time.perf_counter()
         nbytes = read_once(store)
         t_read = time.perf_counter() - t
@@ -79,8 +93,11 @@ def main() -> None:
             spec_e = spec.model_copy(update={"estimator": est, "reduced_width": None if est == "ridge" else 64})
             t = time.perf_counter()
             rows = []
-            files = reduced if est == "ridge" else [
-                reduce_layer(store, layer, spec_e, tmp / f"l{layer}_{est}.npz") for layer in layers]
+            files = (
+                reduced
+                if est == "ridge"
+                else [reduce_layer(store, layer, spec_e, tmp / f"l{layer}_{est}.npz") for layer in layers]
+            )
             for r in files:
                 for target in spec.targets:
                     for control in ("none", "shifted-labels"):
@@ -91,11 +108,12 @@ def main() -> None:
             print(f"  {est}: {t_probe[est]:.1f} s, significant cells (q < 0.05, none, auroc): {sig}", flush=True)
     n_probe = len(layers) * len(spec.targets) * 2
     print(f"(a) read activations once ({nbytes / 2**20:.0f} MB as float32): {t_read:8.2f} s   1.00x")
-    print(f"(b) load labels + reduce {len(layers)} layers:              {t_reduce:8.2f} s   "
-          f"{t_reduce / t_read:6.2f}x")
+    print(f"(b) load labels + reduce {len(layers)} layers:              {t_reduce:8.2f} s   {t_reduce / t_read:6.2f}x")
     for est, tp in t_probe.items():
-        print(f"(c) {est} probe grid ({n_probe} layer x target x control, {args.permutations} permutations each) + "
-              f"report: {tp:8.2f} s   {tp / t_read:6.1f}x   ({tp / n_probe:.2f} s per probe)")
+        print(
+            f"(c) {est} probe grid ({n_probe} layer x target x control, {args.permutations} permutations each) + "
+            f"report: {tp:8.2f} s   {tp / t_read:6.1f}x   ({tp / n_probe:.2f} s per probe)"
+        )
     if len(t_probe) == 2:
         a, b = list(t_probe)
         print(f"{b} / {a}: {t_probe[b] / t_probe[a]:.1f}x")

@@ -41,21 +41,21 @@ def render(seconds: float, seed: int = 0) -> np.ndarray:
         t = np.arange(int(dur * SR)) / SR
         f = 440 * 2 ** ((midi - 69) / 12)
         env = np.minimum(1, t / 0.01) * np.exp(-2.5 * t)
-        return amp * env * sum(a * np.sin(2 * np.pi * f * k * t) for k, a in ((1, 1), (2, .5), (3, .3)))
+        return amp * env * sum(a * np.sin(2 * np.pi * f * k * t) for k, a in ((1, 1), (2, 0.5), (3, 0.3)))
 
     t = 0.0
     while t < seconds:
         d = 0.25 * rng.choice([1, 1, 2])
         s = tone(60 + rng.choice(scale), d, 0.15)
-        y[int(t * SR):int(t * SR) + len(s)] += s
+        y[int(t * SR) : int(t * SR) + len(s)] += s
         t += d
     for b in np.arange(0, seconds, 1.0):
         root = 48 + rng.choice(scale)
         for iv in (0, 4, 7):
             s = tone(root + iv, 1.0, 0.1)
-            y[int(b * SR):int(b * SR) + len(s)] += s
+            y[int(b * SR) : int(b * SR) + len(s)] += s
     r0 = int(0.4 * seconds * SR)
-    y[r0:r0 + 4 * SR] = y[:4 * SR]
+    y[r0 : r0 + 4 * SR] = y[: 4 * SR]
     return y[: int(seconds * SR)].astype(np.float32)
 
 
@@ -74,8 +74,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     spec = AnnotationSpec()
-    print(f"{'audio_s':>8} {'stft_s':>8} {'feat_s':>8} {'rec_s':>8} {'causal_s':>8} {'tension_s':>9} "
-          f"{'total_s':>8} {'total/stft':>10} {'RTF':>6}")
+    print(
+        f"{'audio_s':>8} {'stft_s':>8} {'feat_s':>8} {'rec_s':>8} {'causal_s':>8} {'tension_s':>9} "
+        f"{'total_s':>8} {'total/stft':>10} {'RTF':>6}"
+    )
     for sec in args.seconds:
         y = render(sec)
         annotate(y[: 3 * SR], spec)  # warm-up (imports, essentia init)
@@ -84,12 +86,15 @@ def main() -> None:
         present = rec.tonal_presence(f.peak_energy)
         t_feat = _best(lambda y=y: compute_features(y), args.repeats)
         t_rec = _best(lambda f=f, p=present: rec.detect(rec.embed(f.hpcp, p, spec, False), spec), args.repeats)
-        t_causal = _best(lambda f=f, p=present: rec.detect(rec.embed(f.hpcp, p, spec, True), spec, causal=True),
-                         args.repeats)
+        t_causal = _best(
+            lambda f=f, p=present: rec.detect(rec.embed(f.hpcp, p, spec, True), spec, causal=True), args.repeats
+        )
         t_ten = _best(lambda f=f: compute_tension(f, spec), args.repeats)
         total = _best(lambda y=y: annotate(y, spec), args.repeats)
-        print(f"{sec:8.0f} {base:8.3f} {t_feat:8.3f} {t_rec:8.3f} {t_causal:8.3f} {t_ten:9.3f} "
-              f"{total:8.3f} {total / base:10.1f} {total / sec:6.3f}")
+        print(
+            f"{sec:8.0f} {base:8.3f} {t_feat:8.3f} {t_rec:8.3f} {t_causal:8.3f} {t_ten:9.3f} "
+            f"{total:8.3f} {total / base:10.1f} {total / sec:6.3f}"
+        )
 
 
 if __name__ == "__main__":

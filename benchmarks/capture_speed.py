@@ -43,8 +43,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     loaded = load_model(ModelSpec(source="offline", name=args.model))
-    print(f"model offline/{args.model} (weights: random) built in {time.perf_counter() - t0:.1f} s; "
-          f"{loaded.n_layers} layers x {loaded.hidden_size}; torch threads: {torch.get_num_threads()}")
+    print(
+        f"model offline/{args.model} (weights: random) built in {time.perf_counter() - t0:.1f} s; "
+        f"{loaded.n_layers} layers x {loaded.hidden_size}; torch threads: {torch.get_num_threads()}"
+    )
     spec = CaptureSpec()
     print("seconds  encode_s  forward_s  capture_s  write_s  capture/forward  real-time factor")
     for seconds in args.seconds:
@@ -63,10 +65,16 @@ def main() -> None:
         cap = capture_codes(loaded, codes, spec)
         with tempfile.TemporaryDirectory() as tmp:
             url = f"{tmp}/bench.zarr"
-            layout = StoreLayout((ClipLayout("c", codes.shape[1]),), cap.layers, loaded.hidden_size,
-                                 loaded.num_codebooks)
-            attrs = store_attrs(model=loaded.describe(), run_spec_json="{}", fingerprint="bench",
-                                capture=spec.model_dump(), package_version="bench")
+            layout = StoreLayout(
+                (ClipLayout("c", codes.shape[1]),), cap.layers, loaded.hidden_size, loaded.num_codebooks
+            )
+            attrs = store_attrs(
+                model=loaded.describe(),
+                run_spec_json="{}",
+                fingerprint="bench",
+                capture=spec.model_dump(),
+                package_version="bench",
+            )
             init_store(url, layout, {}, attrs)
 
             def write():
@@ -74,8 +82,10 @@ def main() -> None:
                 mark_complete(url, "c")
 
             write_s = _best(write, args.repeats)
-        print(f"{seconds:7.1f}  {encode_s:8.2f}  {forward_s:9.2f}  {capture_s:9.2f}  {write_s:7.2f}  "
-              f"{capture_s / forward_s:15.2f}  {(encode_s + capture_s + write_s) / seconds:16.3f}")
+        print(
+            f"{seconds:7.1f}  {encode_s:8.2f}  {forward_s:9.2f}  {capture_s:9.2f}  {write_s:7.2f}  "
+            f"{capture_s / forward_s:15.2f}  {(encode_s + capture_s + write_s) / seconds:16.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,17 @@ TARGET = "sim_within_1s"
 H_FRAMES = 50
 
 
-def experiment(rng: np.random.Generator, spec: AnalysisSpec, work: Path, n_clips: int, n_sources: int,
-               n_frames: int, n_layers: int, width: int, per_class: int = 24) -> dict[str, list[float]]:
+def experiment(
+    rng: np.random.Generator,
+    spec: AnalysisSpec,
+    work: Path,
+    n_clips: int,
+    n_sources: int,
+    n_frames: int,
+    n_layers: int,
+    width: int,
+    per_class: int = 24,
+) -> dict[str, list[float]]:
     lens = [n_frames + 7 * (c // per_class) for c in range(n_clips)]  # clips of one class share an exact length
     clips = [f"c{i}" for i in range(n_clips)]
     sources = [f"s{i % n_sources}" for i in range(n_clips)]
@@ -67,20 +76,38 @@ def experiment(rng: np.random.Generator, spec: AnalysisSpec, work: Path, n_clips
             lst.append(a[keep])
     clip = np.concatenate([np.full(len(k), c) for c, k in enumerate(keeps)])
     frame = np.concatenate(keeps)
-    labels = save_labels(work / "labels.npz", clip=clip, frame=frame, clips=clips, sources=sources,
-                         n_frames=np.asarray(lens), controls=np.concatenate(ctrls), control_names=names,
-                         targets={TARGET: {"y": np.concatenate(ys), "valid": np.concatenate(vs),
-                                           "lag": np.concatenate(lags), "lag_valid": np.concatenate(lagvs)}},
-                         weights="random")
+    labels = save_labels(
+        work / "labels.npz",
+        clip=clip,
+        frame=frame,
+        clips=clips,
+        sources=sources,
+        n_frames=np.asarray(lens),
+        controls=np.concatenate(ctrls),
+        control_names=names,
+        targets={
+            TARGET: {
+                "y": np.concatenate(ys),
+                "valid": np.concatenate(vs),
+                "lag": np.concatenate(lags),
+                "lag_valid": np.concatenate(lagvs),
+            }
+        },
+        weights="random",
+    )
     y_all, v_all = np.concatenate(ys).astype(int), np.concatenate(vs)
     C_all = np.concatenate(ctrls)
-    out: dict[str, list[float]] = {k: [] for k in ("perm_auroc", "perm_logloss", "p_cluster", "ci_auroc",
-                                                   "ci_auroc_pos", "naive_lr", "naive_frame_boot")}
+    out: dict[str, list[float]] = {
+        k: []
+        for k in ("perm_auroc", "perm_logloss", "p_cluster", "ci_auroc", "ci_auroc_pos", "naive_lr", "naive_frame_boot")
+    }
     for layer in range(1, n_layers + 1):
         X = np.concatenate([ar1_noise(rng, n, width, 0.98)[k] for n, k in zip(lens, keeps)]).astype(np.float32)
         red = save_reduced(work / f"layer{layer}.npz", X, clip, frame, clips, layer, {"weights": "random"})
-        rows = {r["metric"]: r for r in probe_layer_target(str(red), str(labels), TARGET, spec, "none",
-                                                                    return_predictions=True)}
+        rows = {
+            r["metric"]: r
+            for r in probe_layer_target(str(red), str(labels), TARGET, spec, "none", return_predictions=True)
+        }
         a, ll = rows["auroc"], rows[[m for m in rows if m != "auroc"][0]]
         out["perm_auroc"].append(a["p_value"])
         out["perm_logloss"].append(ll["p_value"])
@@ -100,8 +127,7 @@ def _frame_boot_low(y: np.ndarray, row: dict, rng: np.random.Generator) -> float
     p0, p1 = row.get("_p_controls"), row.get("_p_full")
     if p0 is None:
         return float("nan")
-    ci = stats.bootstrap_gain_ci(y, p0, p1, np.arange(len(y)), 200, 0.05, rng, strata=row.get("_fold"),
-                                 second="brier")
+    ci = stats.bootstrap_gain_ci(y, p0, p1, np.arange(len(y)), 200, 0.05, rng, strata=row.get("_fold"), second="brier")
     return ci["auroc"][0]
 
 
@@ -115,8 +141,13 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=24, help="clips per exact length (24 = all equal)")
     ap.add_argument("--max-permutations", type=int, default=199)
     args = ap.parse_args()
-    spec = AnalysisSpec(targets=[TARGET], n_permutations=args.permutations, max_permutations=args.max_permutations,
-                        n_bootstrap=200, seed=args.seed)
+    spec = AnalysisSpec(
+        targets=[TARGET],
+        n_permutations=args.permutations,
+        max_permutations=args.max_permutations,
+        n_bootstrap=200,
+        seed=args.seed,
+    )
     scheme = f"window classes of {args.per_class} clips of one exact length"
     rng = np.random.default_rng(args.seed)
     res: dict[str, list[float]] = {}
@@ -124,15 +155,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for e in range(args.experiments):
             spec_e = spec.model_copy(update={"seed": args.seed * 100_000 + e})
-            for k, v in experiment(rng, spec_e, Path(tmp), 24, 12, args.frames, args.layers, 16,
-                                   args.per_class).items():
+            for k, v in experiment(
+                rng, spec_e, Path(tmp), 24, 12, args.frames, args.layers, 16, args.per_class
+            ).items():
                 res.setdefault(k, []).extend(v)
             if (e + 1) % 20 == 0:
                 print(f"  {e + 1} experiments, {time.perf_counter() - t0:.0f} s", flush=True)
     alpha = spec.alpha
-    print(f"\nnull simulation: {args.experiments} experiments x {args.layers} layers, 24 clips / 12 sources, "
-          f"{args.frames} frames, stride {spec.frame_stride}, {args.permutations}-{args.max_permutations} permutations "
-          f"({scheme}), seed {args.seed}; {time.perf_counter() - t0:.0f} s")
+    print(
+        f"\nnull simulation: {args.experiments} experiments x {args.layers} layers, 24 clips / 12 sources, "
+        f"{args.frames} frames, stride {spec.frame_stride}, {args.permutations}-{args.max_permutations} permutations "
+        f"({scheme}), seed {args.seed}; {time.perf_counter() - t0:.0f} s"
+    )
     print(f"{'procedure':<44} {'rate':>6}  95% interval      n   nominal")
     nominal = {"ci_auroc_pos": alpha / 2, "naive_frame_boot": alpha / 2}
     names = {

@@ -34,8 +34,7 @@ from musicinterp.analysis.data import (
 from musicinterp.analysis.probe import probe_layer_target
 from musicinterp.config import AnalysisSpec
 
-OLD = {"estimator": "logistic", "reduced_width": 64, "n_permutations": 99, "max_permutations": 99,
-       "sequential_h": 0}
+OLD = {"estimator": "logistic", "reduced_width": 64, "n_permutations": 99, "max_permutations": 99, "sequential_h": 0}
 
 
 def _planted(red: dict, lab: dict, target: str, s: float, seed: int, W: np.ndarray | None) -> dict:
@@ -48,8 +47,9 @@ def _planted(red: dict, lab: dict, target: str, s: float, seed: int, W: np.ndarr
     return {**red, "X": (Xp if W is None else Xp @ W).astype(np.float32)}
 
 
-def run(store: str, layer: int, target: str, strengths: list[float], replicates: int, spec: AnalysisSpec,
-        work: Path) -> list[dict]:
+def run(
+    store: str, layer: int, target: str, strengths: list[float], replicates: int, spec: AnalysisSpec, work: Path
+) -> list[dict]:
     ds = open_analysis_store(store)
     layers = store_layers(ds, spec)
     n_cells = len(layers) * len(spec.targets)
@@ -77,16 +77,20 @@ def run(store: str, layer: int, target: str, strengths: list[float], replicates:
         hits, fps = [], []
         for r in range(replicates):
             planted = _planted(red, lab, target, s, 1000 * r + 7, W)
-            path = save_reduced(work / "planted.npz", planted["X"], planted["clip"], planted["frame"],
-                                list(planted["clips"]), layer)
+            path = save_reduced(
+                work / "planted.npz", planted["X"], planted["clip"], planted["frame"], list(planted["clips"]), layer
+            )
             p = probe_layer_target(str(path), labels, target, spec, n_cells=n_cells)[0]["p_value"]
             keys = list(background) + [(layer, target)]
             q = stats.bh(np.array([background[k] for k in keys[:-1]] + [p]), spec.alpha)
             hits.append(bool(q[-1] < spec.alpha))
             fps.append(float(np.nanmean(q[:-1] < spec.alpha)))
         out.append({"strength": s, "detected": float(np.mean(hits)), "fpr_other_cells": float(np.mean(fps))})
-        print(f"strength {s:g}: detected {np.mean(hits):.2f}, other cells q<alpha {np.mean(fps):.3f} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"strength {s:g}: detected {np.mean(hits):.2f}, other cells q<alpha {np.mean(fps):.3f} "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
     return out
 
 
@@ -110,8 +114,12 @@ def main() -> None:
 
     fig = Figure(figsize=(4.5, 3.2), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot([r["strength"] for r in rows], [r["detected"] for r in rows], "o-",
-            label="old defaults" if args.old else "new defaults")
+    ax.plot(
+        [r["strength"] for r in rows],
+        [r["detected"] for r in rows],
+        "o-",
+        label="old defaults" if args.old else "new defaults",
+    )
     ax.set_xlabel("planted strength (x median feature sd)")
     ax.set_ylabel(f"detected (q < {spec.alpha:g})")
     ax.legend()

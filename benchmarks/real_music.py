@@ -56,8 +56,7 @@ def default_files() -> list[Path]:
     for pkg, pattern in DEFAULT_TRACKS:
         hits = []
         for root in SEARCH_ROOTS:
-            hits = sorted(glob.glob(f"{root}/**/{pattern}", recursive=True)) or sorted(
-                glob.glob(f"{root}/{pattern}"))
+            hits = sorted(glob.glob(f"{root}/**/{pattern}", recursive=True)) or sorted(glob.glob(f"{root}/{pattern}"))
             if hits:
                 break
         if hits:
@@ -124,9 +123,15 @@ def run_one(path: Path, out: Path, max_seconds: float) -> dict:
         # dynamics: 5-95 percentile span of the 64 ms level, first and last 5 s left out (fades)
         "loudness_span_db": round(float(np.subtract(*np.percentile(lab["tension_loudness_db"][inner], [95, 5]))), 1),
         # does the composite follow the dynamics? Pearson r of 5 s moving averages, ends left out
-        "r_tension_loudness_5s": round(float(np.corrcoef(
-            uniform_filter1d(lab["tension"].astype(np.float64), 5 * FRAME_RATE_HZ)[inner],
-            uniform_filter1d(lab["tension_loudness_db"].astype(np.float64), 5 * FRAME_RATE_HZ)[inner])[0, 1]), 2),
+        "r_tension_loudness_5s": round(
+            float(
+                np.corrcoef(
+                    uniform_filter1d(lab["tension"].astype(np.float64), 5 * FRAME_RATE_HZ)[inner],
+                    uniform_filter1d(lab["tension_loudness_db"].astype(np.float64), 5 * FRAME_RATE_HZ)[inner],
+                )[0, 1]
+            ),
+            2,
+        ),
         "tempo_bpm": round(tempo_bpm(path, max_seconds), 1),
     }
     title = f"{name} ({path.name}), {dur:.0f} s" + (f" = first {max_seconds:.0f} s of {full_s:.0f} s" if cut else "")
@@ -142,8 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", nargs="+", type=Path, help="audio files (default: see DEFAULT_TRACKS)")
     ap.add_argument("--out", type=Path, default=Path("real_music_out"), help="output folder")
-    ap.add_argument("--max-seconds", type=float, default=300.0,
-                    help="annotate at most the first this many seconds of a file (memory: n_frames^2)")
+    ap.add_argument(
+        "--max-seconds",
+        type=float,
+        default=300.0,
+        help="annotate at most the first this many seconds of a file (memory: n_frames^2)",
+    )
     args = ap.parse_args(argv)
     files = args.files or default_files()
     if not files:
@@ -151,19 +160,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    hdr = (f"{'track':<18} {'dur s':>6} {'ann s':>6} {'RTF':>6} {'rec':>5} {'med lag':>7} "
-           f"{'mode lag':>8} {'bpm':>6} {'res/min':>7} {'tension range':>14} {'dyn dB':>6} {'r(T,L)':>6}")
+    hdr = (
+        f"{'track':<18} {'dur s':>6} {'ann s':>6} {'RTF':>6} {'rec':>5} {'med lag':>7} "
+        f"{'mode lag':>8} {'bpm':>6} {'res/min':>7} {'tension range':>14} {'dyn dB':>6} {'r(T,L)':>6}"
+    )
     print(hdr)
     for f in files:
         r = run_one(Path(f), args.out, args.max_seconds)
         rows.append(r)
         note = f"  (first {r['annotated_s']:.0f} s of {r['file_s']:.0f} s)" if r["cut"] else ""
-        print(f"{r['track']:<18} {r['annotated_s']:>6.1f} {r['annotate_s']:>6.1f} {r['rtf']:>6.3f} "
-              f"{r['rec_next_frac']:>5.2f} {r['median_lag_s']:>7.1f} {r['modal_lag_s']:>8.1f} "
-              f"{r['tempo_bpm']:>6.1f} {r['res_events_per_min']:>7.2f} "
-              f"{r['tension_min']:>6.2f}..{r['tension_max']:<6.2f} "
-              f"{r['loudness_span_db']:>6.1f} {r['r_tension_loudness_5s']:>6.2f}{note}",
-              flush=True)
+        print(
+            f"{r['track']:<18} {r['annotated_s']:>6.1f} {r['annotate_s']:>6.1f} {r['rtf']:>6.3f} "
+            f"{r['rec_next_frac']:>5.2f} {r['median_lag_s']:>7.1f} {r['modal_lag_s']:>8.1f} "
+            f"{r['tempo_bpm']:>6.1f} {r['res_events_per_min']:>7.2f} "
+            f"{r['tension_min']:>6.2f}..{r['tension_max']:<6.2f} "
+            f"{r['loudness_span_db']:>6.1f} {r['r_tension_loudness_5s']:>6.2f}{note}",
+            flush=True,
+        )
     with open(args.out / "summary.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()

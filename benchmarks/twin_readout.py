@@ -31,8 +31,13 @@ from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
 READOUTS = {
     "linear": lambda: make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000)),
-    "quadratic": lambda: make_pipeline(StandardScaler(), PCA(16, random_state=0), PolynomialFeatures(2),
-                                       StandardScaler(), LogisticRegression(C=0.1, max_iter=5000)),
+    "quadratic": lambda: make_pipeline(
+        StandardScaler(),
+        PCA(16, random_state=0),
+        PolynomialFeatures(2),
+        StandardScaler(),
+        LogisticRegression(C=0.1, max_iter=5000),
+    ),
     "mlp": lambda: make_pipeline(StandardScaler(), MLPClassifier((64,), alpha=1e-2, max_iter=3000, random_state=0)),
 }
 

@@ -40,8 +40,11 @@ def train_toy_cli(out: str, spec: ToySpec) -> int:
         print(f"train-toy failed: {state.message}")
         return EXIT_FAILED
     print(report_markdown(report))
-    print(json.dumps({k: report[k] for k in ("trained", "random", "checks", "train_seconds", "checkpoint_bytes")},
-                     indent=2))
+    print(
+        json.dumps(
+            {k: report[k] for k in ("trained", "random", "checks", "train_seconds", "checkpoint_bytes")}, indent=2
+        )
+    )
     return EXIT_OK if report.get("learned") else EXIT_FAILED
 
 

@@ -43,8 +43,13 @@ def default_out(store: str) -> str:
 
 
 @flow(name="analysis", flow_run_name=_run_name, persist_result=True)
-def analysis(store: str, spec: AnalysisSpec = AnalysisSpec(), out: str | None = None,
-             control_store: str | None = None, name: str = "analysis") -> dict[str, Any]:
+def analysis(
+    store: str,
+    spec: AnalysisSpec = AnalysisSpec(),
+    out: str | None = None,
+    control_store: str | None = None,
+    name: str = "analysis",
+) -> dict[str, Any]:
     """Does layer L at frame t predict the event at t + h beyond controls that see the audio up to t?
 
     ``store``: any store of the documented schema. ``control_store``: the same slice from a random-weight
@@ -65,12 +70,15 @@ def analysis(store: str, spec: AnalysisSpec = AnalysisSpec(), out: str | None = 
     n_cells = len(layers) * len(spec.targets)
     if cplan is not None:
         if cplan["layers"] != layers:
-            raise lib.AnalysisError(f"the control store has layers {cplan['layers']}, the store {layers}: capture "
-                                    "both with the same architecture and layers")
+            raise lib.AnalysisError(
+                f"the control store has layers {cplan['layers']}, the store {layers}: capture "
+                "both with the same architecture and layers"
+            )
         controls += ["beyond-random"]
     total = n_cells * (len(controls) + (1 if cplan is not None else 0))
-    progress = create_progress_artifact(0.0, key=artifact_key(name, "analysis-progress"),
-                                        description=f"{name}: probes finished")
+    progress = create_progress_artifact(
+        0.0, key=artifact_key(name, "analysis-progress"), description=f"{name}: probes finished"
+    )
     futures = []
     baselines = {}
     if cplan is not None:  # the random network alone, and its reduced layers for 'beyond-random'
@@ -79,8 +87,9 @@ def analysis(store: str, spec: AnalysisSpec = AnalysisSpec(), out: str | None = 
         for layer in layers:
             baselines[layer] = t.reduce_layer.submit(control_store, cfp, spec, work, "control_", layer)
             for target in spec.targets:
-                futures.append(t.probe.submit(baselines[layer], clabels, cfp, spec, layer, target, "random-model",
-                                              n_cells))
+                futures.append(
+                    t.probe.submit(baselines[layer], clabels, cfp, spec, layer, target, "random-model", n_cells)
+                )
     fp = plan["identity"]
     labels = t.load_labels.submit(store, fp, spec, work, "")
     for layer in layers:
@@ -88,8 +97,19 @@ def analysis(store: str, spec: AnalysisSpec = AnalysisSpec(), out: str | None = 
         for target in spec.targets:
             for control in controls:
                 if control == "beyond-random":
-                    futures.append(t.probe.submit(reduced, labels, f"{fp}+{cplan['identity']}", spec, layer, target,
-                                                  control, n_cells, baselines[layer]))
+                    futures.append(
+                        t.probe.submit(
+                            reduced,
+                            labels,
+                            f"{fp}+{cplan['identity']}",
+                            spec,
+                            layer,
+                            target,
+                            control,
+                            n_cells,
+                            baselines[layer],
+                        )
+                    )
                 else:
                     futures.append(t.probe.submit(reduced, labels, fp, spec, layer, target, control, n_cells))
     rows: list[dict[str, Any]] = []
@@ -103,12 +123,19 @@ def analysis(store: str, spec: AnalysisSpec = AnalysisSpec(), out: str | None = 
     findings = (Path(out) / "findings.md").read_text()
     headline = df[(df["metric"] == HEADLINE_METRIC)].copy()
     records = headline.round(4).astype(object).where(headline.notna(), None).to_dict("records")
-    create_table_artifact(records, key=artifact_key(name, "analysis-results"),
-                          description=f"{name}: {HEADLINE_METRIC} gain per layer x horizon x target x control")
-    create_markdown_artifact(findings + "\n" + _figures_markdown(out), key=artifact_key(name, "findings"),
-                             description=f"{name}: probe findings")
-    significant = int(((df["control"] == "none") & (df["metric"] == HEADLINE_METRIC) & (df["q_value"] < spec.alpha))
-                      .sum())
+    create_table_artifact(
+        records,
+        key=artifact_key(name, "analysis-results"),
+        description=f"{name}: {HEADLINE_METRIC} gain per layer x horizon x target x control",
+    )
+    create_markdown_artifact(
+        findings + "\n" + _figures_markdown(out),
+        key=artifact_key(name, "findings"),
+        description=f"{name}: probe findings",
+    )
+    significant = int(
+        ((df["control"] == "none") & (df["metric"] == HEADLINE_METRIC) & (df["q_value"] < spec.alpha)).sum()
+    )
     logger.info("analysis of %s: %d significant cells (weights: %s); results in %s", store, significant, weights, out)
     return {"out": out, "significant": significant, "weights": weights, "n_rows": len(df)}
 

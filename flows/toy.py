@@ -23,8 +23,7 @@ class ToyNotLearned(RuntimeError):
 
 
 @flow(name="train-toy", persist_result=False)
-def train_toy_flow(spec: ToySpec = ToySpec(), out: str = DEFAULT_OUT, random_out: str | None = None
-                   ) -> dict[str, Any]:
+def train_toy_flow(spec: ToySpec = ToySpec(), out: str = DEFAULT_OUT, random_out: str | None = None) -> dict[str, Any]:
     """Train the toy MusicGen decoder on cue pieces and save it (weights: trained-here).
 
     On ``spec.device``: the chord toy's defaults take ~15 min on a 2-core CPU, the pair toy's recipe
@@ -34,10 +33,15 @@ def train_toy_flow(spec: ToySpec = ToySpec(), out: str = DEFAULT_OUT, random_out
     weights (weights: random), the negative control.
     """
     report = train_toy_task(spec, out, random_out)
-    create_markdown_artifact(report_markdown(report), key="toy-cue-report",
-                             description="toy positive control: held-out loss at the return, trained vs random")
+    create_markdown_artifact(
+        report_markdown(report),
+        key="toy-cue-report",
+        description="toy positive control: held-out loss at the return, trained vs random",
+    )
     if not report["learned"]:
-        raise ToyNotLearned(f"the toy model did not learn the cue structure: {report['checks']} "
-                            f"(trained {report['trained']}, random {report['random']}); try more steps")
+        raise ToyNotLearned(
+            f"the toy model did not learn the cue structure: {report['checks']} "
+            f"(trained {report['trained']}, random {report['random']}); try more steps"
+        )
     get_run_logger().info("toy model saved to %s (weights: trained-here)", report["out_dir"])
     return report

@@ -32,8 +32,13 @@ def _measure(config_json: str) -> int:
     from transformers import EncodecConfig
     from transformers.models.encodec.modeling_encodec import EncodecEncoder
 
-    config = EncodecConfig(**{k: v for k, v in json.loads(config_json).items()
-                              if k not in ("transformers_version", "model_type", "architectures")})
+    config = EncodecConfig(
+        **{
+            k: v
+            for k, v in json.loads(config_json).items()
+            if k not in ("transformers_version", "model_type", "architectures")
+        }
+    )
     hop = int(round(config.sampling_rate / config.frame_rate))
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -41,7 +46,7 @@ def _measure(config_json: str) -> int:
         n = hop * (2 * PROBE_FRAME)
         x = torch.randn(1, config.audio_channels, n)
         y = x.clone()
-        y[..., PROBE_FRAME * hop:] = torch.randn(1, config.audio_channels, n - PROBE_FRAME * hop)
+        y[..., PROBE_FRAME * hop :] = torch.randn(1, config.audio_channels, n - PROBE_FRAME * hop)
     with torch.no_grad():
         a, b = encoder(x)[0], encoder(y)[0]
     changed = (a - b).abs().amax(dim=0) > 1e-6 * a.abs().max()

@@ -19,8 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from musicinterp.frames import CLIP_MAX_S
 
 OFFLINE_MODEL_NAMES = ("tiny", "musicgen-small")
-HUB_MODEL_IDS = ("facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large",
-                 "facebook/musicgen-melody")
+HUB_MODEL_IDS = (
+    "facebook/musicgen-small",
+    "facebook/musicgen-medium",
+    "facebook/musicgen-large",
+    "facebook/musicgen-melody",
+)
 # peak |sample| (full-scale units, -80 dBFS) below which a clip is silent: flagged in the manifest,
 # and the default below which the annotation rejects it
 SILENCE_PEAK_FS = 1e-4
@@ -90,9 +94,7 @@ class SyntheticSource(Spec):
     n_pieces: int = Field(4, ge=1, le=10_000, description="Number of pieces.")
     duration_s: float = Field(12.0, ge=1.0, le=600.0, description="Length of each piece in seconds.")
     seed: int = Field(0, description="Seed for the pieces; the same seed gives the same audio.")
-    hard: bool = Field(
-        False, description="Vary the return: a few percent slower, another timbre, noise at 20 dB SNR."
-    )
+    hard: bool = Field(False, description="Vary the return: a few percent slower, another timbre, noise at 20 dB SNR.")
     no_return_fraction: float = Field(
         0.0, ge=0.0, le=1.0, description="Fraction of pieces with no planted return (null pieces)."
     )
@@ -141,14 +143,14 @@ class CueSource(Spec):
         0.5, ge=0.0, le=1.0, description="Fraction of pieces whose cue says 'return' (A comes back at 9 s)."
     )
     design: Literal["chord", "pair"] = Field(
-        "chord", description="'chord': one of two chords is the cue. 'pair': two chords separated by silence, A "
+        "chord",
+        description="'chord': one of two chords is the cue. 'pair': two chords separated by silence, A "
         "returns when they are equal; an average of the codes heard is additive in the two chords, so the "
-        "answer is not linear in it (a model must compute it; memory alone does not expose it).")
+        "answer is not linear in it (a model must compute it; memory alone does not expose it).",
+    )
 
 
-SourceSpec = Annotated[
-    SyntheticSource | Music21Source | AudioDirSource | CueSource, Field(discriminator="kind")
-]
+SourceSpec = Annotated[SyntheticSource | Music21Source | AudioDirSource | CueSource, Field(discriminator="kind")]
 
 
 def _default_sources() -> list[SourceSpec]:
@@ -159,11 +161,11 @@ class SliceSpec(Spec):
     """The benchmark slice: which clips, how long, how many shards."""
 
     name: str = Field("demo", description="Name of the slice; used in run names.")
-    sources: list[SourceSpec] = Field(
-        default_factory=_default_sources, description="Where the clips come from."
-    )
+    sources: list[SourceSpec] = Field(default_factory=_default_sources, description="Where the clips come from.")
     clip_s: float = Field(
-        CLIP_MAX_S, gt=0, le=CLIP_MAX_S,
+        CLIP_MAX_S,
+        gt=0,
+        le=CLIP_MAX_S,
         description=f"Longest clip in seconds; longer sources are cut (MusicGen's context is {CLIP_MAX_S:g} s).",
     )
     min_clip_s: float = Field(1.0, gt=0, description="Clips (and tails) shorter than this are rejected.")
@@ -184,7 +186,8 @@ class CaptureSpec(Spec):
         "", description="Text condition given to the text encoder; '' is MusicGen's unconditional prompt."
     )
     guidance_scale: float = Field(
-        3.0, ge=0.0,
+        3.0,
+        ge=0.0,
         description="Classifier-free guidance scale of the run being imitated (MusicGen default 3). "
         "It mixes the two halves' logits only; activations are per half.",
     )
@@ -193,14 +196,19 @@ class CaptureSpec(Spec):
         description="Which classifier-free-guidance half to store: the text-conditioned one or the "
         "null-condition one (encoder states zeroed).",
     )
-    layers: list[int] | None = Field(
-        None, description="Layers to store (0 = embeddings); default: all."
-    )
+    layers: list[int] | None = Field(None, description="Layers to store (0 = embeddings); default: all.")
     device: str = Field("cpu", description="torch device for the model, e.g. 'cpu' or 'cuda'.")
 
 
-TENSION_COMPONENTS = ("loudness", "onset_density", "pitch_height", "dissonance", "flatness",
-                      "key_unclarity", "tensile_strain")
+TENSION_COMPONENTS = (
+    "loudness",
+    "onset_density",
+    "pitch_height",
+    "dissonance",
+    "flatness",
+    "key_unclarity",
+    "tensile_strain",
+)
 
 
 class AnnotationSpec(Spec):
@@ -213,19 +221,32 @@ class AnnotationSpec(Spec):
     path_len_s: float = Field(2.0, gt=0, le=8.0, description="Path enhancement: length of the diagonal average (s).")
     min_lag_s: float = Field(1.0, gt=0, le=30.0, description="Shorter lags are never recurrence (s).")
     rec_threshold: float = Field(
-        0.6, gt=0, lt=1, description="Path-enhanced cosine similarity above which a lag is a recurrence.")
+        0.6, gt=0, lt=1, description="Path-enhanced cosine similarity above which a lag is a recurrence."
+    )
     depart_threshold: float = Field(
-        0.3, gt=-1, lt=1, description="The content at t must have been less similar than this to t "
-        "at some lag between 0 and the recurrence lag ('departs before it returns').")
+        0.3,
+        gt=-1,
+        lt=1,
+        description="The content at t must have been less similar than this to t "
+        "at some lag between 0 and the recurrence lag ('departs before it returns').",
+    )
     norm_floor: float = Field(
-        0.25, gt=0, description="Chroma residuals (after mean removal) smaller than this per stacked "
-        "vector count as 'no content' (sustained drones, noise).")
+        0.25,
+        gt=0,
+        description="Chroma residuals (after mean removal) smaller than this per stacked "
+        "vector count as 'no content' (sustained drones, noise).",
+    )
     min_run_s: float = Field(
-        2.0, ge=0, le=30.0, description="A recurrence must persist this long (a run of consecutive "
-        "recurring frames) to count; shorter matches are chance (default: the path-enhancement length).")
+        2.0,
+        ge=0,
+        le=30.0,
+        description="A recurrence must persist this long (a run of consecutive "
+        "recurring frames) to count; shorter matches are chance (default: the path-enhancement length).",
+    )
     rate_window_s: float = Field(8.0, gt=0, description="Trailing window of the causal recurrence rate (s).")
     horizons_s: list[float] = Field(
-        default_factory=lambda: [2.0, 4.0, 8.0], description="Horizons h of rec_within_h / res_within_h (s).")
+        default_factory=lambda: [2.0, 4.0, 8.0], description="Horizons h of rec_within_h / res_within_h (s)."
+    )
     # tension
     tension_smooth_s: float = Field(1.0, gt=0, description="Moving average of every tension component (s).")
     onset_window_s: float = Field(2.0, gt=0, description="Window of the onset density (s).")
@@ -233,15 +254,20 @@ class AnnotationSpec(Spec):
     key_window_s: float = Field(4.0, gt=0, description="Window of the chroma used for key clarity (s).")
     tension_weights: dict[str, float] = Field(
         default_factory=lambda: dict.fromkeys(TENSION_COMPONENTS, 1.0),
-        description="Weight of each z-scored component in the composite (normalised to sum 1).")
+        description="Weight of each z-scored component in the composite (normalised to sum 1).",
+    )
     resolution_drop: float = Field(
-        0.8, gt=0, description="A resolution is a fall of the composite by at least this many "
-        "standard deviations from a peak to the following trough.")
+        0.8,
+        gt=0,
+        description="A resolution is a fall of the composite by at least this many "
+        "standard deviations from a peak to the following trough.",
+    )
     resolution_max_fall_s: float = Field(4.0, gt=0, description="Longest peak-to-trough fall that counts (s).")
     # input checks
     min_duration_s: float = Field(2.0, gt=0, description="Shorter clips are rejected (s).")
     silence_peak: float = Field(
-        SILENCE_PEAK_FS, gt=0, description="Clips whose peak |sample| is below this are rejected.")
+        SILENCE_PEAK_FS, gt=0, description="Clips whose peak |sample| is below this are rejected."
+    )
 
     @field_validator("horizons_s")
     @classmethod
@@ -255,15 +281,15 @@ class AnnotationSpec(Spec):
     def _weights(cls, v: dict[str, float]) -> dict[str, float]:
         unknown = set(v) - set(TENSION_COMPONENTS)
         if unknown:
-            raise ValueError(f"tension_weights: unknown components {sorted(unknown)}; "
-                             f"choose from {list(TENSION_COMPONENTS)}")
+            raise ValueError(
+                f"tension_weights: unknown components {sorted(unknown)}; choose from {list(TENSION_COMPONENTS)}"
+            )
         if sum(v.values()) <= 0 or any(w < 0 for w in v.values()):
             raise ValueError(f"tension_weights: weights must be >= 0 with a positive sum, got {v}")
         return v
 
 
-DEFAULT_TARGETS = ("rec_within_2s", "rec_within_4s", "rec_within_8s", "res_within_2s", "res_within_4s",
-                   "res_within_8s")
+DEFAULT_TARGETS = ("rec_within_2s", "rec_within_4s", "rec_within_8s", "res_within_2s", "res_within_4s", "res_within_8s")
 # How far each tension component looks past its frame (s), from its windows in musicinterp/annotate/tension.py:
 # every component is a centred 1 s moving average (+0.5 s) of a 64-128 ms analysis window (+0.064 s); onset
 # density also counts onsets in a centred 2 s window (+1 s) found with a 25-frame median threshold (+0.24 s);
@@ -272,8 +298,12 @@ DEFAULT_TARGETS = ("rec_within_2s", "rec_within_4s", "rec_within_8s", "res_withi
 # Tensile strain is left out: it measures the chroma cloud against the key of the whole clip, which no shift
 # makes causal (the clip's future would leak into the controls).
 DESCRIPTOR_LOOKAHEAD_S = {
-    "tension_loudness_db": 0.564, "tension_onset_density_hz": 1.804, "tension_pitch_height_midi": 0.564,
-    "tension_dissonance": 0.564, "tension_flatness_db": 0.564, "tension_key_unclarity": 2.664,
+    "tension_loudness_db": 0.564,
+    "tension_onset_density_hz": 1.804,
+    "tension_pitch_height_midi": 0.564,
+    "tension_dissonance": 0.564,
+    "tension_flatness_db": 0.564,
+    "tension_key_unclarity": 2.664,
 }
 
 
@@ -286,77 +316,123 @@ class AnalysisSpec(Spec):
     targets: list[str] = Field(
         default_factory=lambda: list(DEFAULT_TARGETS),
         description="Binary (clip, time) label variables to predict, each with a '<name>_valid' mask; a name "
-        "ending in '_<h>s' is read as horizon h seconds (its own value at t - h - 1 frame becomes a control).")
+        "ending in '_<h>s' is read as horizon h seconds (its own value at t - h - 1 frame becomes a control).",
+    )
     layers: list[int] | None = Field(
-        None, description="Layers to probe (None = every layer in the store). Layer 0 (the token embeddings) "
-        "is always added as a control layer.")
+        None,
+        description="Layers to probe (None = every layer in the store). Layer 0 (the token embeddings) "
+        "is always added as a control layer.",
+    )
     estimator: Literal["ridge", "logistic"] = Field(
-        "ridge", description="'ridge': grouped-CV ridge probes at full width whose refits under permutation cost "
+        "ridge",
+        description="'ridge': grouped-CV ridge probes at full width whose refits under permutation cost "
         "a few matrix products (musicinterp/analysis/ridge.py), so the permutation count can grow to what the grid "
         "needs; metrics AUROC and Brier. 'logistic': the first wave's L2 logistic probes (metrics AUROC and "
-        "log-loss), each permutation a full refit: slow at full width, kept for comparison.")
+        "log-loss), each permutation a full refit: slow at full width, kept for comparison.",
+    )
     reduced_width: int | None = Field(
-        None, ge=1, description="Width of a seeded Gaussian random projection applied while reading (None = every "
+        None,
+        ge=1,
+        description="Width of a seeded Gaussian random projection applied while reading (None = every "
         "feature, the default: a projection to k of d dimensions keeps about k/d of one direction's signal "
-        "against isotropic noise; the power study in musicinterp/analysis/README.md measured the loss).")
+        "against isotropic noise; the power study in musicinterp/analysis/README.md measured the loss).",
+    )
     ridge_grid: list[float] = Field(
         default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0],
         description="Ridge strengths relative to the training rows (lambda = value x n_train on standardised "
-        "columns), chosen inside every training fold by an inner grouped CV on squared error.")
+        "columns), chosen inside every training fold by an inner grouped CV on squared error.",
+    )
     window_s: float = Field(
-        10.0, gt=0, description="Permutation unit: label tracks are cut into windows of this length at fixed "
+        10.0,
+        gt=0,
+        description="Permutation unit: label tracks are cut into windows of this length at fixed "
         "offsets in each clip; windows at the same offset with the same exact frame count trade label tracks "
         "(musicinterp/analysis/permutation.py). Longer than the longest horizon, so a splice point sits in few "
-        "rows' label windows.")
+        "rows' label windows.",
+    )
     frame_stride: int = Field(
-        5, ge=1, description="Keep every k-th frame (5 = 10 Hz): less autocorrelation between kept frames, "
-        "less memory and time. Inference is by clip/source either way.")
+        5,
+        ge=1,
+        description="Keep every k-th frame (5 = 10 Hz): less autocorrelation between kept frames, "
+        "less memory and time. Inference is by clip/source either way.",
+    )
     n_folds: int = Field(5, ge=2, description="Outer cross-validation folds, grouped by source_id (GroupKFold).")
     inner_folds: int = Field(
-        3, ge=2, description="Inner grouped folds, inside each outer training fold only, that choose the "
-        "regularisation strength.")
+        3,
+        ge=2,
+        description="Inner grouped folds, inside each outer training fold only, that choose the "
+        "regularisation strength.",
+    )
     c_grid: list[float] = Field(
         default_factory=lambda: [0.001, 0.01, 0.1, 1.0],
         description="Inverse L2 strengths C of the logistic regression (sklearn convention) tried by the inner "
-        "CV; chosen by inner out-of-fold log-loss.")
+        "CV; chosen by inner out-of-fold log-loss.",
+    )
     solver: Literal["newton", "lbfgs"] = Field(
-        "newton", description="'newton': the project's exact Newton solver of the same L2 logistic objective "
-        "(several times faster on small problems; tested equal to sklearn); 'lbfgs': sklearn LogisticRegression.")
+        "newton",
+        description="'newton': the project's exact Newton solver of the same L2 logistic objective "
+        "(several times faster on small problems; tested equal to sklearn); 'lbfgs': sklearn LogisticRegression.",
+    )
     n_permutations: int = Field(
-        99, ge=1, description="Fewest permutation draws per cell (both models refit, inner CV included, every "
-        "time); p_cluster uses these. More are drawn while the cell could still be a discovery (max_permutations).")
+        99,
+        ge=1,
+        description="Fewest permutation draws per cell (both models refit, inner CV included, every "
+        "time); p_cluster uses these. More are drawn while the cell could still be a discovery (max_permutations).",
+    )
     max_permutations: int | None = Field(
-        None, ge=1, description="Most draws per cell. None = 2 x cells / alpha (cells = layers x targets), so that "
+        None,
+        ge=1,
+        description="Most draws per cell. None = 2 x cells / alpha (cells = layers x targets), so that "
         "an isolated effect can reach q < alpha under Benjamini-Hochberg; a group with fewer arrangements is "
-        "enumerated exactly.")
+        "enumerated exactly.",
+    )
     sequential_h: int = Field(
-        10, ge=0, description="Besag-Clifford sequential stopping: draws stop once the null has beaten the observed "
-        "statistic this many times (p = h / draws); 0 = always max_permutations draws.")
+        10,
+        ge=0,
+        description="Besag-Clifford sequential stopping: draws stop once the null has beaten the observed "
+        "statistic this many times (p = h / draws); 0 = always max_permutations draws.",
+    )
     codec_lookahead_frames: int | None = Field(
-        None, ge=0, description="Frames of later audio a frame's codes hear; the layer is read this many frames "
-        "before the label. None = the store's attribute (measured at capture), else MusicGen's EnCodec (4).")
+        None,
+        ge=0,
+        description="Frames of later audio a frame's codes hear; the layer is read this many frames "
+        "before the label. None = the store's attribute (measured at capture), else MusicGen's EnCodec (4).",
+    )
     n_bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples of clusters for the gain's CI.")
     cluster_unit: Literal["source", "clip"] = Field(
-        "source", description="Unit resampled by the bootstrap and clustered by the Wald test: 'source' keeps the "
-        "clips of one track together (DESIGN: the unit of inference is the source when clips share one).")
+        "source",
+        description="Unit resampled by the bootstrap and clustered by the Wald test: 'source' keeps the "
+        "clips of one track together (DESIGN: the unit of inference is the source when clips share one).",
+    )
     alpha: float = Field(0.05, gt=0, lt=1, description="Level of the tests, of the CI (1 - alpha) and of the BH FDR.")
     shifted_labels_control: bool = Field(
-        True, description="Also run every (layer, target) with every clip's label track handed to another clip of "
+        True,
+        description="Also run every (layer, target) with every clip's label track handed to another clip of "
         "its permutation class, at the same positions (a selectivity control after Hewitt & Liang 2019; the name "
-        "is the first wave's): any effect there is an artefact.")
+        "is the first wave's): any effect there is an artefact.",
+    )
     descriptor_lookahead_s: dict[str, float] = Field(
         default_factory=lambda: dict(DESCRIPTOR_LOOKAHEAD_S),
         description="Tension descriptors used as controls and how far each looks past its frame (s); each is "
-        "shifted back by ceil(lookahead x 50) frames so that the control sees audio up to t only.")
+        "shifted back by ceil(lookahead x 50) frames so that the control sees audio up to t only.",
+    )
     position_basis_s: float = Field(
-        1.0, ge=0, le=30.0, description="Position controls: Gaussian bumps of t every this many seconds (width the "
-        "same) besides t itself, so that any smooth function of position is a control; 0 = linear position only.")
+        1.0,
+        ge=0,
+        le=30.0,
+        description="Position controls: Gaussian bumps of t every this many seconds (width the "
+        "same) besides t itself, so that any smooth function of position is a control; 0 = linear position only.",
+    )
     censor_clip_end: bool = Field(
-        True, description="Drop frames within h of the clip's end. The labels mark them valid only when positive "
-        "(an event was seen before the end), so keeping them selects frames on the outcome.")
+        True,
+        description="Drop frames within h of the clip's end. The labels mark them valid only when positive "
+        "(an event was seen before the end), so keeping them selects frames on the outcome.",
+    )
     min_sources: int = Field(
-        3, ge=2, description="Fewer sources with valid frames than this give a result row with a note "
-        "instead of a test.")
+        3,
+        ge=2,
+        description="Fewer sources with valid frames than this give a result row with a note instead of a test.",
+    )
     seed: int = Field(0, description="Seed of the projection, the permutations, the bootstrap and the shifted labels.")
 
     @field_validator("targets")
@@ -391,10 +467,13 @@ class RunSpec(Spec):
     annotate: bool = Field(True, description="Annotate every clip (recurrence and tension labels) into the store.")
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
     analyze: bool = Field(
-        True, description="After a complete capture and annotation, run the probe analysis on the store.")
+        True, description="After a complete capture and annotation, run the probe analysis on the store."
+    )
     control_store: str | None = Field(
-        None, description="Store of the same slice captured from a random-weight model of the same architecture "
-        "(another run's store.zarr); analysed beside this one as the 'random-model' control.")
+        None,
+        description="Store of the same slice captured from a random-weight model of the same architecture "
+        "(another run's store.zarr); analysed beside this one as the 'random-model' control.",
+    )
 
     # What is captured and annotated names the run and its store; the analysis settings only key the
     # analysis caches, so changing them reuses the captured store.

@@ -76,29 +76,63 @@ def _offline_config(name: str):
     if name == "tiny":
         text = T5Config(vocab_size=32128, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
         audio = EncodecConfig(
-            sampling_rate=SAMPLE_RATE_HZ, audio_channels=1, hidden_size=32, num_filters=4,
-            num_residual_layers=1, num_lstm_layers=1, upsampling_ratios=[8, 5, 4, 4], codebook_size=2048,
-            codebook_dim=32, target_bandwidths=[2.2], normalize=False, use_causal_conv=False,
-            chunk_length_s=None, overlap=None,
+            sampling_rate=SAMPLE_RATE_HZ,
+            audio_channels=1,
+            hidden_size=32,
+            num_filters=4,
+            num_residual_layers=1,
+            num_lstm_layers=1,
+            upsampling_ratios=[8, 5, 4, 4],
+            codebook_size=2048,
+            codebook_dim=32,
+            target_bandwidths=[2.2],
+            normalize=False,
+            use_causal_conv=False,
+            chunk_length_s=None,
+            overlap=None,
         )
         decoder = MusicgenDecoderConfig(
-            vocab_size=2048, max_position_embeddings=2048, num_hidden_layers=2, ffn_dim=128,
-            num_attention_heads=4, hidden_size=64, num_codebooks=4, pad_token_id=PAD_TOKEN_ID,
-            bos_token_id=PAD_TOKEN_ID, dropout=0.0,
+            vocab_size=2048,
+            max_position_embeddings=2048,
+            num_hidden_layers=2,
+            ffn_dim=128,
+            num_attention_heads=4,
+            hidden_size=64,
+            num_codebooks=4,
+            pad_token_id=PAD_TOKEN_ID,
+            bos_token_id=PAD_TOKEN_ID,
+            dropout=0.0,
         )
     elif name == "musicgen-small":
         # Shapes of facebook/musicgen-small: T5-base text encoder, EnCodec 32 kHz, 24x1024 decoder.
         text = T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)
         audio = EncodecConfig(
-            sampling_rate=SAMPLE_RATE_HZ, audio_channels=1, hidden_size=128, num_filters=64,
-            num_residual_layers=1, num_lstm_layers=2, upsampling_ratios=[8, 5, 4, 4], codebook_size=2048,
-            codebook_dim=128, target_bandwidths=[2.2], normalize=False, use_causal_conv=False,
-            chunk_length_s=None, overlap=None,
+            sampling_rate=SAMPLE_RATE_HZ,
+            audio_channels=1,
+            hidden_size=128,
+            num_filters=64,
+            num_residual_layers=1,
+            num_lstm_layers=2,
+            upsampling_ratios=[8, 5, 4, 4],
+            codebook_size=2048,
+            codebook_dim=128,
+            target_bandwidths=[2.2],
+            normalize=False,
+            use_causal_conv=False,
+            chunk_length_s=None,
+            overlap=None,
         )
         decoder = MusicgenDecoderConfig(
-            vocab_size=2048, max_position_embeddings=2048, num_hidden_layers=24, ffn_dim=4096,
-            num_attention_heads=16, hidden_size=1024, num_codebooks=4, pad_token_id=PAD_TOKEN_ID,
-            bos_token_id=PAD_TOKEN_ID, dropout=0.1,
+            vocab_size=2048,
+            max_position_embeddings=2048,
+            num_hidden_layers=24,
+            ffn_dim=4096,
+            num_attention_heads=16,
+            hidden_size=1024,
+            num_codebooks=4,
+            pad_token_id=PAD_TOKEN_ID,
+            bos_token_id=PAD_TOKEN_ID,
+            dropout=0.1,
         )
     else:  # ModelSpec validation makes this unreachable for users
         raise ModelLoadError(f"unknown offline model {name!r}")

@@ -32,10 +32,16 @@ from musicinterp.sources.synthetic import load_synthetic, plan_synthetic
 log = logging.getLogger(__name__)
 
 _PLANNERS: dict[str, Callable[[Any], Iterator[Track | PlanFailure]]] = {
-    "synthetic": plan_synthetic, "music21": plan_music21, "audio_dir": plan_audio_dir, "cue": plan_cue,
+    "synthetic": plan_synthetic,
+    "music21": plan_music21,
+    "audio_dir": plan_audio_dir,
+    "cue": plan_cue,
 }
 _LOADERS: dict[str, Callable[[str], np.ndarray]] = {
-    "synthetic": load_synthetic, "music21": load_music21, "audio_dir": load_audio_dir, "cue": load_cue,
+    "synthetic": load_synthetic,
+    "music21": load_music21,
+    "audio_dir": load_audio_dir,
+    "cue": load_cue,
 }
 
 
@@ -68,8 +74,12 @@ class Manifest:
 
     def to_json(self, url: str) -> None:
         fs, path = fsspec.core.url_to_fs(str(url))
-        data = {"slice_fingerprint": self.slice_fingerprint, "n_shards": self.n_shards,
-                "clips": [asdict(c) for c in self.clips], "failures": [asdict(f) for f in self.failures]}
+        data = {
+            "slice_fingerprint": self.slice_fingerprint,
+            "n_shards": self.n_shards,
+            "clips": [asdict(c) for c in self.clips],
+            "failures": [asdict(f) for f in self.failures],
+        }
         with fs.open(path, "w") as f:
             json.dump(data, f, indent=1)
 
@@ -80,9 +90,12 @@ class Manifest:
                 data = json.load(f)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"manifest {url} does not exist; plan the run first") from e
-        return cls(slice_fingerprint=data["slice_fingerprint"], n_shards=data["n_shards"],
-                   clips=[ClipRecord(**c) for c in data["clips"]],
-                   failures=[PlanFailure(**f) for f in data["failures"]])
+        return cls(
+            slice_fingerprint=data["slice_fingerprint"],
+            n_shards=data["n_shards"],
+            clips=[ClipRecord(**c) for c in data["clips"]],
+            failures=[PlanFailure(**f) for f in data["failures"]],
+        )
 
 
 def sha256_of(samples: np.ndarray) -> str:
@@ -115,8 +128,9 @@ def _cut(track: Track, spec: SliceSpec) -> Iterator[tuple[float, np.ndarray]]:
     for start in range(0, len(x), step):
         piece = x[start : start + step]
         if start and len(piece) < spec.min_clip_s * SAMPLE_RATE_HZ:
-            log.info("%s: dropped a %.2f s tail (shorter than min_clip_s)", track.source_id,
-                     len(piece) / SAMPLE_RATE_HZ)
+            log.info(
+                "%s: dropped a %.2f s tail (shorter than min_clip_s)", track.source_id, len(piece) / SAMPLE_RATE_HZ
+            )
             break
         yield start / SAMPLE_RATE_HZ, piece
 
@@ -154,13 +168,22 @@ def plan_slice(spec: SliceSpec) -> Manifest:
                     continue
                 seen.add(clip_id)
                 duration = len(samples) / SAMPLE_RATE_HZ
-                clips.append({
-                    "clip_id": clip_id, "source": item.source, "source_id": item.source_id,
-                    "locator": item.locator, "offset_s": offset, "duration_s": duration,
-                    "n_samples": len(samples), "n_frames": n_frames(len(samples)), "sha256": sha256_of(samples),
-                    "licence": item.licence, "silent": bool(np.abs(samples).max() < SILENCE_PEAK_FS),
-                    "truth": cut_truth(item.truth, offset, duration),
-                })
+                clips.append(
+                    {
+                        "clip_id": clip_id,
+                        "source": item.source,
+                        "source_id": item.source_id,
+                        "locator": item.locator,
+                        "offset_s": offset,
+                        "duration_s": duration,
+                        "n_samples": len(samples),
+                        "n_frames": n_frames(len(samples)),
+                        "sha256": sha256_of(samples),
+                        "licence": item.licence,
+                        "silent": bool(np.abs(samples).max() < SILENCE_PEAK_FS),
+                        "truth": cut_truth(item.truth, offset, duration),
+                    }
+                )
     n_shards = max(1, min(spec.n_shards, len(clips)))
     shards = _deal([c["duration_s"] for c in clips], n_shards)
     records = [ClipRecord(shard=s, **c) for c, s in zip(clips, shards)]
@@ -201,6 +224,9 @@ def load_clip_audio(clip: ClipRecord) -> np.ndarray:
     check_audio(samples, clip.clip_id, 0.0)
     digest = sha256_of(samples)
     if digest != clip.sha256:
-        raise ClipError(clip.clip_id, f"audio changed since the slice was planned (sha256 {digest[:12]} "
-                                      f"!= manifest {clip.sha256[:12]}); plan the run again")
+        raise ClipError(
+            clip.clip_id,
+            f"audio changed since the slice was planned (sha256 {digest[:12]} "
+            f"!= manifest {clip.sha256[:12]}); plan the run again",
+        )
     return samples

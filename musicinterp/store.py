@@ -75,37 +75,60 @@ class StoreLayout:
         raise StoreError(f"clip {clip_id!r} is not in this store")
 
 
-def _template(layout: StoreLayout, clip_vars: dict[str, list], attrs: dict[str, Any],
-              labels: dict[str, dict[str, str]]) -> xr.Dataset:
+def _template(
+    layout: StoreLayout, clip_vars: dict[str, list], attrs: dict[str, Any], labels: dict[str, dict[str, str]]
+) -> xr.Dataset:
     import dask.array as da
 
     n_clips, n_layers, t, d = len(layout.clips), len(layout.layers), layout.max_frames, layout.hidden_size
     resid = da.full((n_clips, n_layers, t, d), RESID_FILL, dtype=np.float16, chunks=layout.resid_chunks)
-    codes = da.full((n_clips, layout.num_codebooks, t), CODES_FILL, dtype=np.int16,
-                    chunks=(1, layout.num_codebooks, t))
+    codes = da.full((n_clips, layout.num_codebooks, t), CODES_FILL, dtype=np.int16, chunks=(1, layout.num_codebooks, t))
     complete = da.zeros((n_clips,), dtype=bool, chunks=(1,))
     label_vars = {
-        name: (("clip", "time"), da.zeros((n_clips, t), dtype=meta["dtype"], chunks=(1, t)),
-               {**{k: v for k, v in meta.items() if k != "dtype"},
-                "fill": "0 / False beyond the clip's n_frames (see in_clip)"})
+        name: (
+            ("clip", "time"),
+            da.zeros((n_clips, t), dtype=meta["dtype"], chunks=(1, t)),
+            {
+                **{k: v for k, v in meta.items() if k != "dtype"},
+                "fill": "0 / False beyond the clip's n_frames (see in_clip)",
+            },
+        )
         for name, meta in labels.items()
     }
     in_clip = np.arange(t)[None, :] < np.array([c.n_frames for c in layout.clips])[:, None]
     ds = xr.Dataset(
         {
-            "resid": (("clip", "layer", "time", "feature"), resid, {
-                "long_name": "residual stream", "description": LAYER_CONVENTION,
-                "fill": "NaN beyond the clip's n_frames"}),
-            "codes": (("clip", "codebook", "time"), codes, {
-                "long_name": "EnCodec codes of the clip (undelayed)", "fill": CODES_FILL}),
-            "complete": (("clip",), complete, {
-                "description": "written last: True only once the clip's resid and codes are written"}),
-            "annotated": (("clip",), da.zeros((n_clips,), dtype=bool, chunks=(1,)), {
-                "description": "written last: True only once the clip's labels are written"}),
+            "resid": (
+                ("clip", "layer", "time", "feature"),
+                resid,
+                {
+                    "long_name": "residual stream",
+                    "description": LAYER_CONVENTION,
+                    "fill": "NaN beyond the clip's n_frames",
+                },
+            ),
+            "codes": (
+                ("clip", "codebook", "time"),
+                codes,
+                {"long_name": "EnCodec codes of the clip (undelayed)", "fill": CODES_FILL},
+            ),
+            "complete": (
+                ("clip",),
+                complete,
+                {"description": "written last: True only once the clip's resid and codes are written"},
+            ),
+            "annotated": (
+                ("clip",),
+                da.zeros((n_clips,), dtype=bool, chunks=(1,)),
+                {"description": "written last: True only once the clip's labels are written"},
+            ),
             "in_clip": (("clip", "time"), in_clip, {"description": "frame lies inside the clip (time < n_frames)"}),
             **label_vars,
-            "n_frames": (("clip",), np.array([c.n_frames for c in layout.clips], dtype=np.int32),
-                         {"units": "frames at 50 Hz"}),
+            "n_frames": (
+                ("clip",),
+                np.array([c.n_frames for c in layout.clips], dtype=np.int32),
+                {"units": "frames at 50 Hz"},
+            ),
             **{name: (("clip",), _column(values)) for name, values in clip_vars.items()},
         },
         coords={
@@ -128,8 +151,15 @@ def _column(values: list) -> np.ndarray:
     return np.asarray(values)
 
 
-def store_attrs(*, model: dict[str, Any], run_spec_json: str, fingerprint: str, capture: dict[str, Any],
-                package_version: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def store_attrs(
+    *,
+    model: dict[str, Any],
+    run_spec_json: str,
+    fingerprint: str,
+    capture: dict[str, Any],
+    package_version: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The attributes DESIGN.md asks every store to carry, with the weights kind in plain words."""
     attrs = {
         "schema_version": STORE_SCHEMA_VERSION,
@@ -168,8 +198,13 @@ def _exists(url: str) -> bool:
     return fs.exists(f"{path.rstrip('/')}/zarr.json")
 
 
-def init_store(url: str, layout: StoreLayout, clip_vars: dict[str, list], attrs: dict[str, Any],
-               labels: dict[str, dict[str, str]] | None = None) -> bool:
+def init_store(
+    url: str,
+    layout: StoreLayout,
+    clip_vars: dict[str, list],
+    attrs: dict[str, Any],
+    labels: dict[str, dict[str, str]] | None = None,
+) -> bool:
     """Create the store from its template, or check that an existing one is the same run.
 
     Returns True when created, False when an existing store of the same config fingerprint was
@@ -257,17 +292,23 @@ def write_clip(url: str, clip_id: str, resid: np.ndarray, codes: np.ndarray) -> 
     _check_region(ds, "resid", index, full_resid)
     _check_region(ds, "codes", index, full_codes)
     region = {"clip": slice(index, index + 1)}
-    out = xr.Dataset({
-        "resid": (("clip", "layer", "time", "feature"), full_resid[None]),
-        "codes": (("clip", "codebook", "time"), full_codes[None]),
-    })
-    out.to_zarr(url, region={**region, "layer": slice(None), "time": slice(0, t), "feature": slice(None),
-                             "codebook": slice(None)}, consolidated=False)
+    out = xr.Dataset(
+        {
+            "resid": (("clip", "layer", "time", "feature"), full_resid[None]),
+            "codes": (("clip", "codebook", "time"), full_codes[None]),
+        }
+    )
+    out.to_zarr(
+        url,
+        region={**region, "layer": slice(None), "time": slice(0, t), "feature": slice(None), "codebook": slice(None)},
+        consolidated=False,
+    )
     return int(resid.nbytes + codes.nbytes)
 
 
-def mark_complete(url: str, clip_id: str, done: bool = True, flag: str = "complete",
-                  ds: xr.Dataset | None = None) -> None:
+def mark_complete(
+    url: str, clip_id: str, done: bool = True, flag: str = "complete", ds: xr.Dataset | None = None
+) -> None:
     """Set a clip's completion flag (``complete`` for activations, ``annotated`` for labels).
 
     ``ds``: the store already opened by the caller (saves reading its metadata again).
@@ -386,7 +427,13 @@ def store_identity(url: str) -> str:
         raise StoreError(f"no store at {url!r}")
     for path in sorted(listing):
         info = listing[path]
-        stamp = next((str(info[k]) for k in ("ETag", "etag", "md5Hash", "crc32c", "mtime", "LastModified",
-                                            "last_modified", "updated") if k in info), "")
-        h.update(f"{path[len(root):]}\0{info.get('size')}\0{stamp}\n".encode())
+        stamp = next(
+            (
+                str(info[k])
+                for k in ("ETag", "etag", "md5Hash", "crc32c", "mtime", "LastModified", "last_modified", "updated")
+                if k in info
+            ),
+            "",
+        )
+        h.update(f"{path[len(root) :]}\0{info.get('size')}\0{stamp}\n".encode())
     return h.hexdigest()[:16]

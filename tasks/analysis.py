@@ -42,31 +42,53 @@ def _key(what: str, *names: str):
     return key_fn
 
 
-@task(name="analysis-labels", retries=1, retry_delay_seconds=RETRY_DELAY_S, persist_result=True,
-      cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_key("labels", "tag")))
+@task(
+    name="analysis-labels",
+    retries=1,
+    retry_delay_seconds=RETRY_DELAY_S,
+    persist_result=True,
+    cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_key("labels", "tag")),
+)
 def load_labels(store: str, store_fp: str, spec: AnalysisSpec, work: str, tag: str) -> str:
     """Targets, masks and controls of every kept frame, as one small npz."""
     return str(analysis.load_labels(store, spec, f"{work}/{tag}labels.npz"))
 
 
-@task(name="analysis-reduce-layer", task_run_name="reduce {tag}layer {layer}", retries=1,
-      retry_delay_seconds=RETRY_DELAY_S, persist_result=True,
-      cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_key("reduce", "tag", "layer")))
+@task(
+    name="analysis-reduce-layer",
+    task_run_name="reduce {tag}layer {layer}",
+    retries=1,
+    retry_delay_seconds=RETRY_DELAY_S,
+    persist_result=True,
+    cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_key("reduce", "tag", "layer")),
+)
 def reduce_layer(store: str, store_fp: str, spec: AnalysisSpec, work: str, tag: str, layer: int) -> str:
     """Read one layer once, clip by clip, projected to the reduced width."""
     return str(analysis.reduce_layer(store, layer, spec, f"{work}/{tag}layer{layer}.npz"))
 
 
-@task(name="analysis-probe", task_run_name="probe layer {layer} {target} ({control})", retries=1,
-      retry_delay_seconds=RETRY_DELAY_S, persist_result=True,
-      cache_policy=TASK_SOURCE + CacheKeyFnPolicy(
-          cache_key_fn=_key("probe", "layer", "target", "control", "n_cells")))
-def probe(reduced: str, labels: str, store_fp: str, spec: AnalysisSpec, layer: int, target: str, control: str,
-          n_cells: int, baseline: str | None = None) -> list[dict[str, Any]]:
+@task(
+    name="analysis-probe",
+    task_run_name="probe layer {layer} {target} ({control})",
+    retries=1,
+    retry_delay_seconds=RETRY_DELAY_S,
+    persist_result=True,
+    cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_key("probe", "layer", "target", "control", "n_cells")),
+)
+def probe(
+    reduced: str,
+    labels: str,
+    store_fp: str,
+    spec: AnalysisSpec,
+    layer: int,
+    target: str,
+    control: str,
+    n_cells: int,
+    baseline: str | None = None,
+) -> list[dict[str, Any]]:
     """Controls alone vs controls + layer (``baseline``: + the random network's layer), with CI, permutation p
     and cluster-robust p. ``store_fp`` names every store the probe reads (both for 'beyond-random')."""
-    return analysis.probe_layer_target(reduced, labels, target, spec, control, baseline_npz=baseline,
-                                       n_cells=n_cells)
+    return analysis.probe_layer_target(reduced, labels, target, spec, control, baseline_npz=baseline, n_cells=n_cells)
 
 
 @task(name="analysis-finalize")

@@ -24,7 +24,10 @@ def train_toy_task(spec: ToySpec, out: str, random_out: str | None = None) -> di
             logger.info("step %d/%d: train loss %.4f", step, steps, loss)
 
     report = train_toy(spec, out, progress=on_step, random_dir=random_out)
-    logger.info("held-out loss at the return: trained %.3f (return cue) / %.3f (no-return cue), random %.3f",
-                report["trained"]["return_return_cue"], report["trained"]["return_no_return_cue"],
-                report["random"]["return_all"])
+    logger.info(
+        "held-out loss at the return: trained %.3f (return cue) / %.3f (no-return cue), random %.3f",
+        report["trained"]["return_return_cue"],
+        report["trained"]["return_no_return_cue"],
+        report["random"]["return_all"],
+    )
     return report

@@ -19,8 +19,15 @@ from musicinterp.analysis.stats import ar1_noise
 
 FRAME_RATE_HZ = 50
 HORIZONS_S = (2, 4, 8)
-TENSION = ("tension_loudness_db", "tension_onset_density_hz", "tension_pitch_height_midi", "tension_dissonance",
-           "tension_flatness_db", "tension_key_unclarity", "tension_tensile_strain")
+TENSION = (
+    "tension_loudness_db",
+    "tension_onset_density_hz",
+    "tension_pitch_height_midi",
+    "tension_dissonance",
+    "tension_flatness_db",
+    "tension_key_unclarity",
+    "tension_tensile_strain",
+)
 
 
 def within(events: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,11 +40,24 @@ def within(events: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
     return y.astype(np.int8), y | (t + h < n)
 
 
-def make_store(path: str | Path, *, n_clips: int = 24, n_sources: int = 12, n_frames: int | list[int] = 200,
-               layers: int = 3, hidden: int = 16, seed: int = 0, planted_layer: int | None = None,
-               planted_target: str = "rec_within_2s", planted_dims: int = 4, planted_snr: float = 1.5,
-               event_rate_hz: float = 0.25, phi: float = 0.95, weights: str = "random",
-               constant_target: str | None = None) -> str:
+def make_store(
+    path: str | Path,
+    *,
+    n_clips: int = 24,
+    n_sources: int = 12,
+    n_frames: int | list[int] = 200,
+    layers: int = 3,
+    hidden: int = 16,
+    seed: int = 0,
+    planted_layer: int | None = None,
+    planted_target: str = "rec_within_2s",
+    planted_dims: int = 4,
+    planted_snr: float = 1.5,
+    event_rate_hz: float = 0.25,
+    phi: float = 0.95,
+    weights: str = "random",
+    constant_target: str | None = None,
+) -> str:
     """Write the store and return its path. ``constant_target`` is set to 0 everywhere (a degenerate target)."""
     rng = np.random.default_rng(seed)
     lens = [n_frames] * n_clips if isinstance(n_frames, int) else list(n_frames)
@@ -79,11 +99,19 @@ def make_store(path: str | Path, *, n_clips: int = 24, n_sources: int = 12, n_fr
         **{k: (("clip", "time"), v) for k, v in lab.items()},
         **{k: (("clip", "time"), v) for k, v in cont.items()},
     }
-    ds = xr.Dataset(data, coords={
-        "clip": clip_ids, "layer": np.arange(n_layers, dtype=np.int32), "time": np.arange(T) / FRAME_RATE_HZ,
-        "feature": np.arange(hidden, dtype=np.int32)},
-        attrs={"weights": weights, "config_fingerprint": f"test-{seed}", "model_id": "test-factory"})
-    enc = {"resid": {"chunks": (1, n_layers, T, hidden)},
-           **{k: {"chunks": (1, T)} for k, v in data.items() if v[0] == ("clip", "time")}}
+    ds = xr.Dataset(
+        data,
+        coords={
+            "clip": clip_ids,
+            "layer": np.arange(n_layers, dtype=np.int32),
+            "time": np.arange(T) / FRAME_RATE_HZ,
+            "feature": np.arange(hidden, dtype=np.int32),
+        },
+        attrs={"weights": weights, "config_fingerprint": f"test-{seed}", "model_id": "test-factory"},
+    )
+    enc = {
+        "resid": {"chunks": (1, n_layers, T, hidden)},
+        **{k: {"chunks": (1, T)} for k, v in data.items() if v[0] == ("clip", "time")},
+    }
     ds.to_zarr(str(path), mode="w", zarr_format=3, consolidated=False, encoding=enc)
     return str(path)

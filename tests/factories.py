@@ -38,8 +38,16 @@ def _partials(freq_hz: float, t: np.ndarray, partials: Iterable[tuple[float, flo
     return sum(a * np.sin(2 * np.pi * freq_hz * k * t) for k, a in partials)
 
 
-def tone(seconds: float, *, freq_hz: float = 330.0, amp: float = 0.3, partials: Sequence[tuple[float, float]] = PURE,
-         noise: float = 0.0, seed: int = 0, sr: int = SR) -> np.ndarray:
+def tone(
+    seconds: float,
+    *,
+    freq_hz: float = 330.0,
+    amp: float = 0.3,
+    partials: Sequence[tuple[float, float]] = PURE,
+    noise: float = 0.0,
+    seed: int = 0,
+    sr: int = SR,
+) -> np.ndarray:
     """``amp * sum(gain * sin(2 pi ratio freq_hz t))`` over ``partials``, plus Gaussian noise of std ``noise``."""
     y = amp * _partials(freq_hz, times(seconds, sr), partials)
     if noise:
@@ -47,8 +55,14 @@ def tone(seconds: float, *, freq_hz: float = 330.0, amp: float = 0.3, partials: 
     return np.asarray(y, dtype=np.float32)
 
 
-def chord(freqs_hz: Iterable[float], seconds: float, *, amp: float = 0.1,
-          partials: Sequence[tuple[float, float]] = PURE, sr: int = SR) -> np.ndarray:
+def chord(
+    freqs_hz: Iterable[float],
+    seconds: float,
+    *,
+    amp: float = 0.1,
+    partials: Sequence[tuple[float, float]] = PURE,
+    sr: int = SR,
+) -> np.ndarray:
     """Sustained tones at ``freqs_hz``, each of amplitude ``amp``, summed (no envelope: a held organ chord)."""
     t = times(seconds, sr)
     return np.asarray(amp * sum(_partials(f, t, partials) for f in freqs_hz), dtype=np.float32)
@@ -76,7 +90,7 @@ def write_tone(path: str | Path, seconds: float, *, sr: int = SR, **tone_kw: Any
 def _note(midi: float, seconds: float, amp: float, sr: int) -> np.ndarray:
     t = np.arange(int(seconds * sr)) / sr
     env = np.minimum(1, t / 0.01) * np.exp(-2.5 * t) * np.minimum(1, (seconds - t) / 0.01)
-    return amp * env * _partials(midi_hz(midi), t, ((1, 1), (2, .5), (3, .3), (4, .2)))
+    return amp * env * _partials(midi_hz(midi), t, ((1, 1), (2, 0.5), (3, 0.3), (4, 0.2)))
 
 
 def _section(rng: np.random.Generator, seconds: float, sr: int) -> np.ndarray:
@@ -85,13 +99,13 @@ def _section(rng: np.random.Generator, seconds: float, sr: int) -> np.ndarray:
     while t < seconds - 1e-6:
         d = min(0.25 * rng.choice([1, 1, 2]), seconds - t)
         s = _note(60 + rng.choice(SCALE) + 12 * rng.integers(-1, 1), d, 0.15, sr)
-        y[int(t * sr):int(t * sr) + len(s)] += s
+        y[int(t * sr) : int(t * sr) + len(s)] += s
         t += d
     for b in np.arange(0, seconds, 1.0):
         root = 48 + rng.choice(SCALE)
         for iv in (0, 4, 7):
             s = _note(root + iv, min(1.0, seconds - b), 0.1, sr)
-            y[int(b * sr):int(b * sr) + len(s)] += s
+            y[int(b * sr) : int(b * sr) + len(s)] += s
     return y
 
 

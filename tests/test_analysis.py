@@ -29,8 +29,16 @@ from musicinterp.config import AnalysisSpec
 
 # Small but real: 3 outer grouped folds, 2 inner folds, at least 79 permutations (the budget for 3 cells is
 # 2 x 3 / 0.05 = 120 draws), so the smallest p (1/121) survives BH over the 3 layers.
-SPEC = AnalysisSpec(targets=["rec_within_2s"], layers=[1, 2], frame_stride=10, n_folds=3, inner_folds=2,
-                    n_permutations=79, n_bootstrap=200, seed=3)
+SPEC = AnalysisSpec(
+    targets=["rec_within_2s"],
+    layers=[1, 2],
+    frame_stride=10,
+    n_folds=3,
+    inner_folds=2,
+    n_permutations=79,
+    n_bootstrap=200,
+    seed=3,
+)
 STORE_KW = {"n_clips": 16, "n_sources": 8, "n_frames": 500, "layers": 2, "hidden": 16}
 
 
@@ -94,9 +102,27 @@ def test_analysis__shifted_labels_control_kills_the_effect(grid):
 
 def test_analysis__table_has_exactly_the_documented_columns(grid):
     df, _, out = grid
-    assert list(df.columns) == COLUMNS == [
-        "layer", "horizon", "target", "metric", "gain", "ci_low", "ci_high", "p_value", "q_value", "n_clips",
-        "n_frames", "control", "p_cluster", "note", "weights"]
+    assert (
+        list(df.columns)
+        == COLUMNS
+        == [
+            "layer",
+            "horizon",
+            "target",
+            "metric",
+            "gain",
+            "ci_low",
+            "ci_high",
+            "p_value",
+            "q_value",
+            "n_clips",
+            "n_frames",
+            "control",
+            "p_cluster",
+            "note",
+            "weights",
+        ]
+    )
     assert list(pd.read_parquet(out / "results.parquet").columns) == COLUMNS
     assert list(pd.read_csv(out / "results.csv").columns) == COLUMNS
     assert (out / "gain_rec_within_auroc.png").exists()
@@ -110,8 +136,11 @@ def test_bh__q_values_match_a_hand_computation():
     # sorted 0.01, 0.03, 0.04, 0.5 -> 0.01*4/1, 0.03*4/2, 0.04*4/3, 0.5; then the running minimum from the top
     expect = [0.04, 0.16 / 3, 0.16 / 3, 0.5, np.nan]
     np.testing.assert_allclose(stats.bh(p), expect, rtol=1e-12)
-    rows = [{"layer": i, "horizon": 2.0, "target": "t", "metric": "auroc", "control": c, "p_value": pv}
-            for c in ("none", "shifted-labels") for i, pv in enumerate(p[:4])]
+    rows = [
+        {"layer": i, "horizon": 2.0, "target": "t", "metric": "auroc", "control": c, "p_value": pv}
+        for c in ("none", "shifted-labels")
+        for i, pv in enumerate(p[:4])
+    ]
     df = results_frame(rows)
     for c in ("none", "shifted-labels"):  # one BH family per control (and metric)
         np.testing.assert_allclose(df[df["control"] == c].sort_values("layer")["q_value"], expect[:4])
@@ -172,20 +201,26 @@ def test_load_labels__controls_are_causal_and_clip_end_is_censored(tmp_path):
 
     ds = xr.open_zarr(store, consolidated=False)
     loud = z["controls"][z["clip"] == 0][:, names.index("tension_loudness_db@t-29")]
-    np.testing.assert_allclose(loud[29:], ds["tension_loudness_db"].values[0, :300 - 29], rtol=1e-6)
+    np.testing.assert_allclose(loud[29:], ds["tension_loudness_db"].values[0, : 300 - 29], rtol=1e-6)
     assert (loud[:29] == 0).all()
     v = z["valid__rec_within_4s"][z["clip"] == 0]
-    assert not v[300 - 200:].any()  # within h = 4 s of the end: dropped
+    assert not v[300 - 200 :].any()  # within h = 4 s of the end: dropped
     lag = z["lag__rec_within_4s"][z["clip"] == 0]
     np.testing.assert_array_equal(lag[201:251], ds["rec_within_4s"].values[0, :50])  # at t - h - 1 frame
     assert (lag[:201] == 0).all()
 
 
 def test_probe__degenerate_targets_give_rows_with_notes(tmp_path):
-    store = make_store(tmp_path / "s.zarr", n_clips=6, n_sources=6, n_frames=300, layers=1,
-                       constant_target="rec_within_2s")
-    spec = AnalysisSpec(targets=["rec_within_2s", "no_such_label_2s", "res_within_2s"], frame_stride=10,
-                        n_permutations=5, n_bootstrap=20, min_sources=7)
+    store = make_store(
+        tmp_path / "s.zarr", n_clips=6, n_sources=6, n_frames=300, layers=1, constant_target="rec_within_2s"
+    )
+    spec = AnalysisSpec(
+        targets=["rec_within_2s", "no_such_label_2s", "res_within_2s"],
+        frame_stride=10,
+        n_permutations=5,
+        n_bootstrap=20,
+        min_sources=7,
+    )
     lab = load_labels(store, spec, tmp_path / "labels.npz")
     red = reduce_layer(store, 1, spec, tmp_path / "l1.npz")
     const = probe_layer_target(str(red), str(lab), "rec_within_2s", spec)
@@ -243,9 +278,25 @@ def test_auroc__matches_sklearn_and_weights_equal_repeats():
 
 
 def test_findings__random_weights_never_read_as_a_trained_model():
-    df = pd.DataFrame([{c: np.nan for c in COLUMNS} | {
-        "layer": 3, "horizon": 2.0, "target": "rec_within", "metric": "auroc", "gain": 0.2, "ci_low": 0.1,
-        "ci_high": 0.3, "p_value": 0.01, "q_value": 0.01, "control": "none", "note": "", "weights": "random"}])
+    df = pd.DataFrame(
+        [
+            {c: np.nan for c in COLUMNS}
+            | {
+                "layer": 3,
+                "horizon": 2.0,
+                "target": "rec_within",
+                "metric": "auroc",
+                "gain": 0.2,
+                "ci_low": 0.1,
+                "ci_high": 0.3,
+                "p_value": 0.01,
+                "q_value": 0.01,
+                "control": "none",
+                "note": "",
+                "weights": "random",
+            }
+        ]
+    )
     text = findings_markdown(df, "random")
     assert "weights: random — an untrained model" in text
     assert "1 of 1 tested cells significant" in text and "layer 3, rec_within at 2 s" in text

@@ -33,7 +33,7 @@ def test_recurrence__planted_return_found_at_its_lag(planted):
     assert okp.mean() > 0.9
     assert np.all(np.abs(lab["rec_lag_prev_s"][ret][okp] - 9.0) < 0.3)
     # frames of B and D are not returns (a few chance frames at most)
-    other = np.r_[int(4.7 * 50):int(8.3 * 50), int(13.7 * 50):len(lab["time"])]
+    other = np.r_[int(4.7 * 50) : int(8.3 * 50), int(13.7 * 50) : len(lab["time"])]
     assert lab["rec_lag_next_s_valid"][other].mean() < 0.1
     assert lab["rec_strength"][src].min() > SPEC.rec_threshold
 
@@ -61,7 +61,7 @@ def test_recurrence__validity_masks_false_near_clip_end(planted):
 
 
 def test_recurrence__sustained_chord_and_drone_are_not_recurrence():
-    organ = chord([midi_hz(m) for m in (48, 55, 60, 64)], 12.0, amp=0.1, partials=((1, 1), (2, .5), (3, .3)))
+    organ = chord([midi_hz(m) for m in (48, 55, 60, 64)], 12.0, amp=0.1, partials=((1, 1), (2, 0.5), (3, 0.3)))
     tremolo = 1 + tone(12.0, freq_hz=0.5, amp=0.3)
     drone = tone(12.0, freq_hz=110, amp=1.0, partials=((1, 0.3), (1.5, 0.2))) * tremolo
     for name, y in (("chord", organ), ("drone", drone)):
@@ -102,7 +102,9 @@ def test_recurrence__causal_rate_ignores_the_future():
     cut_frame = 600  # 12 s
     y2 = y.copy()
     # change everything the model at frame cut_frame has not heard: samples >= (cut_frame + 1) * hop
-    y2[(cut_frame + 1) * HOP_SAMPLES:] = np.random.default_rng(1).normal(0, 0.1, len(y) - (cut_frame + 1) * HOP_SAMPLES)
+    y2[(cut_frame + 1) * HOP_SAMPLES :] = np.random.default_rng(1).normal(
+        0, 0.1, len(y) - (cut_frame + 1) * HOP_SAMPLES
+    )
     r1 = annotate(y, SPEC, clip_id="causal-a")["rec_rate_causal"]
     r2 = annotate(y2, SPEC, clip_id="causal-b")["rec_rate_causal"]
     assert np.array_equal(r1[: cut_frame + 1], r2[: cut_frame + 1])
@@ -118,9 +120,9 @@ def test_tension__rises_with_dissonance_and_loudness():
     y = np.concatenate([calm, 2.0 * dis])
     lab = annotate(y, SPEC, clip_id="tension")
     half = len(lab["time"]) // 2
-    first, second = lab["tension"][50:half - 50].mean(), lab["tension"][half + 50:-50].mean()
+    first, second = lab["tension"][50 : half - 50].mean(), lab["tension"][half + 50 : -50].mean()
     assert second > first + 0.5
-    assert lab["tension_dissonance"][half + 50:-50].mean() > lab["tension_dissonance"][50:half - 50].mean()
+    assert lab["tension_dissonance"][half + 50 : -50].mean() > lab["tension_dissonance"][50 : half - 50].mean()
 
 
 # ---- bad input ----------------------------------------------------------------------------------
@@ -199,9 +201,14 @@ def test_validate__small_synthetic_set_meets_targets():
     assert res["next"]["lag_within_0.5s"] >= 0.9
     assert res["no_return_positive_rate"] <= 0.05
     # measures -> returns: |: m1 m2 :| then m3 split in two halves of one number (not a return)
-    meas = [{"start_s": 0, "end_s": 2, "number": 1}, {"start_s": 2, "end_s": 4, "number": 2},
-            {"start_s": 4, "end_s": 6, "number": 1}, {"start_s": 6, "end_s": 8, "number": 2},
-            {"start_s": 8, "end_s": 9.5, "number": 3}, {"start_s": 9.5, "end_s": 10, "number": 3}]
+    meas = [
+        {"start_s": 0, "end_s": 2, "number": 1},
+        {"start_s": 2, "end_s": 4, "number": 2},
+        {"start_s": 4, "end_s": 6, "number": 1},
+        {"start_s": 6, "end_s": 8, "number": 2},
+        {"start_s": 8, "end_s": 9.5, "number": 3},
+        {"start_s": 9.5, "end_s": 10, "number": 3},
+    ]
     assert returns_from_measures(meas) == [{"source_start_s": 0.0, "source_end_s": 4.0, "start_s": 4.0, "end_s": 8.0}]
 
 

@@ -49,8 +49,14 @@ class _GenerationRecorder:
 def _generate(loaded, n_steps: int, seed: int):
     model = loaded.model
     gc = model.generation_config.__class__.from_dict(model.generation_config.to_dict())
-    gc.update(max_new_tokens=n_steps, do_sample=True, guidance_scale=3.0, top_k=50,
-              return_dict_in_generate=True, output_logits=True)
+    gc.update(
+        max_new_tokens=n_steps,
+        do_sample=True,
+        guidance_scale=3.0,
+        top_k=50,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
     rec = _GenerationRecorder(model)
     torch.manual_seed(seed)
     ids = torch.tensor([[1]])
@@ -81,8 +87,9 @@ def test_capture__matches_generation_step_by_step(tiny_model):
         cap = capture_codes(tiny_model, codes, spec, return_logits=True, dtype=torch.float32)
         for layer in cap.layers:
             gen_states = torch.cat([h[layer][row] for h in hidden[1 : t + 1]]).numpy()  # steps 1..t
-            np.testing.assert_allclose(cap.resid[layer], gen_states, rtol=1e-4, atol=1e-4,
-                                       err_msg=f"{half} layer {layer}")
+            np.testing.assert_allclose(
+                cap.resid[layer], gen_states, rtol=1e-4, atol=1e-4, err_msg=f"{half} layer {layer}"
+            )
         # next-code logits at every decoder step 0..t
         gen_logits = torch.stack([lg.reshape(2, k, -1)[row] for lg in out.logits[: t + 1]]).numpy()
         np.testing.assert_allclose(cap.logits, gen_logits, rtol=1e-4, atol=1e-4, err_msg=half)

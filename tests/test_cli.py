@@ -22,10 +22,13 @@ def test_run__invalid_config_exits_2_naming_the_field(tmp_path, capsys):
 def _store(tmp_path):
     url = str(tmp_path / "s.zarr")
     layout = StoreLayout((ClipLayout("piece-a", 10), ClipLayout("piece-b", 20)), (0, 1), 8, 4)
-    attrs = store_attrs(model={"model_id": "offline/tiny", "revision": "seed-0", "weights": "random"},
-                        run_spec_json='{"name": "x"}', fingerprint="abc",
-                        capture={"half": "conditional", "guidance_scale": 3.0, "description": ""},
-                        package_version="t")
+    attrs = store_attrs(
+        model={"model_id": "offline/tiny", "revision": "seed-0", "weights": "random"},
+        run_spec_json='{"name": "x"}',
+        fingerprint="abc",
+        capture={"half": "conditional", "guidance_scale": 3.0, "description": ""},
+        package_version="t",
+    )
     init_store(url, layout, {}, attrs)
     write_clip(url, "piece-a", np.zeros((2, 10, 8), np.float16), np.zeros((4, 10), np.int16))
     mark_complete(url, "piece-a")

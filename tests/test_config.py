@@ -96,9 +96,14 @@ def test_readme__documents_every_config_field():
     )
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    for prefix, model in (("", RunSpec), ("model.", ModelSpec), ("slice.", SliceSpec), ("capture.", CaptureSpec),
-                          ("analysis.", AnalysisSpec),
-                          ("annotation.", AnnotationSpec)):
+    for prefix, model in (
+        ("", RunSpec),
+        ("model.", ModelSpec),
+        ("slice.", SliceSpec),
+        ("capture.", CaptureSpec),
+        ("analysis.", AnalysisSpec),
+        ("annotation.", AnnotationSpec),
+    ):
         nested = {"model", "slice", "capture", "annotation", "analysis"} if not prefix else set()
         for field in set(model.model_fields) - nested:
             assert f"`{prefix}{field}`" in readme, f"{prefix}{field} missing from README's config reference"

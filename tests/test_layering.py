@@ -15,9 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_musicinterp__never_imports_prefect_flows_or_cli():
     modules = [m.name for m in pkgutil.walk_packages(musicinterp.__path__, "musicinterp.")]
-    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + (
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'prefect', 'flows', 'tasks', 'cli'})\n"
-        "print(bad); sys.exit(1 if bad else 0)\n"
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + (
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'prefect', 'flows', 'tasks', 'cli'})\n"
+            "print(bad); sys.exit(1 if bad else 0)\n"
+        )
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -54,8 +58,9 @@ def _module_name(path: Path) -> str:
 
 def _is_type_checking(node: ast.If) -> bool:
     t = node.test
-    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or \
-        (isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
 
 
 def _musicinterp_imports(path: Path, modules: set[str], module_level_only: bool) -> set[str]:
@@ -99,8 +104,11 @@ def test_annotate__production_does_not_import_the_evaluation():
     evaluation = {"musicinterp.annotate.scoring", "musicinterp.annotate.validation"}
     graph = _import_graph(module_level_only=False)
     assert evaluation <= set(graph), sorted(evaluation - set(graph))
-    bad = {m: sorted(deps & evaluation) for m, deps in graph.items()
-           if deps & evaluation and m != "musicinterp.annotate.validation"}
+    bad = {
+        m: sorted(deps & evaluation)
+        for m, deps in graph.items()
+        if deps & evaluation and m != "musicinterp.annotate.validation"
+    }
     assert not bad, bad
 
 
@@ -114,7 +122,7 @@ def test_musicinterp__has_no_import_cycles():
         stack.append(m)
         for d in sorted(graph[m]):
             if state.get(d) == 1:
-                cycles.append(" -> ".join([*stack[stack.index(d):], d]))
+                cycles.append(" -> ".join([*stack[stack.index(d) :], d]))
             elif d not in state:
                 dfs(d)
         stack.pop()

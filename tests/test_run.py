@@ -17,8 +17,11 @@ from musicinterp.slice import Manifest, load_clip_audio
 
 
 def _audio_spec(folder, name="t", n_shards=2, **capture) -> RunSpec:
-    return RunSpec(name=name, slice={"name": name, "sources": [{"kind": "audio_dir", "path": str(folder)}],
-                                     "n_shards": n_shards}, capture=capture)
+    return RunSpec(
+        name=name,
+        slice={"name": name, "sources": [{"kind": "audio_dir", "path": str(folder)}], "n_shards": n_shards},
+        capture=capture,
+    )
 
 
 def _run_all(spec, out) -> run.RunSummary:
@@ -97,7 +100,7 @@ def test_run__bad_clip_does_not_sink_the_others(tmp_path):
     write_tone(tmp_path / "1.wav", 2.0, freq_hz=999)  # the file changed after planning
     result = run.capture_shard(spec.model, spec.capture, prepared.paths, 0)
     assert len(result.captured) == 2 and len(result.failed) == 1
-    (clip, reason), = result.failed.items()
+    ((clip, reason),) = result.failed.items()
     assert "1" in clip and "sha256" in reason
     summary = run.summarise_run(prepared)
     assert not summary.ok and clip in summary.failed
@@ -109,8 +112,16 @@ def test_run__labels_in_the_store_are_the_annotation_of_the_clip(tmp_path):
 
     write_tone(tmp_path / "quiet.wav", 3.0)
     write_wav(tmp_path / "silent.wav", np.zeros(3 * 32000, dtype=np.float32))
-    spec = RunSpec(name="lab", slice={"sources": [{"kind": "synthetic", "n_pieces": 1, "duration_s": 8.0},
-                                                  {"kind": "audio_dir", "path": str(tmp_path)}], "n_shards": 1})
+    spec = RunSpec(
+        name="lab",
+        slice={
+            "sources": [
+                {"kind": "synthetic", "n_pieces": 1, "duration_s": 8.0},
+                {"kind": "audio_dir", "path": str(tmp_path)},
+            ],
+            "n_shards": 1,
+        },
+    )
     summary = _run_all(spec, tmp_path / "out")
     ds = xr.open_zarr(summary.store)
     manifest = Manifest.from_json(f"{summary.root}/manifest.json")
@@ -156,21 +167,32 @@ def test_plan__reads_the_model_config_never_its_weights(tmp_path, monkeypatch):
 
     from musicinterp import models
 
-    for owner, name in [(models, "build_offline"), (models, "load_model"), (run.capture, "load_model"),
-                        (transformers.MusicgenForConditionalGeneration, "__init__"),
-                        (transformers.MusicgenForConditionalGeneration, "from_pretrained")]:
+    for owner, name in [
+        (models, "build_offline"),
+        (models, "load_model"),
+        (run.capture, "load_model"),
+        (transformers.MusicgenForConditionalGeneration, "__init__"),
+        (transformers.MusicgenForConditionalGeneration, "from_pretrained"),
+    ]:
         monkeypatch.setattr(owner, name, _refuse)
-    spec = RunSpec(name="plan", model={"source": "offline", "name": "musicgen-small"},
-                   slice={"sources": [{"kind": "synthetic", "n_pieces": 2, "duration_s": 2.0}], "n_shards": 1},
-                   capture={"device": "cuda:7", "layers": [24, 0, 12]}, annotate=False)
+    spec = RunSpec(
+        name="plan",
+        model={"source": "offline", "name": "musicgen-small"},
+        slice={"sources": [{"kind": "synthetic", "n_pieces": 2, "duration_s": 2.0}], "n_shards": 1},
+        capture={"device": "cuda:7", "layers": [24, 0, 12]},
+        annotate=False,
+    )
     prepared = run.prepare_run(spec, str(tmp_path))
     ds = xr.open_zarr(prepared.paths.store, consolidated=False)
     assert list(ds["layer"].values) == [0, 12, 24] and ds.sizes["feature"] == 1024 and ds.sizes["codebook"] == 4
     assert ds.attrs["model_id"] == "offline/musicgen-small" and ds.attrs["model_revision"] == "seed-0"
     assert prepared.weights == "random" and prepared.n_clips == 2
     bad = spec.model_copy(update={"name": "bad", "capture": spec.capture.model_copy(update={"layers": [0, 25]})})
-    with pytest.raises(ValueError, match=r"capture.layers: \[25\] out of range; model 'offline/musicgen-small' "
-                                         r"has layers 0..24"):
+    with pytest.raises(
+        ValueError,
+        match=r"capture.layers: \[25\] out of range; model 'offline/musicgen-small' "
+        r"has layers 0..24",
+    ):
         run.prepare_run(bad, str(tmp_path))
     assert not Path(run.RunPaths.for_spec(bad, str(tmp_path)).store).exists()  # checked before the store
 
@@ -191,8 +213,12 @@ def test_capture__refuses_weights_that_changed_since_planning(tmp_path):
     from musicinterp.store import StoreError
 
     save_checkpoint(build_offline("tiny", 0), tmp_path / "ckpt", "test/tiny", "random")
-    spec = RunSpec(name="ckpt", model={"source": "local", "name": str(tmp_path / "ckpt")}, annotate=False,
-                   slice={"sources": [{"kind": "synthetic", "n_pieces": 1, "duration_s": 2.0}], "n_shards": 1})
+    spec = RunSpec(
+        name="ckpt",
+        model={"source": "local", "name": str(tmp_path / "ckpt")},
+        annotate=False,
+        slice={"sources": [{"kind": "synthetic", "n_pieces": 1, "duration_s": 2.0}], "n_shards": 1},
+    )
     prepared = run.prepare_run(spec, str(tmp_path / "out"))
     save_checkpoint(build_offline("tiny", 1), tmp_path / "ckpt", "test/tiny", "random")  # retrained in place
     with pytest.raises(StoreError, match="weights changed since the run was planned"):

@@ -36,7 +36,7 @@ def test_slice__reloaded_clip_is_the_planned_clip_and_changes_are_refused(tmp_pa
     second = m.clips[1]
     x = load_clip_audio(second)
     assert len(x) == second.n_samples == 5 * SR
-    np.testing.assert_array_equal(x, tone(35.0, freq_hz=330.0)[30 * SR:])
+    np.testing.assert_array_equal(x, tone(35.0, freq_hz=330.0)[30 * SR :])
     write_tone(tmp_path / "a.wav", 35.0, freq_hz=331.0)
     with pytest.raises(ClipError, match=r"audio_dir:a.wav@30s: audio changed since the slice was planned"):
         load_clip_audio(second)
@@ -55,8 +55,12 @@ def test_slice__silent_clip_is_kept_and_flagged(tmp_path):
 def test_slice__synthetic_truth_travels_with_its_clip():
     spec = SliceSpec(sources=[{"kind": "synthetic", "n_pieces": 2, "duration_s": 40.0, "seed": 1}], clip_s=20.0)
     m = plan_slice(spec)
-    assert [c.clip_id for c in m.clips] == ["synthetic:s1-p0000@0s", "synthetic:s1-p0000@20s",
-                                            "synthetic:s1-p0001@0s", "synthetic:s1-p0001@20s"]
+    assert [c.clip_id for c in m.clips] == [
+        "synthetic:s1-p0000@0s",
+        "synthetic:s1-p0000@20s",
+        "synthetic:s1-p0001@0s",
+        "synthetic:s1-p0001@20s",
+    ]
     for c in m.clips:
         for r in c.truth["returns"]:
             assert r["start_s"] < c.duration_s and r["end_s"] > 0  # kept only where the clip holds part of it
@@ -67,8 +71,13 @@ def test_slice__synthetic_truth_travels_with_its_clip():
 
 
 def test_slice__shards_balance_durations_and_the_manifest_round_trips(tmp_path):
-    spec = SliceSpec(sources=[{"kind": "synthetic", "n_pieces": 2, "duration_s": 9.0},
-                              {"kind": "synthetic", "n_pieces": 4, "duration_s": 3.0, "seed": 7}], n_shards=2)
+    spec = SliceSpec(
+        sources=[
+            {"kind": "synthetic", "n_pieces": 2, "duration_s": 9.0},
+            {"kind": "synthetic", "n_pieces": 4, "duration_s": 3.0, "seed": 7},
+        ],
+        n_shards=2,
+    )
     m = plan_slice(spec)
     loads = [sum(c.duration_s for c in m.shard(s)) for s in range(2)]
     assert loads == [15.0, 15.0]
@@ -147,8 +156,9 @@ def test_deal__equal_clips_split_evenly(n_clips, seconds, n_shards):
 def test_deal__longest_shard_within_graham_bound_of_the_best_split(durations, n_shards):
     """Longest-first greedy is within 4/3 - 1/(3m) of the best split (Graham 1969); the best by trying all."""
     longest = max(_loads(durations, _deal(durations, n_shards), n_shards))
-    best = min(max(_loads(durations, split, n_shards))
-               for split in itertools.product(range(n_shards), repeat=len(durations)))
+    best = min(
+        max(_loads(durations, split, n_shards)) for split in itertools.product(range(n_shards), repeat=len(durations))
+    )
     assert longest <= (4 / 3 - 1 / (3 * n_shards)) * best + 1e-9
 
 

@@ -152,9 +152,11 @@ def test_audio__locator_reloads_the_same_file(tmp_path):
 
 # ---- ground truth cut with the clip ----------------------------------------------------------------------
 def test_cut_truth__shifts_and_keeps_overlapping_events():
-    truth = {"returns": [{"source_start_s": 2.0, "source_end_s": 5.0, "start_s": 32.0, "end_s": 35.0}],
-             "notes": [{"onset_s": 29.5, "dur_s": 1.0, "midi": 60}, {"onset_s": 10.0, "dur_s": 1.0, "midi": 62}],
-             "key": {"name": "C major"}}
+    truth = {
+        "returns": [{"source_start_s": 2.0, "source_end_s": 5.0, "start_s": 32.0, "end_s": 35.0}],
+        "notes": [{"onset_s": 29.5, "dur_s": 1.0, "midi": 60}, {"onset_s": 10.0, "dur_s": 1.0, "midi": 62}],
+        "key": {"name": "C major"},
+    }
     cut = cut_truth(truth, 30.0, 30.0)
     assert cut["returns"] == [{"source_start_s": -28.0, "source_end_s": -25.0, "start_s": 2.0, "end_s": 5.0}]
     assert cut["notes"] == [{"onset_s": -0.5, "dur_s": 1.0, "midi": 60}]

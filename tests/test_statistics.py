@@ -29,10 +29,13 @@ def _rows_of(lens: list[int], stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.integers(3, 40), min_size=2, max_size=7), st.integers(4, 15), st.integers(1, 3),
-       st.integers(0, 2**31 - 1))
-def test_window_classes__a_draw_keeps_every_label_at_its_offset_in_a_window_of_equal_frames(lens, window, stride,
-                                                                                           seed):
+@given(
+    st.lists(st.integers(3, 40), min_size=2, max_size=7),
+    st.integers(4, 15),
+    st.integers(1, 3),
+    st.integers(0, 2**31 - 1),
+)
+def test_window_classes__a_draw_keeps_every_label_at_its_offset_in_a_window_of_equal_frames(lens, window, stride, seed):
     clip, frame = _rows_of(lens, stride)
     n_frames = np.asarray(lens)
     classes = pm.window_classes(clip, frame, n_frames, window)
@@ -59,8 +62,9 @@ def test_permutation_test__enumerates_small_groups_exactly_and_counts_the_identi
     def stat(perms):
         return {"s": np.array([float(np.dot(y[p][:10], np.ones(10))) for p in perms])}
 
-    res = pm.permutation_test({"s": 30.0}, stat, len(y), classes, np.random.default_rng(0), min_draws=99,
-                              max_draws=99, sequential_h=10)
+    res = pm.permutation_test(
+        {"s": 30.0}, stat, len(y), classes, np.random.default_rng(0), min_draws=99, max_draws=99, sequential_h=10
+    )
     assert res.exact and res.n_draws == 23
     assert res.p["s"] == pytest.approx(6 / 24)  # clip 0 keeps its own track in 3! of the 4! arrangements
 
@@ -73,16 +77,26 @@ def test_permutation_test__besag_clifford_stops_early_on_null_and_runs_to_the_bu
     def noise(perms):
         return {"s": rng.standard_normal(len(perms))}
 
-    null = pm.permutation_test({"s": 0.0}, noise, len(clip), classes, rng, min_draws=20, max_draws=5000,
-                               sequential_h=10)
+    null = pm.permutation_test(
+        {"s": 0.0}, noise, len(clip), classes, rng, min_draws=20, max_draws=5000, sequential_h=10
+    )
     assert null.n_draws <= 64 and null.p["s"] > 0.2  # stopped in the first block
-    strong = pm.permutation_test({"s": 10.0}, noise, len(clip), classes, rng, min_draws=20, max_draws=5000,
-                                 sequential_h=10)
+    strong = pm.permutation_test(
+        {"s": 10.0}, noise, len(clip), classes, rng, min_draws=20, max_draws=5000, sequential_h=10
+    )
     assert strong.n_draws == 5000 and strong.p["s"] == pytest.approx(1 / 5001)
 
 
-def _null_files(tmp, seed: int, lens: list[int], n_sources: int, hidden: int = 8, phi: float = 0.9,
-                plant: float = 0.0, nonlinear: bool = False):
+def _null_files(
+    tmp,
+    seed: int,
+    lens: list[int],
+    n_sources: int,
+    hidden: int = 8,
+    phi: float = 0.9,
+    plant: float = 0.0,
+    nonlinear: bool = False,
+):
     """Labels and one layer as the probe reads them: AR(1) activations, labels from sparse events within 1 s.
 
     ``plant``: the layer's first feature carries the label with this strength. ``nonlinear``: the label is
@@ -101,7 +115,7 @@ def _null_files(tmp, seed: int, lens: list[int], n_sources: int, hidden: int = 8
         for j in range(len(lens)):
             idx = np.flatnonzero(clip == j)
             e = ev[idx]
-            y[idx] = [e[i + 1:i + 51].any() for i in range(len(idx))]
+            y[idx] = [e[i + 1 : i + 51].any() for i in range(len(idx))]
     valid = frame + 50 < np.asarray(lens)[clip]  # the window (t, t + 1 s] inside the clip: censored like the store
     controls = np.column_stack([frame / 50.0, audio])
     X = np.concatenate([stats.ar1_noise(rng, n, hidden, phi) for n in lens])
@@ -115,10 +129,18 @@ def _null_files(tmp, seed: int, lens: list[int], n_sources: int, hidden: int = 8
         R = np.tanh(3 * basis @ Wr) + 0.05 * R
     clips = [f"c{j}" for j in range(len(lens))]
     sources = [f"s{j % n_sources}" for j in range(len(lens))]
-    lab = save_labels(tmp / f"labels{seed}.npz", clip=clip, frame=frame, clips=clips, sources=sources,
-                      n_frames=np.asarray(lens), controls=controls, control_names=["t_s", "audio"],
-                      targets={"ev_1s": {"y": y, "valid": valid, "lag": np.zeros(N), "lag_valid": np.zeros(N, bool)}},
-                      weights="random")
+    lab = save_labels(
+        tmp / f"labels{seed}.npz",
+        clip=clip,
+        frame=frame,
+        clips=clips,
+        sources=sources,
+        n_frames=np.asarray(lens),
+        controls=controls,
+        control_names=["t_s", "audio"],
+        targets={"ev_1s": {"y": y, "valid": valid, "lag": np.zeros(N), "lag_valid": np.zeros(N, bool)}},
+        weights="random",
+    )
     red = save_reduced(tmp / f"layer{seed}.npz", X, clip, frame, clips, 1)
     base = save_reduced(tmp / f"random{seed}.npz", R, clip, frame, clips, 1)
     return str(red), str(lab), str(base)
@@ -137,16 +159,22 @@ def test_null__many_clips_per_class_keep_the_false_positive_rate(tmp_path):
     """40 null experiments of 12 clips of one length (one window class of 12 per offset): rejections at 0.05
     must be consistent with 5% (a binomial test at 0.01), never the 23-50% the old swap gave."""
     spec = AnalysisSpec(n_permutations=19, max_permutations=19, sequential_h=0, window_s=1.0, **FAST)
-    p = [probe_layer_target(*_null_files(tmp_path, s, [100] * 12, 12)[:2], "ev_1s", spec)[0]["p_value"]
-         for s in range(40)]
+    p = [
+        probe_layer_target(*_null_files(tmp_path, s, [100] * 12, 12)[:2], "ev_1s", spec)[0]["p_value"]
+        for s in range(40)
+    ]
     rejections = int(np.sum(np.asarray(p) <= 0.05))
     assert binomtest(rejections, 40, 0.05, alternative="greater").pvalue > 0.01, p
 
 
 def test_controls_only__out_of_fold_auroc_is_not_below_chance_on_null(tmp_path):
     spec = AnalysisSpec(n_permutations=1, max_permutations=1, sequential_h=0, window_s=1.0, **FAST)
-    base = [probe_layer_target(*_null_files(tmp_path, s, [100] * 12, 12, plant=0.0)[:2], "ev_1s", spec,
-                               return_predictions=True)[0] for s in range(16)]
+    base = [
+        probe_layer_target(
+            *_null_files(tmp_path, s, [100] * 12, 12, plant=0.0)[:2], "ev_1s", spec, return_predictions=True
+        )[0]
+        for s in range(16)
+    ]
     pooled = [stats.auroc(r["_y"], r["_p_controls"]) for r in base]
     within = [stats.auroc(r["_y"], r["_p_controls"], strata=r["_fold"]) for r in base]
     assert abs(np.mean(within) - 0.5) < 2.5 * np.std(within) / 4, within  # 16 experiments: chance within noise
@@ -229,7 +257,7 @@ def test_codec_lookahead__audio_changed_after_frame_t_moves_latents_from_t_minus
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.standard_normal((1, 1, 640 * 80)).astype(np.float32))
     y = x.clone()
-    y[..., 640 * 40:] = torch.from_numpy(rng.standard_normal((1, 1, 640 * 40)).astype(np.float32))
+    y[..., 640 * 40 :] = torch.from_numpy(rng.standard_normal((1, 1, 640 * 40)).astype(np.float32))
     with torch.no_grad():
         moved = (enc(x)[0] - enc(y)[0]).abs().amax(dim=0) > 1e-6
     first = int(torch.nonzero(moved)[0])

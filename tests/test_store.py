@@ -20,15 +20,19 @@ from musicinterp.store import (
     write_clip,
 )
 
-LAYOUT = StoreLayout(clips=(ClipLayout("a", 50), ClipLayout("b", 75)), layers=(0, 1, 2), hidden_size=64,
-                     num_codebooks=4)
+LAYOUT = StoreLayout(
+    clips=(ClipLayout("a", 50), ClipLayout("b", 75)), layers=(0, 1, 2), hidden_size=64, num_codebooks=4
+)
 
 
 def _attrs(fp="fp1", revision="seed-0"):
-    return store_attrs(model={"model_id": "offline/tiny", "revision": revision, "weights": "random"},
-                       run_spec_json="{}", fingerprint=fp,
-                       capture={"half": "conditional", "guidance_scale": 3.0, "description": ""},
-                       package_version="test")
+    return store_attrs(
+        model={"model_id": "offline/tiny", "revision": revision, "weights": "random"},
+        run_spec_json="{}",
+        fingerprint=fp,
+        capture={"half": "conditional", "guidance_scale": 3.0, "description": ""},
+        package_version="test",
+    )
 
 
 def _clip(n, seed=0):

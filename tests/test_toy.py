@@ -66,8 +66,10 @@ def _span(x: np.ndarray, a_s: float, b_s: float) -> np.ndarray:
     return x[int(round(a_s * SAMPLE_RATE_HZ)) : int(round(b_s * SAMPLE_RATE_HZ))]
 
 
-NOT_SHIPPED = ("checkpoints/toy-cue is not shipped yet: no training run has passed the learned-structure "
-               "check (musicinterp.toy.evaluate_toy); train it with `musicinterp train-toy`")
+NOT_SHIPPED = (
+    "checkpoints/toy-cue is not shipped yet: no training run has passed the learned-structure "
+    "check (musicinterp.toy.evaluate_toy); train it with `musicinterp train-toy`"
+)
 
 
 @pytest.fixture(scope="module")
@@ -100,12 +102,19 @@ def test_cue__plan_gives_truth_with_the_return_at_the_fixed_time():
         assert len(t.samples) == PIECE_S * SAMPLE_RATE_HZ and t.samples.dtype == np.float32
         assert ("r-p" in t.source_id) == (t.truth["cue"] == "return")
         if t.truth["cue"] == "return":
-            assert t.truth["returns"] == [{"source_start_s": A_START_S, "source_end_s": A_START_S + A_LEN_S,
-                                           "start_s": RETURN_AT_S, "end_s": RETURN_END_S}]
+            assert t.truth["returns"] == [
+                {
+                    "source_start_s": A_START_S,
+                    "source_end_s": A_START_S + A_LEN_S,
+                    "start_s": RETURN_AT_S,
+                    "end_s": RETURN_END_S,
+                }
+            ]
         else:
             assert t.truth["returns"] == []
-        assert t.truth["return_points"] == [{"start_s": RETURN_AT_S, "end_s": RETURN_END_S,
-                                             "returns": t.truth["cue"] == "return"}]
+        assert t.truth["return_points"] == [
+            {"start_s": RETURN_AT_S, "end_s": RETURN_END_S, "returns": t.truth["cue"] == "return"}
+        ]
         assert 0 <= t.truth["motif"] < len(MOTIFS)
     # deterministic from (seed, index)
     again = list(plan_cue(CueSource(n_pieces=10, seed=5)))
@@ -230,8 +239,9 @@ def _probe_auroc_at_the_return_point(loaded: LoadedModel, design: str, n_twins: 
             ys.append(int(returns))
             twin.append(i)
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=3000))
-    p = cross_val_predict(probe, np.stack(feats), np.array(ys), cv=GroupKFold(4), groups=twin,
-                          method="predict_proba")[:, 1]
+    p = cross_val_predict(probe, np.stack(feats), np.array(ys), cv=GroupKFold(4), groups=twin, method="predict_proba")[
+        :, 1
+    ]
     return float(roc_auc_score(ys, p))
 
 
@@ -266,8 +276,9 @@ def test_cue__codes_repeat_at_the_return_and_match_between_twins_before_it(toy_c
     fresh = cn[:, RET_FRAME : RET_FRAME + A_FRAMES]
     assert (a == fresh).all(axis=0).mean() < 0.5
     # the codes up to the return point are the same in both kinds once the cue is out of earshot
-    assert np.array_equal(cr[:, A_FRAME + ENCODER_MEMORY_FRAMES : RET_FRAME],
-                          cn[:, A_FRAME + ENCODER_MEMORY_FRAMES : RET_FRAME])
+    assert np.array_equal(
+        cr[:, A_FRAME + ENCODER_MEMORY_FRAMES : RET_FRAME], cn[:, A_FRAME + ENCODER_MEMORY_FRAMES : RET_FRAME]
+    )
     assert not np.array_equal(cr[:, :A_FRAME], cn[:, :A_FRAME])
     assert len(np.unique(cr[0])) > 10  # the codes carry the notes, not one constant
 
@@ -279,8 +290,9 @@ def test_cue__first_codes_that_hear_the_return_are_the_onset_frames(toy_codec):
     for index in range(8):
         cr = encode_audio(toy_codec, _piece(index, returns=True, seed=FRESH_SEED)[0]).numpy()[0]
         cn = encode_audio(toy_codec, _piece(index, returns=False, seed=FRESH_SEED)[0]).numpy()[0]
-        assert np.array_equal(cr[A_FRAME + ENCODER_MEMORY_FRAMES : RET_FRAME + 1],
-                              cn[A_FRAME + ENCODER_MEMORY_FRAMES : RET_FRAME + 1])
+        assert np.array_equal(
+            cr[A_FRAME + ENCODER_MEMORY_FRAMES : RET_FRAME + 1], cn[A_FRAME + ENCODER_MEMORY_FRAMES : RET_FRAME + 1]
+        )
         differ.append([cr[f] != cn[f] for f in ONSET_FRAMES])
     assert np.mean(differ) >= 0.5 and np.mean(differ, axis=0)[-1] >= 0.6
 
@@ -325,8 +337,20 @@ def test_toy__learned_the_return_far_below_random_on_unseen_pieces(toy, toy_rand
 
 # ---- training ---------------------------------------------------------------------------------------------
 def test_train_toy__a_few_steps_lower_the_loss_and_the_checkpoint_round_trips(tmp_path):
-    spec = ToySpec(n_pieces=4, heldout_pieces=2, steps=8, batch_size=2, lr=1e-2, warmup_steps=0, hidden_size=32,
-                   n_layers=1, n_heads=2, ffn_dim=64, loss_steps=50, codebook_clusters=16)
+    spec = ToySpec(
+        n_pieces=4,
+        heldout_pieces=2,
+        steps=8,
+        batch_size=2,
+        lr=1e-2,
+        warmup_steps=0,
+        hidden_size=32,
+        n_layers=1,
+        n_heads=2,
+        ffn_dim=64,
+        loss_steps=50,
+        codebook_clusters=16,
+    )
     steps = []
     report = train_toy(spec, tmp_path / "toy", progress=lambda s, n, loss: steps.append((s, loss)))
     assert [s for s, _ in steps] == list(range(1, 9))
@@ -345,8 +369,20 @@ def test_train_toy__a_few_steps_lower_the_loss_and_the_checkpoint_round_trips(tm
 def test_train_toy__thread_count_is_the_specs_inside_and_restored_after(tmp_path):
     """``spec.threads`` holds for the training only: the process's own setting survives it, also an error."""
     before = torch.get_num_threads()
-    spec = ToySpec(n_pieces=4, heldout_pieces=2, steps=2, batch_size=2, warmup_steps=0, hidden_size=32, n_layers=1,
-                   n_heads=2, ffn_dim=64, loss_steps=8, codebook_clusters=16, threads=1 if before > 1 else 2)
+    spec = ToySpec(
+        n_pieces=4,
+        heldout_pieces=2,
+        steps=2,
+        batch_size=2,
+        warmup_steps=0,
+        hidden_size=32,
+        n_layers=1,
+        n_heads=2,
+        ffn_dim=64,
+        loss_steps=8,
+        codebook_clusters=16,
+        threads=1 if before > 1 else 2,
+    )
     seen = []
     train_toy(spec, tmp_path / "toy", progress=lambda *_: seen.append(torch.get_num_threads()))
     assert seen == [spec.threads] * 2 and torch.get_num_threads() == before
@@ -397,8 +433,9 @@ def test_toy_pair__training_settings_file_is_the_shipped_spec():
     args = build_parser().parse_args(["train-toy", "--settings", str(PAIR / "train.yaml")])
     meta = json.loads((PAIR / "musicinterp.json").read_text())
     assert toy_spec_from_args(args).model_dump(mode="json") == meta["toy_spec"]
-    args = build_parser().parse_args(["train-toy", "--settings", str(PAIR / "train.yaml"), "--steps", "5",
-                                      "--seed", "3"])
+    args = build_parser().parse_args(
+        ["train-toy", "--settings", str(PAIR / "train.yaml"), "--steps", "5", "--seed", "3"]
+    )
     spec = toy_spec_from_args(args)
     assert (spec.steps, spec.seed, spec.design, spec.n_pieces) == (5, 3, "pair", 4096)
 

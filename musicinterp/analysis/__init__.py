@@ -34,8 +34,19 @@ from musicinterp.analysis.report import COLUMNS, findings_markdown, results_fram
 from musicinterp.config import AnalysisSpec
 from musicinterp.store import store_identity
 
-__all__ = ["COLUMNS", "AnalysisError", "AnalysisSpec", "analyze_store", "finalize", "findings_markdown",
-           "load_labels", "parse_target", "plan_store", "probe_layer_target", "reduce_layer"]
+__all__ = [
+    "COLUMNS",
+    "AnalysisError",
+    "AnalysisSpec",
+    "analyze_store",
+    "finalize",
+    "findings_markdown",
+    "load_labels",
+    "parse_target",
+    "plan_store",
+    "probe_layer_target",
+    "reduce_layer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +58,11 @@ def plan_store(store: str, spec: AnalysisSpec) -> dict[str, Any]:
     contents, :func:`musicinterp.store.store_identity`; the cache key of everything computed from it), the
     layers to probe and the weights kind."""
     ds = open_analysis_store(store)
-    return {"identity": store_identity(str(store)), "layers": store_layers(ds, spec),
-            "weights": str(ds.attrs.get("weights", "unknown"))}
+    return {
+        "identity": store_identity(str(store)),
+        "layers": store_layers(ds, spec),
+        "weights": str(ds.attrs.get("weights", "unknown")),
+    }
 
 
 def finalize(rows: list[dict[str, Any]], spec: AnalysisSpec, out: str | Path, weights: str) -> pd.DataFrame:
@@ -60,9 +74,18 @@ def finalize(rows: list[dict[str, Any]], spec: AnalysisSpec, out: str | Path, we
     return write_results(df, spec, out, weights)
 
 
-def _grid(store: str | Path | xr.Dataset, spec: AnalysisSpec, out: Path, tag: str, controls: list[str],
-          progress: Progress | None, done: list[int], total: int, n_cells: int,
-          baselines: dict[int, Path] | None = None) -> tuple[list[dict[str, Any]], dict[int, Path]]:
+def _grid(
+    store: str | Path | xr.Dataset,
+    spec: AnalysisSpec,
+    out: Path,
+    tag: str,
+    controls: list[str],
+    progress: Progress | None,
+    done: list[int],
+    total: int,
+    n_cells: int,
+    baselines: dict[int, Path] | None = None,
+) -> tuple[list[dict[str, Any]], dict[int, Path]]:
     ds = open_analysis_store(store)
     layers = store_layers(ds, spec)
     labels = load_labels(ds, spec, out / f"{tag}labels.npz")
@@ -74,17 +97,22 @@ def _grid(store: str | Path | xr.Dataset, spec: AnalysisSpec, out: Path, tag: st
         for target in spec.targets:
             for control in controls:
                 base = str(baselines[layer]) if control == "beyond-random" else None
-                rows += probe_layer_target(str(reduced), str(labels), target, spec, control, baseline_npz=base,
-                                           n_cells=n_cells)
+                rows += probe_layer_target(
+                    str(reduced), str(labels), target, spec, control, baseline_npz=base, n_cells=n_cells
+                )
                 done[0] += 1
                 if progress:
                     progress(done[0], total, f"{control}: layer {layer} {target}")
     return rows, reduced_files
 
 
-def analyze_store(store: str | Path | xr.Dataset, spec: AnalysisSpec, out: str | Path,
-                  control_store: str | Path | xr.Dataset | None = None,
-                  progress: Progress | None = None) -> pd.DataFrame:
+def analyze_store(
+    store: str | Path | xr.Dataset,
+    spec: AnalysisSpec,
+    out: str | Path,
+    control_store: str | Path | xr.Dataset | None = None,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
     """The whole grid in-process: each layer is reduced once, then every target is probed on it.
 
     ``control_store``: a store of the same clips from a random-weight model of the same architecture; it is
@@ -103,11 +131,15 @@ def analyze_store(store: str | Path | xr.Dataset, spec: AnalysisSpec, out: str |
     if control_store is not None:
         cds = open_analysis_store(control_store)
         if cds.attrs.get("weights") != "random":
-            log.warning("control store has weights %r, not 'random'; its rows are still labelled 'random-model'",
-                        cds.attrs.get("weights"))
+            log.warning(
+                "control store has weights %r, not 'random'; its rows are still labelled 'random-model'",
+                cds.attrs.get("weights"),
+            )
         if store_layers(cds, spec) != layers:
-            raise AnalysisError(f"the control store has layers {store_layers(cds, spec)}, the store {layers}: "
-                                "capture both with the same architecture and layers")
+            raise AnalysisError(
+                f"the control store has layers {store_layers(cds, spec)}, the store {layers}: "
+                "capture both with the same architecture and layers"
+            )
     total = n_cells * (len(controls) + (2 if cds is not None else 0))
     done = [0]
     rows: list[dict[str, Any]] = []

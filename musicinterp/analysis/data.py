@@ -128,23 +128,43 @@ def codec_lookahead(ds: xr.Dataset, spec: AnalysisSpec) -> tuple[int, str]:
         return spec.codec_lookahead_frames, ""
     if "codec_lookahead_frames" in ds.attrs:
         return int(ds.attrs["codec_lookahead_frames"]), ""
-    return DEFAULT_LOOKAHEAD_FRAMES, (f"the store does not record codec_lookahead_frames: the layer is read "
-                                      f"{DEFAULT_LOOKAHEAD_FRAMES} frames before the label (MusicGen's EnCodec)")
+    return DEFAULT_LOOKAHEAD_FRAMES, (
+        f"the store does not record codec_lookahead_frames: the layer is read "
+        f"{DEFAULT_LOOKAHEAD_FRAMES} frames before the label (MusicGen's EnCodec)"
+    )
 
 
-def save_reduced(path: str | Path, X: np.ndarray, clip: np.ndarray, frame: np.ndarray, clips: list[str],
-                 layer: int, meta: dict[str, Any] | None = None) -> Path:
+def save_reduced(
+    path: str | Path,
+    X: np.ndarray,
+    clip: np.ndarray,
+    frame: np.ndarray,
+    clips: list[str],
+    layer: int,
+    meta: dict[str, Any] | None = None,
+) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = meta or {}
-    np.savez(path, X=X.astype(np.float32), clip=clip.astype(np.int32), frame=frame.astype(np.int32),
-             clips=np.array(clips, dtype=str), layer=np.int32(layer),
-             **{f"meta_{k}": np.asarray(v) for k, v in meta.items()})
+    np.savez(
+        path,
+        X=X.astype(np.float32),
+        clip=clip.astype(np.int32),
+        frame=frame.astype(np.int32),
+        clips=np.array(clips, dtype=str),
+        layer=np.int32(layer),
+        **{f"meta_{k}": np.asarray(v) for k, v in meta.items()},
+    )
     return path
 
 
-def reduce_layer(store: str | Path | xr.Dataset, layer: int, spec: AnalysisSpec, out_path: str | Path,
-                 progress: Callable[[int, int, str], None] | None = None) -> Path:
+def reduce_layer(
+    store: str | Path | xr.Dataset,
+    layer: int,
+    spec: AnalysisSpec,
+    out_path: str | Path,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> Path:
     """Read one layer clip by clip, project to ``reduced_width``, keep every ``frame_stride``-th frame.
 
     Writes ``out_path`` (.npz: ``X`` (N, k) float32, ``clip`` and ``frame`` (N,), ``clips``, ``layer``,
@@ -175,19 +195,27 @@ def reduce_layer(store: str | Path | xr.Dataset, layer: int, spec: AnalysisSpec,
         keep = strided_frames(n, spec.frame_stride, look)
         a = a[keep - look].astype(np.float32)  # the layer as it was lookahead frames before the label
         if not np.isfinite(a).all():
-            raise AnalysisError(f"clip {clip_ids[j]!r} layer {layer}: the residual stream holds NaN or inf "
-                                f"inside the clip's {n} frames; the store is damaged or n_frames is wrong")
-        X[row:row + len(keep)] = a if W is None else a @ W
-        clip[row:row + len(keep)] = j
-        frame[row:row + len(keep)] = keep
+            raise AnalysisError(
+                f"clip {clip_ids[j]!r} layer {layer}: the residual stream holds NaN or inf "
+                f"inside the clip's {n} frames; the store is damaged or n_frames is wrong"
+            )
+        X[row : row + len(keep)] = a if W is None else a @ W
+        clip[row : row + len(keep)] = j
+        frame[row : row + len(keep)] = keep
         row += len(keep)
         if progress:
             progress(j + 1, len(idx), f"layer {layer}: clip {clip_ids[j]}")
-    meta = {"hidden_size": hidden, "reduced_width": width, "frame_stride": spec.frame_stride,
-            "max_read_elements": max_read, "n_clip_reads": len(idx),
-            "config_fingerprint": str(ds.attrs.get("config_fingerprint", "")),
-            "weights": str(ds.attrs.get("weights", "unknown")), "spec_fingerprint": spec.fingerprint(),
-            "lookahead_frames": look}
+    meta = {
+        "hidden_size": hidden,
+        "reduced_width": width,
+        "frame_stride": spec.frame_stride,
+        "max_read_elements": max_read,
+        "n_clip_reads": len(idx),
+        "config_fingerprint": str(ds.attrs.get("config_fingerprint", "")),
+        "weights": str(ds.attrs.get("weights", "unknown")),
+        "spec_fingerprint": spec.fingerprint(),
+        "lookahead_frames": look,
+    }
     log.info("layer %d: %d frames x %d features from %d clips", layer, total, width, len(idx))
     return save_reduced(out_path, X, clip, frame, clip_ids, layer, meta)
 
@@ -219,13 +247,14 @@ def shift_back(v: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
     out = np.zeros(len(v), dtype=np.float32)
     ok = np.zeros(len(v), dtype=bool)
     if frames < len(v):
-        out[frames:] = v[:len(v) - frames]
+        out[frames:] = v[: len(v) - frames]
         ok[frames:] = True
     return out, ok
 
 
-def control_matrix(per_clip: dict[str, np.ndarray], n: int, spec: AnalysisSpec,
-                   have: set[str], max_s: float = CLIP_MAX_S) -> tuple[np.ndarray, list[str]]:
+def control_matrix(
+    per_clip: dict[str, np.ndarray], n: int, spec: AnalysisSpec, have: set[str], max_s: float = CLIP_MAX_S
+) -> tuple[np.ndarray, list[str]]:
     """Causal controls of one clip at every frame ``(n, c)``: what the audio up to t (and time) gives away.
 
     - position: ``pos_frac`` = t / n_frames, ``t_s`` = t in seconds, and Gaussian bumps of t every
@@ -265,17 +294,33 @@ def control_matrix(per_clip: dict[str, np.ndarray], n: int, spec: AnalysisSpec,
     return np.column_stack([np.asarray(cols[c], np.float32) for c in names]), names
 
 
-def save_labels(path: str | Path, *, clip: np.ndarray, frame: np.ndarray, clips: list[str], sources: list[str],
-                n_frames: np.ndarray, controls: np.ndarray, control_names: list[str],
-                targets: dict[str, dict[str, np.ndarray]], weights: str, meta: dict[str, Any] | None = None) -> Path:
+def save_labels(
+    path: str | Path,
+    *,
+    clip: np.ndarray,
+    frame: np.ndarray,
+    clips: list[str],
+    sources: list[str],
+    n_frames: np.ndarray,
+    controls: np.ndarray,
+    control_names: list[str],
+    targets: dict[str, dict[str, np.ndarray]],
+    weights: str,
+    meta: dict[str, Any] | None = None,
+) -> Path:
     """Write the labels file. ``targets[name]`` holds ``y``, ``valid``, ``lag``, ``lag_valid`` (N,) each."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {
-        "clip": clip.astype(np.int32), "frame": frame.astype(np.int32), "clips": np.array(clips, dtype=str),
-        "source_id": np.array(sources, dtype=str), "n_frames": np.asarray(n_frames, np.int32),
-        "controls": controls.astype(np.float32), "control_names": np.array(control_names, dtype=str),
-        "targets": np.array(list(targets), dtype=str), "weights": np.array(weights),
+        "clip": clip.astype(np.int32),
+        "frame": frame.astype(np.int32),
+        "clips": np.array(clips, dtype=str),
+        "source_id": np.array(sources, dtype=str),
+        "n_frames": np.asarray(n_frames, np.int32),
+        "controls": controls.astype(np.float32),
+        "control_names": np.array(control_names, dtype=str),
+        "targets": np.array(list(targets), dtype=str),
+        "weights": np.array(weights),
     }
     for name, t in targets.items():
         arrays[f"y__{name}"] = t["y"].astype(np.int8)
@@ -299,7 +344,7 @@ def load_labels(store: str | Path | xr.Dataset, spec: AnalysisSpec, out_path: st
     idx = selected_clips(ds)
     n_frames = ds["n_frames"].values[idx].astype(int)
     clip_ids = [str(c) for c in ds["clip"].values[idx]]
-    sources = ([str(s) for s in ds["source_id"].values[idx]] if "source_id" in ds.variables else list(clip_ids))
+    sources = [str(s) for s in ds["source_id"].values[idx]] if "source_id" in ds.variables else list(clip_ids)
     if "source_id" not in ds.variables:
         log.warning("the store has no source_id; every clip is its own source")
     look, look_note = codec_lookahead(ds, spec)
@@ -318,13 +363,17 @@ def load_labels(store: str | Path | xr.Dataset, spec: AnalysisSpec, out_path: st
     missing = [v for v in ("rec_lag_prev_s", "rec_rate_causal", *spec.descriptor_lookahead_s) if v not in have]
     if missing:
         log.warning("controls missing from the store, left out: %s", missing)
-    needed = [v for v in ("rec_lag_prev_s", "rec_lag_prev_s_valid", "rec_rate_causal", *spec.descriptor_lookahead_s)
-              if v in have]
+    needed = [
+        v
+        for v in ("rec_lag_prev_s", "rec_lag_prev_s_valid", "rec_rate_causal", *spec.descriptor_lookahead_s)
+        if v in have
+    ]
     per_var = {v: clipwise(v) for v in needed}
     blocks, names = [], None
     for j, n in enumerate(n_frames):
-        m, names = control_matrix({v: per_var[v][j] for v in needed}, int(n), spec, have,
-                                  max_s=float(n_frames.max()) / FRAME_RATE_HZ)
+        m, names = control_matrix(
+            {v: per_var[v][j] for v in needed}, int(n), spec, have, max_s=float(n_frames.max()) / FRAME_RATE_HZ
+        )
         blocks.append(m[keep[j]])
     controls = np.concatenate(blocks)
     targets: dict[str, dict[str, np.ndarray]] = {}
@@ -350,9 +399,23 @@ def load_labels(store: str | Path | xr.Dataset, spec: AnalysisSpec, out_path: st
             for key, arr in (("y", y), ("valid", v), ("lag", lag), ("lag_valid", lag_ok)):
                 parts[key].append(arr[keep[j]])
         targets[name] = {k: np.concatenate(v) for k, v in parts.items()}
-    meta = {"config_fingerprint": str(ds.attrs.get("config_fingerprint", "")),
-            "model_id": str(ds.attrs.get("model_id", "")), "frame_stride": spec.frame_stride,
-            "lookahead_frames": look, "lookahead_note": look_note}
-    return save_labels(out_path, clip=clip, frame=frame, clips=clip_ids, sources=sources, n_frames=n_frames,
-                       controls=controls, control_names=names or list(BASE_CONTROLS), targets=targets,
-                       weights=str(ds.attrs.get("weights", "unknown")), meta=meta)
+    meta = {
+        "config_fingerprint": str(ds.attrs.get("config_fingerprint", "")),
+        "model_id": str(ds.attrs.get("model_id", "")),
+        "frame_stride": spec.frame_stride,
+        "lookahead_frames": look,
+        "lookahead_note": look_note,
+    }
+    return save_labels(
+        out_path,
+        clip=clip,
+        frame=frame,
+        clips=clip_ids,
+        sources=sources,
+        n_frames=n_frames,
+        controls=controls,
+        control_names=names or list(BASE_CONTROLS),
+        targets=targets,
+        weights=str(ds.attrs.get("weights", "unknown")),
+        meta=meta,
+    )

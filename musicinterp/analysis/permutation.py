@@ -117,9 +117,18 @@ class PermutationResult:
     null_first: dict[str, np.ndarray]  # each statistic over the first draws (for secondary statistics)
 
 
-def permutation_test(observed: dict[str, float], stat_fn: Callable[[list[np.ndarray]], dict[str, np.ndarray]],
-                     n: int, classes: Classes, rng: np.random.Generator, *, min_draws: int, max_draws: int,
-                     sequential_h: int, keep_first: int = 0) -> PermutationResult:
+def permutation_test(
+    observed: dict[str, float],
+    stat_fn: Callable[[list[np.ndarray]], dict[str, np.ndarray]],
+    n: int,
+    classes: Classes,
+    rng: np.random.Generator,
+    *,
+    min_draws: int,
+    max_draws: int,
+    sequential_h: int,
+    keep_first: int = 0,
+) -> PermutationResult:
     """p-values of every statistic in ``observed`` (larger = more extreme) against draws of ``classes``.
 
     ``stat_fn`` maps a list of row permutations to each statistic's values (one per permutation). With at
@@ -150,9 +159,10 @@ def permutation_test(observed: dict[str, float], stat_fn: Callable[[list[np.ndar
         for k in names:
             v = np.asarray(values[k], float)
             v = np.where(np.isfinite(v), v, -np.inf)
-            p[k] = (float(np.sum(v >= observed[k] - 1e-12) / len(v)) if np.isfinite(observed[k]) else float("nan"))
-        return PermutationResult(p, len(values[names[0]]) - 1, True,
-                                 {k: np.asarray(v[1:keep_first + 1]) for k, v in values.items()})
+            p[k] = float(np.sum(v >= observed[k] - 1e-12) / len(v)) if np.isfinite(observed[k]) else float("nan")
+        return PermutationResult(
+            p, len(values[names[0]]) - 1, True, {k: np.asarray(v[1 : keep_first + 1]) for k, v in values.items()}
+        )
     exceed = dict.fromkeys(names, 0)
     stopped_at: dict[str, int] = {}
     done = 0
@@ -163,7 +173,7 @@ def permutation_test(observed: dict[str, float], stat_fn: Callable[[list[np.ndar
         for k, v in res.items():
             got = first.setdefault(k, [])
             if len(got) < keep_first:
-                got += np.asarray(v, float)[:keep_first - len(got)].tolist()
+                got += np.asarray(v, float)[: keep_first - len(got)].tolist()
         for k in names:
             v = np.asarray(res[k], float)
             if k in stopped_at or not np.isfinite(observed[k]):

@@ -50,8 +50,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
-def newton_l2_logit(Z: np.ndarray, y: np.ndarray, C: float, beta0: np.ndarray | None = None,
-                    max_iter: int = 50, tol: float = 1e-7) -> np.ndarray:
+def newton_l2_logit(
+    Z: np.ndarray, y: np.ndarray, C: float, beta0: np.ndarray | None = None, max_iter: int = 50, tol: float = 1e-7
+) -> np.ndarray:
     """Minimise C * sum(logistic loss) + ||w||^2 / 2 (sklearn's objective; intercept unpenalised) by Newton.
 
     Returns ``[w..., intercept]``. The objective is strictly convex, so the minimiser is the one
@@ -162,8 +163,9 @@ def select_c(F: np.ndarray, y: np.ndarray, groups: np.ndarray, spec: AnalysisSpe
     return grid[int(np.argmin(loss))], ""
 
 
-def oof_predict(F: np.ndarray, y: np.ndarray, groups: np.ndarray, n_folds: int,
-                spec: AnalysisSpec) -> tuple[np.ndarray, list[float], set[str]]:
+def oof_predict(
+    F: np.ndarray, y: np.ndarray, groups: np.ndarray, n_folds: int, spec: AnalysisSpec
+) -> tuple[np.ndarray, list[float], set[str]]:
     """Out-of-fold P(y=1) of ``Pipeline(StandardScaler, logit)``, C chosen inside each training fold."""
     p = np.empty(len(y))
     cs: list[float] = []
@@ -195,8 +197,21 @@ def _rows(base: dict[str, Any], metrics: tuple[str, ...], **per_metric: Any) -> 
 def _nan_rows(base: dict[str, Any], note: str, metrics: tuple[str, ...]) -> list[dict[str, Any]]:
     log.warning("layer %s target %s (%s): %s", base["layer"], base["label"], base["control"], note)
     nan = float("nan")
-    return _rows({**base, "gain": nan, "ci_low": nan, "ci_high": nan, "p_value": nan, "q_value": nan,
-                  "p_cluster": nan, "note": note, "score_controls": nan, "score_full": nan}, metrics)
+    return _rows(
+        {
+            **base,
+            "gain": nan,
+            "ci_low": nan,
+            "ci_high": nan,
+            "p_value": nan,
+            "q_value": nan,
+            "p_cluster": nan,
+            "note": note,
+            "score_controls": nan,
+            "score_full": nan,
+        },
+        metrics,
+    )
 
 
 def _stable_seed(*parts: Any) -> list[int]:
@@ -207,9 +222,16 @@ def metrics_of(spec: AnalysisSpec) -> tuple[str, str]:
     return ("auroc", "brier") if spec.estimator == "ridge" else ("auroc", "log_loss")
 
 
-def probe_layer_target(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec,
-                       control: str = "none", return_predictions: bool = False, baseline_npz: str | None = None,
-                       n_cells: int | None = None) -> list[dict[str, Any]]:
+def probe_layer_target(
+    reduced_npz: str,
+    labels_npz: str,
+    target: str,
+    spec: AnalysisSpec,
+    control: str = "none",
+    return_predictions: bool = False,
+    baseline_npz: str | None = None,
+    n_cells: int | None = None,
+) -> list[dict[str, Any]]:
     """The analysis of one (layer, target) under one control; one row per metric.
 
     ``control``: 'none' (the real analysis), 'shifted-labels' (every clip's label track handed to another clip
@@ -226,33 +248,58 @@ def probe_layer_target(reduced_npz: str, labels_npz: str, target: str, spec: Ana
     if control not in CONTROLS:
         raise AnalysisError(f"control {control!r} is not one of {CONTROLS}")
     if (control == "beyond-random") != (baseline_npz is not None):
-        raise AnalysisError("control 'beyond-random' needs baseline_npz (the random network's reduced layer), "
-                            "and baseline_npz is only for that control")
+        raise AnalysisError(
+            "control 'beyond-random' needs baseline_npz (the random network's reduced layer), "
+            "and baseline_npz is only for that control"
+        )
     from threadpoolctl import threadpool_limits
 
     # thousands of small fits: BLAS threads only add synchronisation (10x slower on a busy 2-core machine);
     # parallelism belongs one level up (a task per layer x target)
     with threadpool_limits(limits=1, user_api="blas"):
-        return _probe(reduced_npz, labels_npz, target, spec, control, return_predictions, baseline_npz,
-                      n_cells if n_cells is not None else 25 * len(spec.targets))
+        return _probe(
+            reduced_npz,
+            labels_npz,
+            target,
+            spec,
+            control,
+            return_predictions,
+            baseline_npz,
+            n_cells if n_cells is not None else 25 * len(spec.targets),
+        )
 
 
 def _same_frames(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return (np.array_equal(a["clips"], b["clips"]) and np.array_equal(a["clip"], b["clip"])
-            and np.array_equal(a["frame"], b["frame"]))
+    return (
+        np.array_equal(a["clips"], b["clips"])
+        and np.array_equal(a["clip"], b["clip"])
+        and np.array_equal(a["frame"], b["frame"])
+    )
 
 
-def _probe(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec, control: str,
-           return_predictions: bool, baseline_npz: str | None, n_cells: int) -> list[dict[str, Any]]:
+def _probe(
+    reduced_npz: str,
+    labels_npz: str,
+    target: str,
+    spec: AnalysisSpec,
+    control: str,
+    return_predictions: bool,
+    baseline_npz: str | None,
+    n_cells: int,
+) -> list[dict[str, Any]]:
     red = load_reduced(reduced_npz)
     lab = load_reduced(labels_npz)
     if not _same_frames(red, lab):
-        raise AnalysisError(f"{reduced_npz!s} and {labels_npz!s} hold different frames (other clips or another "
-                            "frame_stride); make both from the same store with the same AnalysisSpec")
+        raise AnalysisError(
+            f"{reduced_npz!s} and {labels_npz!s} hold different frames (other clips or another "
+            "frame_stride); make both from the same store with the same AnalysisSpec"
+        )
     base_red = load_reduced(baseline_npz) if baseline_npz else None
     if base_red is not None and not _same_frames(base_red, lab):
-        raise AnalysisError(f"the random network's {baseline_npz!s} holds other clips or frames than "
-                            f"{labels_npz!s}: capture the same slice with the same settings into the control store")
+        raise AnalysisError(
+            f"the random network's {baseline_npz!s} holds other clips or frames than "
+            f"{labels_npz!s}: capture the same slice with the same settings into the control store"
+        )
     metrics = metrics_of(spec)
     layer = int(red["layer"])
     family, horizon = parse_target(target)
@@ -261,12 +308,20 @@ def _probe(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec, c
     sources = lab["source_id"][clip]
     unit_names = sources if spec.cluster_unit == "source" else lab["clips"][clip]
     base: dict[str, Any] = {
-        "layer": layer, "horizon": horizon, "target": family, "label": target, "control": control,
-        "weights": weights, "n_clips": 0, "n_frames": 0, "n_sources": 0, "n_permutations": 0, "q_value": float("nan"),
+        "layer": layer,
+        "horizon": horizon,
+        "target": family,
+        "label": target,
+        "control": control,
+        "weights": weights,
+        "n_clips": 0,
+        "n_frames": 0,
+        "n_sources": 0,
+        "n_permutations": 0,
+        "q_value": float("nan"),
     }
     if target not in set(lab["targets"].tolist()):
-        return _nan_rows(base, f"target {target!r} was not loaded (labels file has {lab['targets'].tolist()})",
-                         metrics)
+        return _nan_rows(base, f"target {target!r} was not loaded (labels file has {lab['targets'].tolist()})", metrics)
     y_all = lab[f"y__{target}"].astype(int)
     valid_all = lab[f"valid__{target}"].astype(bool)
     lag_all = lab[f"lag__{target}"].astype(float)
@@ -278,8 +333,9 @@ def _probe(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec, c
     window = max(1, round(spec.window_s * FRAME_RATE_HZ))
     classes = pm.window_classes(clip, lab["frame"].astype(int), lab["n_frames"].astype(int), window)
     if control == "shifted-labels":  # another clip's label track at the same positions (same classes)
-        perm = pm.control_draw(len(y_all), classes, np.random.default_rng(
-            _stable_seed(spec.seed, "shifted-labels", target)))
+        perm = pm.control_draw(
+            len(y_all), classes, np.random.default_rng(_stable_seed(spec.seed, "shifted-labels", target))
+        )
         y_all, valid_all, lag_all, lagv_all = y_all[perm], valid_all[perm], lag_all[perm], lagv_all[perm]
     rows = np.flatnonzero(pm.consensus_valid(valid_all, classes))
     y = y_all[rows]
@@ -290,15 +346,23 @@ def _probe(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec, c
     if len(np.unique(y)) < 2:
         return _nan_rows(base, f"the target has one class only ({int(y[0])}) on its valid frames", metrics)
     if base["n_sources"] < spec.min_sources:
-        return _nan_rows(base, f"only {base['n_sources']} sources with valid frames; "
-                               f"need at least {spec.min_sources} (AnalysisSpec.min_sources)", metrics)
+        return _nan_rows(
+            base,
+            f"only {base['n_sources']} sources with valid frames; "
+            f"need at least {spec.min_sources} (AnalysisSpec.min_sources)",
+            metrics,
+        )
     # draws restricted to the analysed rows: classes of rows outside them never matter
     sub = pm.Classes(tuple(m for m in classes.members if valid_all[m].all(axis=0).any()))
     log10_g = sub.log10_arrangements()
     if log10_g < math.log10(1 / spec.alpha):
-        return _nan_rows(base, f"only {10 ** log10_g:.0f} distinct label arrangements (window classes of sizes "
-                               f"{sorted((c for c in sub.sizes if c > 1), reverse=True)}): no p-value can go below "
-                               f"alpha = {spec.alpha}; add clips of equal length or shorten window_s", metrics)
+        return _nan_rows(
+            base,
+            f"only {10**log10_g:.0f} distinct label arrangements (window classes of sizes "
+            f"{sorted((c for c in sub.sizes if c > 1), reverse=True)}): no p-value can go below "
+            f"alpha = {spec.alpha}; add clips of equal length or shorten window_s",
+            metrics,
+        )
     n_folds = min(spec.n_folds, len(np.unique(src)))
     groups = np.unique(src, return_inverse=True)[1]
     fold = np.empty(len(rows), dtype=np.int32)
@@ -328,6 +392,7 @@ def _probe(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec, c
             P1, c1 = cv1.oof(Y, L)
             return Y, P0, P1, {"c_controls": c0[:, 0], "c_full": c1[:, 0]}
     else:
+
         def predict(perms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
             cols = [], [], []
             info: dict[str, Any] = {}
@@ -359,8 +424,10 @@ def _probe(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec, c
 
     def stat_fn(perms: list[np.ndarray]) -> dict[str, np.ndarray]:
         Y, P0, P1, _ = predict(perms)
-        out = {"auroc": stats.auroc_columns(Y, P1, fold) - stats.auroc_columns(Y, P0, fold),
-               second: loss(Y, P0) - loss(Y, P1)}
+        out = {
+            "auroc": stats.auroc_columns(Y, P1, fold) - stats.auroc_columns(Y, P0, fold),
+            second: loss(Y, P0) - loss(Y, P1),
+        }
         t = np.full(len(perms), np.nan)
         for b in range(len(perms)):
             if np.isfinite(t_cluster) and n_cluster[0] < spec.n_permutations:
@@ -371,44 +438,84 @@ def _probe(reduced_npz: str, labels_npz: str, target: str, spec: AnalysisSpec, c
 
     rng = np.random.default_rng(_stable_seed(spec.seed, "permutations", control, target))
     budget = spec.permutation_budget(n_cells)
-    res = pm.permutation_test(observed, stat_fn, len(y_all), sub, rng, min_draws=spec.n_permutations,
-                              max_draws=budget, sequential_h=spec.sequential_h, keep_first=spec.n_permutations)
+    res = pm.permutation_test(
+        observed,
+        stat_fn,
+        len(y_all),
+        sub,
+        rng,
+        min_draws=spec.n_permutations,
+        max_draws=budget,
+        sequential_h=spec.sequential_h,
+        keep_first=spec.n_permutations,
+    )
     p_cluster = stats.permutation_p(t_cluster, res.null_first.get("t_cluster", np.array([])))
     if res.exact:
         notes.append(f"exact test: all {res.n_draws + 1} label arrangements")
-    ci = stats.bootstrap_gain_ci(y_obs, p0, p1, units, spec.n_bootstrap, spec.alpha,
-                                 np.random.default_rng(_stable_seed(spec.seed, "bootstrap", control, layer, target)),
-                                 strata=fold, second=second)
+    ci = stats.bootstrap_gain_ci(
+        y_obs,
+        p0,
+        p1,
+        units,
+        spec.n_bootstrap,
+        spec.alpha,
+        np.random.default_rng(_stable_seed(spec.seed, "bootstrap", control, layer, target)),
+        strata=fold,
+        second=second,
+    )
     notes.extend(sorted(info.get("notes", set())))
-    base.update(n_permutations=res.n_draws, p_cluster=p_cluster, note="; ".join(notes),
-                c_controls=float(np.median(info["c_controls"])) if len(info["c_controls"]) else float("nan"),
-                c_full=float(np.median(info["c_full"])) if len(info["c_full"]) else float("nan"))
+    base.update(
+        n_permutations=res.n_draws,
+        p_cluster=p_cluster,
+        note="; ".join(notes),
+        c_controls=float(np.median(info["c_controls"])) if len(info["c_controls"]) else float("nan"),
+        c_full=float(np.median(info["c_full"])) if len(info["c_full"]) else float("nan"),
+    )
     if return_predictions:
         base.update(_p_controls=p0, _p_full=p1, _y=y_obs, _fold=fold)
     loss_name = stats.brier if second == "brier" else stats.log_loss
-    out = _rows(base, metrics, gain=observed, ci_low={m: ci[m][0] for m in metrics},
-                ci_high={m: ci[m][1] for m in metrics}, p_value=res.p,
-                score_controls={"auroc": stats.auroc(y_obs, p0, strata=fold), second: loss_name(y_obs, p0)},
-                score_full={"auroc": stats.auroc(y_obs, p1, strata=fold), second: loss_name(y_obs, p1)})
+    out = _rows(
+        base,
+        metrics,
+        gain=observed,
+        ci_low={m: ci[m][0] for m in metrics},
+        ci_high={m: ci[m][1] for m in metrics},
+        p_value=res.p,
+        score_controls={"auroc": stats.auroc(y_obs, p0, strata=fold), second: loss_name(y_obs, p0)},
+        score_full={"auroc": stats.auroc(y_obs, p1, strata=fold), second: loss_name(y_obs, p1)},
+    )
     if R is not None:
         own = np.column_stack([lag_all[rows], lagv_all[rows]]) if use_lag else np.empty((len(rows), 0))
-        out += _trained_minus_random(base, y_obs, fold, units, np.hstack([Fc, own]), X, R, groups, n_folds, spec,
-                                     budget)
+        out += _trained_minus_random(
+            base, y_obs, fold, units, np.hstack([Fc, own]), X, R, groups, n_folds, spec, budget
+        )
     return out
 
 
-def _trained_minus_random(base: dict[str, Any], y: np.ndarray, fold: np.ndarray, units: np.ndarray,
-                          Fc: np.ndarray, X: np.ndarray, R: np.ndarray, groups: np.ndarray, n_folds: int,
-                          spec: AnalysisSpec, budget: int) -> list[dict[str, Any]]:
+def _trained_minus_random(
+    base: dict[str, Any],
+    y: np.ndarray,
+    fold: np.ndarray,
+    units: np.ndarray,
+    Fc: np.ndarray,
+    X: np.ndarray,
+    R: np.ndarray,
+    groups: np.ndarray,
+    n_folds: int,
+    spec: AnalysisSpec,
+    budget: int,
+) -> list[dict[str, Any]]:
     """AUROC(controls + trained layer) - AUROC(controls + random layer), tested by swapping the two
     out-of-fold predictions within each unit (source) at random: exchangeable when neither network reads the
     target better. No refit is needed, so the draws are cheap; B = the permutation budget. ``Fc``: the controls
     with the target's own past (fixed here: the labels are not permuted)."""
     if spec.estimator == "ridge":
         pT = GroupedRidgeCV(np.hstack([Fc, X]), groups, n_folds, spec.inner_folds, spec.ridge_grid).oof(
-            y[:, None].astype(float))[0][:, 0]
+            y[:, None].astype(float)
+        )[0][:, 0]
         pR = GroupedRidgeCV(np.hstack([Fc, R]), groups, n_folds, spec.inner_folds, spec.ridge_grid).oof(
-            y[:, None].astype(float))[0][:, 0]
+            y[:, None].astype(float)
+        )[0][:, 0]
     else:
         pT = oof_predict(np.hstack([Fc, X]), y, groups, n_folds, spec)[0]
         pR = oof_predict(np.hstack([Fc, R]), y, groups, n_folds, spec)[0]
@@ -424,12 +531,29 @@ def _trained_minus_random(base: dict[str, Any], y: np.ndarray, fold: np.ndarray,
         Bm = np.where(F, pT[:, None], pR[:, None])
         null.append(stats.auroc_columns(Y, A, fold) - stats.auroc_columns(Y, Bm, fold))
     nulls = np.concatenate(null)[:budget]
-    ci = stats.bootstrap_gain_ci(y, pR, pT, units, spec.n_bootstrap, spec.alpha,
-                                 np.random.default_rng(_stable_seed(spec.seed, "tmr-bootstrap", base["label"])),
-                                 strata=fold, second="brier")
-    row = {**base, "control": "trained-minus-random", "metric": "auroc", "gain": obs,
-           "ci_low": ci["auroc"][0], "ci_high": ci["auroc"][1], "p_value": stats.permutation_p(obs, nulls),
-           "p_cluster": float("nan"), "n_permutations": len(nulls),
-           "note": "paired: predictions of the trained and the random layer swapped within sources",
-           "score_controls": stats.auroc(y, pR, strata=fold), "score_full": stats.auroc(y, pT, strata=fold)}
+    ci = stats.bootstrap_gain_ci(
+        y,
+        pR,
+        pT,
+        units,
+        spec.n_bootstrap,
+        spec.alpha,
+        np.random.default_rng(_stable_seed(spec.seed, "tmr-bootstrap", base["label"])),
+        strata=fold,
+        second="brier",
+    )
+    row = {
+        **base,
+        "control": "trained-minus-random",
+        "metric": "auroc",
+        "gain": obs,
+        "ci_low": ci["auroc"][0],
+        "ci_high": ci["auroc"][1],
+        "p_value": stats.permutation_p(obs, nulls),
+        "p_cluster": float("nan"),
+        "n_permutations": len(nulls),
+        "note": "paired: predictions of the trained and the random layer swapped within sources",
+        "score_controls": stats.auroc(y, pR, strata=fold),
+        "score_full": stats.auroc(y, pT, strata=fold),
+    }
     return [row]

@@ -21,8 +21,23 @@ from musicinterp.store import weights_note
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["layer", "horizon", "target", "metric", "gain", "ci_low", "ci_high", "p_value", "q_value", "n_clips",
-           "n_frames", "control", "p_cluster", "note", "weights"]
+COLUMNS = [
+    "layer",
+    "horizon",
+    "target",
+    "metric",
+    "gain",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "q_value",
+    "n_clips",
+    "n_frames",
+    "control",
+    "p_cluster",
+    "note",
+    "weights",
+]
 FAMILY_KEYS = ["control", "metric"]
 
 
@@ -47,24 +62,25 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
 
 def heatmaps(df: pd.DataFrame, out: Path, alpha: float = 0.05, metric: str = "auroc") -> list[Path]:
     """Per target: layer x horizon heatmap of the gain, one panel per control, '*' where q < alpha."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: drawing never switches a notebook's backend
 
     paths = []
     d = df[df["metric"] == metric]
-    order = [c for c in ("none", "beyond-random", "trained-minus-random", "random-model", "shifted-labels")
-             if c in set(d["control"])]
+    order = [
+        c
+        for c in ("none", "beyond-random", "trained-minus-random", "random-model", "shifted-labels")
+        if c in set(d["control"])
+    ]
     for target, dt in d.groupby("target"):
         layers = sorted(dt["layer"].unique())
         horizons = sorted(dt["horizon"].unique(), key=lambda h: (math.isnan(h), h))
         finite = dt["gain"].to_numpy(float)
         vmax = float(np.nanmax(np.abs(finite))) if np.isfinite(finite).any() else 0.1
         vmax = vmax or 0.1
-        fig, axes = plt.subplots(1, len(order), figsize=(2.6 + 1.3 * max(len(horizons), 2) * len(order),
-                                                         2.0 + 0.3 * len(layers)), squeeze=False,
-                                 layout="constrained")
+        fig = Figure(
+            figsize=(2.6 + 1.3 * max(len(horizons), 2) * len(order), 2.0 + 0.3 * len(layers)), layout="constrained"
+        )
+        axes = fig.subplots(1, len(order), squeeze=False)
         im = None
         for ax, control in zip(axes[0], order):
             dc = dt[dt["control"] == control]
@@ -76,8 +92,9 @@ def heatmaps(df: pd.DataFrame, out: Path, alpha: float = 0.05, metric: str = "au
                 star[i, j] = bool(r["q_value"] < alpha) if np.isfinite(r["q_value"]) else False
             im = ax.imshow(grid, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", origin="lower")
             for i, j in zip(*np.nonzero(star)):
-                ax.text(j, i, "*", ha="center", va="center", fontsize=14,
-                        color="w" if abs(grid[i, j]) > 0.6 * vmax else "k")
+                ax.text(
+                    j, i, "*", ha="center", va="center", fontsize=14, color="w" if abs(grid[i, j]) > 0.6 * vmax else "k"
+                )
             ax.set_xticks(range(len(horizons)), [f"{h:g} s" for h in horizons])
             ax.set_yticks(range(len(layers)), [str(int(x)) for x in layers])
             ax.set_xlabel("horizon")
@@ -90,7 +107,6 @@ def heatmaps(df: pd.DataFrame, out: Path, alpha: float = 0.05, metric: str = "au
             fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=f"{metric} gain")
         path = out / f"gain_{target}_{metric}.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
         paths.append(path)
     return paths
 
@@ -98,10 +114,15 @@ def heatmaps(df: pd.DataFrame, out: Path, alpha: float = 0.05, metric: str = "au
 def _cell(r: pd.Series) -> str:
     h = f" at {r['horizon']:g} s" if np.isfinite(r["horizon"]) else ""
     pc = f", p_cluster {r['p_cluster']:.3g}" if np.isfinite(r["p_cluster"]) else ""
-    sc = (f" (AUROC {r['score_controls']:.3f} -> {r['score_full']:.3f})"
-          if r["metric"] == "auroc" and np.isfinite(r.get("score_controls", np.nan)) else "")
-    return (f"layer {int(r['layer'])}, {r['target']}{h}: gain {r['gain']:+.3f} "
-            f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]{sc}, p {r['p_value']:.3g}, q {r['q_value']:.3g}{pc}")
+    sc = (
+        f" (AUROC {r['score_controls']:.3f} -> {r['score_full']:.3f})"
+        if r["metric"] == "auroc" and np.isfinite(r.get("score_controls", np.nan))
+        else ""
+    )
+    return (
+        f"layer {int(r['layer'])}, {r['target']}{h}: gain {r['gain']:+.3f} "
+        f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]{sc}, p {r['p_value']:.3g}, q {r['q_value']:.3g}{pc}"
+    )
 
 
 def _controls_baseline(d: pd.DataFrame) -> list[str]:
@@ -120,8 +141,11 @@ def findings_markdown(df: pd.DataFrame, weights: str, alpha: float = 0.05) -> st
     """The headline findings in words: what was significant, what was not, with the weights in plain words."""
     lines = ["# Probe findings", "", f"**{weights_note(weights)}**", ""]
     if weights == "random":
-        lines += ["These results describe an untrained network. They say nothing about what a trained MusicGen "
-                  "represents; they only show what the pipeline reports on a model that has learned nothing.", ""]
+        lines += [
+            "These results describe an untrained network. They say nothing about what a trained MusicGen "
+            "represents; they only show what the pipeline reports on a model that has learned nothing.",
+            "",
+        ]
     lines += [
         "Question: does layer L at frame t predict the event at t + h better than controls that see only the "
         "audio up to t (position, the past of the labels, causal descriptors, the target's own value at "
@@ -133,13 +157,20 @@ def findings_markdown(df: pd.DataFrame, weights: str, alpha: float = 0.05) -> st
         f"q < {alpha:g} on the permutation p-value.",
         "",
     ]
-    for control, title in (("none", "Real analysis"),
-                           ("beyond-random", "Beyond a random network: the same layer of a random-weight network "
-                            "of the same architecture joins the controls"),
-                           ("trained-minus-random", "Trained minus random: AUROC(controls + layer) - "
-                            "AUROC(controls + random layer), paired"),
-                           ("random-model", "Control: random-weight model"),
-                           ("shifted-labels", "Control: labels shifted within each clip")):
+    for control, title in (
+        ("none", "Real analysis"),
+        (
+            "beyond-random",
+            "Beyond a random network: the same layer of a random-weight network "
+            "of the same architecture joins the controls",
+        ),
+        (
+            "trained-minus-random",
+            "Trained minus random: AUROC(controls + layer) - AUROC(controls + random layer), paired",
+        ),
+        ("random-model", "Control: random-weight model"),
+        ("shifted-labels", "Control: labels shifted within each clip"),
+    ):
         d = df[(df["control"] == control) & (df["metric"] == "auroc")]
         if d.empty:
             continue
@@ -149,10 +180,14 @@ def findings_markdown(df: pd.DataFrame, weights: str, alpha: float = 0.05) -> st
         lines.append(f"## {title} (AUROC gain; weights: {w})")
         lines.append("")
         if control in ("random-model", "shifted-labels") and len(sig):
-            lines.append(f"**Warning:** {len(sig)} of {len(tested)} cells are significant in a control where "
-                         "none should be; treat the real analysis with suspicion.")
-        lines.append(f"- {len(sig)} of {len(tested)} tested cells significant (q < {alpha:g}); "
-                     f"{len(d) - len(tested)} cells could not be tested (see notes).")
+            lines.append(
+                f"**Warning:** {len(sig)} of {len(tested)} cells are significant in a control where "
+                "none should be; treat the real analysis with suspicion."
+            )
+        lines.append(
+            f"- {len(sig)} of {len(tested)} tested cells significant (q < {alpha:g}); "
+            f"{len(d) - len(tested)} cells could not be tested (see notes)."
+        )
         if control == "none" and "score_controls" in d:
             lines += _controls_baseline(tested)
         for _, r in sig.iterrows():
@@ -160,20 +195,25 @@ def findings_markdown(df: pd.DataFrame, weights: str, alpha: float = 0.05) -> st
         if control == "none":
             l0 = sig[sig["layer"] == 0]
             if len(l0):
-                lines.append(f"- Layer 0 (token embeddings, no context) is significant in {len(l0)} cells: the "
-                             "local codes already carry it, so it is not evidence of memory.")
+                lines.append(
+                    f"- Layer 0 (token embeddings, no context) is significant in {len(l0)} cells: the "
+                    "local codes already carry it, so it is not evidence of memory."
+                )
             if len(tested) and not len(sig):
                 best = tested.sort_values("gain", ascending=False).iloc[0]
-                lines.append(f"- Nothing significant. Largest observed gain (a description, not a test): "
-                             f"{_cell(best)}.")
+                lines.append(
+                    f"- Nothing significant. Largest observed gain (a description, not a test): {_cell(best)}."
+                )
             for second in ("brier", "log_loss"):
                 ll = df[(df["control"] == "none") & (df["metric"] == second) & (df["q_value"] < alpha)]
                 if (df["metric"] == second).any():
                     lines.append(f"- With {second.replace('_', '-')} as the metric: {len(ll)} significant cells.")
             disagree = tested[(tested["q_value"] < alpha) != (tested["p_cluster"] < alpha)]
             if len(disagree):
-                lines.append(f"- The second test (permutation p of the cluster-robust Wald t, p_cluster < {alpha:g} "
-                             f"uncorrected) disagrees with the corrected result in {len(disagree)} cells.")
+                lines.append(
+                    f"- The second test (permutation p of the cluster-robust Wald t, p_cluster < {alpha:g} "
+                    f"uncorrected) disagrees with the corrected result in {len(disagree)} cells."
+                )
         lines.append("")
     noted = df[df["note"].astype(str) != ""]
     if len(noted):

@@ -100,18 +100,34 @@ def log_loss(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float
     return float((ll * w).sum() / w.sum())
 
 
-def gains(y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray, w: np.ndarray | None = None,
-          strata: np.ndarray | None = None, second: str = "log_loss") -> dict[str, float]:
+def gains(
+    y: np.ndarray,
+    p_controls: np.ndarray,
+    p_full: np.ndarray,
+    w: np.ndarray | None = None,
+    strata: np.ndarray | None = None,
+    second: str = "log_loss",
+) -> dict[str, float]:
     """AUROC gain (full - controls, pairs within ``strata``) and the loss gain (controls - full) of ``second``
     ('log_loss' or 'brier'): positive = the layer helps."""
     loss = log_loss if second == "log_loss" else brier
-    return {"auroc": auroc(y, p_full, w, strata) - auroc(y, p_controls, w, strata),
-            second: loss(y, p_controls, w) - loss(y, p_full, w)}
+    return {
+        "auroc": auroc(y, p_full, w, strata) - auroc(y, p_controls, w, strata),
+        second: loss(y, p_controls, w) - loss(y, p_full, w),
+    }
 
 
-def bootstrap_gain_ci(y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray, unit: np.ndarray,
-                      n_boot: int, alpha: float, rng: np.random.Generator, strata: np.ndarray | None = None,
-                      second: str = "log_loss") -> dict[str, tuple[float, float]]:
+def bootstrap_gain_ci(
+    y: np.ndarray,
+    p_controls: np.ndarray,
+    p_full: np.ndarray,
+    unit: np.ndarray,
+    n_boot: int,
+    alpha: float,
+    rng: np.random.Generator,
+    strata: np.ndarray | None = None,
+    second: str = "log_loss",
+) -> dict[str, tuple[float, float]]:
     """Percentile (1 - alpha) CI of each gain, resampling clusters (``unit``) with replacement."""
     units, inv = np.unique(unit, return_inverse=True)
     k = len(units)
@@ -135,8 +151,11 @@ def bootstrap_gain_ci(y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray,
     for m, v in out.items():
         v = np.asarray(v, float)
         v = v[np.isfinite(v)]
-        res[m] = ((float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2)))
-                  if len(v) >= 10 else (float("nan"), float("nan")))
+        res[m] = (
+            (float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2)))
+            if len(v) >= 10
+            else (float("nan"), float("nan"))
+        )
     return res
 
 
@@ -180,8 +199,9 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def cluster_wald_t(y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray,
-                   groups: np.ndarray, scores: bool = False) -> tuple[float, str]:
+def cluster_wald_t(
+    y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray, groups: np.ndarray, scores: bool = False
+) -> tuple[float, str]:
     """Cluster-robust Wald t that the layer's out-of-fold score adds to the controls'.
 
     GLM(Binomial): ``y ~ 1 + logit(p_controls) + logit(p_full)`` with cluster-robust covariance by
@@ -202,8 +222,9 @@ def cluster_wald_t(y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray,
     if n_groups < 3:
         return float("nan"), "p_cluster: fewer than 3 clusters"
     # probabilities enter as logits; ridge scores (``scores=True``) as they are
-    s0, s1 = (np.asarray(p_controls, float), np.asarray(p_full, float)) if scores else (_logit(p_controls),
-                                                                                         _logit(p_full))
+    s0, s1 = (
+        (np.asarray(p_controls, float), np.asarray(p_full, float)) if scores else (_logit(p_controls), _logit(p_full))
+    )
     X = np.column_stack([np.ones(len(y)), s0, s1])
     if np.std(s0) < 1e-9:
         X = X[:, [0, 2]]
@@ -213,7 +234,8 @@ def cluster_wald_t(y: np.ndarray, p_controls: np.ndarray, p_full: np.ndarray,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit = sm.GLM(np.asarray(y, float), X, family=sm.families.Binomial()).fit(
-                cov_type="cluster", cov_kwds={"groups": g})
+                cov_type="cluster", cov_kwds={"groups": g}
+            )
             if not fit.converged:
                 return float("nan"), "p_cluster: GLM did not converge (separation?)"
             t = float(fit.tvalues[-1])

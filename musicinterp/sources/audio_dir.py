@@ -71,8 +71,13 @@ def plan_audio_dir(spec: AudioDirSource) -> Iterator[Track | PlanFailure]:
             yield PlanFailure(e.item, e.problem)
             continue
         rel = path.name if root.is_file() else str(path.relative_to(root))
-        yield Track(source="audio_dir", source_id=f"audio_dir:{rel}",
-                    locator=json.dumps({"path": str(path.resolve())}), licence=spec.licence, samples=samples)
+        yield Track(
+            source="audio_dir",
+            source_id=f"audio_dir:{rel}",
+            locator=json.dumps({"path": str(path.resolve())}),
+            licence=spec.licence,
+            samples=samples,
+        )
 
 
 def load_audio_dir(locator: str) -> np.ndarray:

@@ -65,8 +65,13 @@ def expand_stream(score, item: str, tempo_bpm: float | None = None) -> tuple[lis
     measures = []
     for m in parts[0].getElementsByClass("Measure"):
         start = float(m.offset) * sec
-        measures.append({"number": int(m.number), "start_s": round(start, 6),
-                         "end_s": round(start + float(m.duration.quarterLength) * sec, 6)})
+        measures.append(
+            {
+                "number": int(m.number),
+                "start_s": round(start, 6),
+                "end_s": round(start + float(m.duration.quarterLength) * sec, 6),
+            }
+        )
     notes: list[Note] = []
     truth_notes, fermatas = [], []
     for p, part in enumerate(parts):
@@ -78,8 +83,15 @@ def expand_stream(score, item: str, tempo_bpm: float | None = None) -> tuple[lis
                 continue
             for pitch in n.pitches:
                 notes.append(Note(onset, dur, float(pitch.midi), 0.7, timbre))
-                truth_notes.append({"onset_s": round(onset, 6), "dur_s": round(dur, 6), "midi": int(pitch.midi),
-                                    "fifths": _fifths(pitch), "part": p})
+                truth_notes.append(
+                    {
+                        "onset_s": round(onset, 6),
+                        "dur_s": round(dur, 6),
+                        "midi": int(pitch.midi),
+                        "fifths": _fifths(pitch),
+                        "part": p,
+                    }
+                )
             if any(type(x).__name__ == "Fermata" for x in n.expressions):
                 fermatas.append((round(onset, 6), round(onset + dur, 6)))
     if not notes:
@@ -108,9 +120,14 @@ def plan_music21(spec: Music21Source) -> Iterator[Track | PlanFailure]:
         except ClipError as e:
             yield PlanFailure(e.item, e.problem)
             continue
-        yield Track(source="music21", source_id=f"music21:{path}",
-                    locator=json.dumps({"score": path, "tempo_bpm": spec.tempo_bpm}, sort_keys=True),
-                    licence="music21 corpus (see music21's corpus licence)", truth=truth, samples=samples)
+        yield Track(
+            source="music21",
+            source_id=f"music21:{path}",
+            locator=json.dumps({"score": path, "tempo_bpm": spec.tempo_bpm}, sort_keys=True),
+            licence="music21 corpus (see music21's corpus licence)",
+            truth=truth,
+            samples=samples,
+        )
 
 
 def load_music21(locator: str) -> np.ndarray:

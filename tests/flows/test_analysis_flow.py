@@ -15,8 +15,17 @@ from musicinterp.config import AnalysisSpec
 
 pytestmark = pytest.mark.flow
 
-SPEC = AnalysisSpec(targets=["rec_within_2s"], layers=[1], frame_stride=10, n_folds=3, inner_folds=2,
-                    n_permutations=19, max_permutations=19, n_bootstrap=20, shifted_labels_control=False)
+SPEC = AnalysisSpec(
+    targets=["rec_within_2s"],
+    layers=[1],
+    frame_stride=10,
+    n_folds=3,
+    inner_folds=2,
+    n_permutations=19,
+    max_permutations=19,
+    n_bootstrap=20,
+    shifted_labels_control=False,
+)
 KW = {"n_clips": 12, "n_sources": 6, "n_frames": 300, "layers": 1, "hidden": 8, "seed": 4}
 
 

@@ -27,10 +27,19 @@ async def _artifact(key: str):
 
 
 def test_benchmark_flow__captures_all_clips_and_publishes_artifacts(tmp_path):
-    fast_analysis = {"targets": ["rec_within_2s"], "n_permutations": 9, "n_bootstrap": 50, "reduced_width": 8,
-                     "n_folds": 3, "inner_folds": 2}
-    spec = RunSpec(name="flow-ok", slice={"sources": [{"kind": "synthetic", "n_pieces": 3, "duration_s": 3.0}],
-                                         "n_shards": 2}, analysis=fast_analysis)
+    fast_analysis = {
+        "targets": ["rec_within_2s"],
+        "n_permutations": 9,
+        "n_bootstrap": 50,
+        "reduced_width": 8,
+        "n_folds": 3,
+        "inner_folds": 2,
+    }
+    spec = RunSpec(
+        name="flow-ok",
+        slice={"sources": [{"kind": "synthetic", "n_pieces": 3, "duration_s": 3.0}], "n_shards": 2},
+        analysis=fast_analysis,
+    )
     out = benchmark(spec=spec, out=str(tmp_path))
     ds = xr.open_zarr(out["store"])
     assert bool(ds["complete"].all()) and ds.sizes["clip"] == 3
@@ -43,8 +52,20 @@ def test_benchmark_flow__captures_all_clips_and_publishes_artifacts(tmp_path):
     assert bool(ds["annotated"].all()) and "rec_within_4s" in ds and "tension" in ds
     # the analysis ran on the finished store: results table with the documented columns, findings artifact
     results = pd.read_csv(f"{out['analysis']['out']}/results.csv")
-    assert list(results.columns[:12]) == ["layer", "horizon", "target", "metric", "gain", "ci_low", "ci_high",
-                                          "p_value", "q_value", "n_clips", "n_frames", "control"]
+    assert list(results.columns[:12]) == [
+        "layer",
+        "horizon",
+        "target",
+        "metric",
+        "gain",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "q_value",
+        "n_clips",
+        "n_frames",
+        "control",
+    ]
     assert set(results["layer"]) == {0, 1, 2} and set(results["control"]) == {"none", "shifted-labels"}
     findings = asyncio.run(_artifact("flow-ok-findings"))
     assert findings is not None and "weights: random" in findings.data
@@ -71,11 +92,17 @@ def test_benchmark_flow__bad_inputs_are_named_and_the_rest_completes(tmp_path):
     write_wav(audio / "nan.wav", nan, subtype="FLOAT")
     write_wav(audio / "empty.wav", np.zeros(0, dtype=np.float32))
     (audio / "garbage.ogg").write_bytes(b"this is not audio")
-    spec = RunSpec(name="flow-bad", slice={"sources": [
-        {"kind": "audio_dir", "path": str(audio)},
-        {"kind": "audio_dir", "path": str(tmp_path / "missing")},
-        {"kind": "synthetic", "n_pieces": 1, "duration_s": 2.0},
-    ], "n_shards": 2})
+    spec = RunSpec(
+        name="flow-bad",
+        slice={
+            "sources": [
+                {"kind": "audio_dir", "path": str(audio)},
+                {"kind": "audio_dir", "path": str(tmp_path / "missing")},
+                {"kind": "synthetic", "n_pieces": 1, "duration_s": 2.0},
+            ],
+            "n_shards": 2,
+        },
+    )
     state = benchmark(spec=spec, out=str(tmp_path / "out"), return_state=True)
     assert state.is_failed()
     with pytest.raises(RunIncomplete) as e:
@@ -100,8 +127,12 @@ def test_benchmark_flow__rerun_of_the_failed_shard_completes_the_store(tmp_path)
     audio.mkdir()
     for i in range(4):
         write_tone(audio / f"{i}.wav", 2.5, freq_hz=200 + 60 * i)
-    spec = RunSpec(name="flow-rerun", slice={"sources": [{"kind": "audio_dir", "path": str(audio)}], "n_shards": 4},
-                   annotate=False, analyze=False)
+    spec = RunSpec(
+        name="flow-rerun",
+        slice={"sources": [{"kind": "audio_dir", "path": str(audio)}], "n_shards": 4},
+        annotate=False,
+        analyze=False,
+    )
     clean = benchmark(spec=spec, out=str(tmp_path / "clean"))
 
     prepared = run.prepare_run(spec, str(tmp_path / "faulty"))  # the flow reopens this run

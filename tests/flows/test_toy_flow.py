@@ -14,8 +14,18 @@ from musicinterp.toy import ToySpec
 
 pytestmark = pytest.mark.flow
 
-TINY = ToySpec(n_pieces=4, heldout_pieces=2, steps=3, batch_size=2, hidden_size=32, n_layers=1, n_heads=2,
-               ffn_dim=64, loss_steps=20, codebook_clusters=16)
+TINY = ToySpec(
+    n_pieces=4,
+    heldout_pieces=2,
+    steps=3,
+    batch_size=2,
+    hidden_size=32,
+    n_layers=1,
+    n_heads=2,
+    ffn_dim=64,
+    loss_steps=20,
+    codebook_clusters=16,
+)
 
 
 async def _artifact(key: str):
