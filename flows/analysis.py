@@ -7,7 +7,6 @@ rerun after a crash redoes only the probes that did not finish.
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +119,6 @@ def analysis(
         r = new[0]
         logger.info("probe %d/%d done: layer %s, %s (%s)", done, total, r["layer"], r["label"], r["control"])
     df = t.finalize(rows, spec, out, weights)
-    findings = (Path(out) / "findings.md").read_text()
     headline = df[(df["metric"] == HEADLINE_METRIC)].copy()
     records = headline.round(4).astype(object).where(headline.notna(), None).to_dict("records")
     create_table_artifact(
@@ -129,7 +127,7 @@ def analysis(
         description=f"{name}: {HEADLINE_METRIC} gain per layer x horizon x target x control",
     )
     create_markdown_artifact(
-        findings + "\n" + _figures_markdown(out),
+        t.findings_artifact(out),
         key=artifact_key(name, "findings"),
         description=f"{name}: probe findings",
     )
@@ -138,12 +136,3 @@ def analysis(
     )
     logger.info("analysis of %s: %d significant cells (weights: %s); results in %s", store, significant, weights, out)
     return {"out": out, "significant": significant, "weights": weights, "n_rows": len(df)}
-
-
-def _figures_markdown(out: str) -> str:
-    figs = sorted(Path(out).glob(f"gain_*_{HEADLINE_METRIC}.png"))
-    lines = ["## Figures", ""] if figs else []
-    for fig in figs:
-        data = base64.b64encode(fig.read_bytes()).decode()
-        lines += [f"![{fig.stem}](data:image/png;base64,{data})", ""]
-    return "\n".join(lines)

@@ -26,9 +26,9 @@ from prefect.runtime import flow_run
 
 from flows.analysis import analysis
 from musicinterp.config import RunSpec
-from musicinterp.run import N_PLOTS, PreparedRun, RunPaths, summary_markdown
+from musicinterp.run import N_PLOTS, PreparedRun, RunPaths
 from tasks.annotate import annotate_clip
-from tasks.run import capture_shard, plan_run, shard_clips, summarise_run
+from tasks.run import capture_shard, plan_run, shard_clips, summarise_run, summary_artifact
 
 DEFAULT_OUT = "runs"
 SHARD_DEPLOYMENT = "benchmark-shard/benchmark-shard"
@@ -177,7 +177,7 @@ def benchmark(
     ]
     create_table_artifact(table, key=artifact_key(spec.name, "shards"), description=f"{spec.name}: shards")
     create_markdown_artifact(
-        summary_markdown(summary, images=_inline_images(summary.plots)),
+        summary_artifact(summary),
         key=artifact_key(spec.name, "summary"),
         description=f"{spec.name}: run summary",
     )
@@ -211,16 +211,3 @@ def _run_analysis(spec: RunSpec, store: str, out: str, dispatch: str) -> dict[st
     if not run.state or not run.state.is_completed():
         raise RuntimeError(f"analysis run {run.name} ended {run.state.name if run.state else 'without a state'}")
     return {"out": out, "flow_run": str(run.id)}
-
-
-def _inline_images(plots: dict[str, str]) -> dict[str, str]:
-    """PNG plots as data URIs, so the artifact shows them wherever the run's files live."""
-    import base64
-
-    import fsspec
-
-    out = {}
-    for clip, url in plots.items():
-        with fsspec.open(url, "rb") as f:
-            out[clip] = "data:image/png;base64," + base64.b64encode(f.read()).decode()
-    return out

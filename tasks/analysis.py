@@ -95,3 +95,9 @@ def probe(
 def finalize(rows: list[dict[str, Any]], spec: AnalysisSpec, out: str, weights: str) -> pd.DataFrame:
     """BH across the grid, results table (parquet, CSV), heatmaps and findings."""
     return analysis.finalize(rows, spec, out, weights)
+
+
+@task(name="analysis-findings-artifact")
+def findings_artifact(out: str) -> str:
+    """findings.md with the AUROC heatmaps inline."""
+    return analysis.report.findings_artifact(out)

@@ -81,3 +81,9 @@ def read_progress(spec: RunSpec, out: str) -> run.RunProgress | None:
 def summarise_run(prepared: run.PreparedRun, annotate: bool = True) -> run.RunSummary:
     """Totals from the store and the shard records; consolidates the store's metadata."""
     return run.summarise_run(prepared, annotate=annotate)
+
+
+@task(name="summary-artifact")
+def summary_artifact(summary: run.RunSummary) -> str:
+    """The run summary in markdown with its plots inline."""
+    return run.summary_artifact(summary)

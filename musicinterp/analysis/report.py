@@ -17,6 +17,7 @@ import pandas as pd
 
 from musicinterp.analysis import stats
 from musicinterp.config import AnalysisSpec
+from musicinterp.figures import png_data_uri
 from musicinterp.store import weights_note
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,16 @@ def findings_markdown(df: pd.DataFrame, weights: str, alpha: float = 0.05) -> st
         for note, g in noted.groupby("note"):
             lines.append(f"- {g[['layer', 'label', 'control']].drop_duplicates().shape[0]} analyses: {note}")
         lines.append("")
+    return "\n".join(lines)
+
+
+def findings_artifact(out: str | Path, metric: str = "auroc") -> str:
+    """``findings.md`` with the heatmaps of ``metric`` inline (the flow's artifact)."""
+    out = Path(out)
+    figs = sorted(out.glob(f"gain_*_{metric}.png"))
+    lines = [(out / "findings.md").read_text()] + (["", "## Figures", ""] if figs else [])
+    for fig in figs:
+        lines += [f"![{fig.stem}]({png_data_uri(str(fig))})", ""]
     return "\n".join(lines)
 
 

@@ -8,7 +8,8 @@ Modules by role (each stage takes what it needs, never the whole config, and ret
   and ``PreparedRun``, what the later stages are handed;
 - ``capture``: ``capture_shard`` (model + capture settings + a shard) and the per-process model cache;
 - ``annotate``: ``annotate_one`` (annotation settings + one clip);
-- ``summary``: ``summarise_run``, ``summary_markdown``, ``read_progress`` (finished shards, for reruns);
+- ``summary``: ``summarise_run``, ``summary_markdown``, ``summary_artifact`` (with plots inline),
+  ``read_progress`` (finished shards, for reruns);
 - ``inline``: ``run_inline``, every stage in this process without Prefect.
 
 ``tasks/run.py`` and ``tasks/annotate.py`` wrap these one to one; a notebook calls them directly.
@@ -20,7 +21,14 @@ from musicinterp.run.inline import run_inline
 from musicinterp.run.paths import RunPaths
 from musicinterp.run.plan import PreparedRun, prepare_run, run_clips, shard_clips
 from musicinterp.run.records import AnnotationResult, ShardResult
-from musicinterp.run.summary import RunProgress, RunSummary, read_progress, summarise_run, summary_markdown
+from musicinterp.run.summary import (
+    RunProgress,
+    RunSummary,
+    read_progress,
+    summarise_run,
+    summary_artifact,
+    summary_markdown,
+)
 
 __all__ = [
     "N_PLOTS",
@@ -40,5 +48,6 @@ __all__ = [
     "run_inline",
     "shard_clips",
     "summarise_run",
+    "summary_artifact",
     "summary_markdown",
 ]

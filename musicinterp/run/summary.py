@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from musicinterp.figures import png_data_uri
 from musicinterp.frames import FRAME_RATE_HZ
 from musicinterp.run.paths import RunPaths
 from musicinterp.run.plan import PreparedRun
@@ -154,6 +155,11 @@ class RunProgress:
 
     n_shards: int
     finished: frozenset[int]  # every clip complete, and annotated (or recorded as not annotatable)
+
+
+def summary_artifact(s: RunSummary) -> str:
+    """The summary in markdown with its annotation plots inline (the flow's artifact)."""
+    return summary_markdown(s, images={clip: png_data_uri(url) for clip, url in s.plots.items()})
 
 
 def read_progress(paths: RunPaths, annotate: bool) -> RunProgress:
