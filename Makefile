@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 PY_DIRS := musicinterp flows tasks cli tests benchmarks scripts
 
-.PHONY: setup demo test lint typecheck format format-check bench clean
+.PHONY: setup demo test lint typecheck format bench clean
 
 setup: $(VENV)/.installed
 
@@ -26,15 +26,13 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 
 typecheck: setup
 	$(BIN)/mypy  # what and how: [tool.mypy] in pyproject.toml
 
 format: setup
 	$(BIN)/ruff format $(PY_DIRS)
-
-format-check: setup  # not in CI yet: the tree is reformatted once first
-	$(BIN)/ruff format --check $(PY_DIRS)
 
 bench: setup
 	$(BIN)/python benchmarks/capture_speed.py

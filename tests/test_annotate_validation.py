@@ -22,8 +22,16 @@ from musicinterp.sources.music21_source import expand
 @pytest.fixture(scope="module")
 def small_run():
     calls = []
-    res = run_validation(n_synthetic=4, n_chorales=2, duration_s=24.0, seed=200, n_easy=2, n_no_return=2,
-                         chorale_skip=0, progress=lambda done, total, what: calls.append((done, total, what)))
+    res = run_validation(
+        n_synthetic=4,
+        n_chorales=2,
+        duration_s=24.0,
+        seed=200,
+        n_easy=2,
+        n_no_return=2,
+        chorale_skip=0,
+        progress=lambda done, total, what: calls.append((done, total, what)),
+    )
     return res, calls
 
 
@@ -37,8 +45,14 @@ def test_validation__small_run_meets_the_targets_the_full_run_meets(small_run):
     assert res["failures"] == []
     assert res["synthetic"]["hard"]["n_clips"] == 4 and res["synthetic"]["no_return"]["n_clips"] == 2
     assert res["chorales"]["n_clips"] == 2
-    for key in ("synthetic_easy_next_f1", "synthetic_easy_prev_f1", "corpus_next_f1", "corpus_prev_f1",
-                "synthetic_easy_lag", "synthetic_hard_lag"):
+    for key in (
+        "synthetic_easy_next_f1",
+        "synthetic_easy_prev_f1",
+        "corpus_next_f1",
+        "corpus_prev_f1",
+        "synthetic_easy_lag",
+        "synthetic_hard_lag",
+    ):
         row = _target(res, key)
         assert row["pass"] is True, row
     # the full-size misses: floors below the measured values (0.894, 3.7%, 82.5% at full size)
@@ -195,3 +209,18 @@ def test_family_render__one_tune_with_exact_repeat_truth():
     # the repeated strain: every return at one lag, 12 s of it inside the clip
     lags = {round(r["start_s"] - r["source_start_s"], 2) for r in clip.returns}
     assert len(lags) == 1 and returned_in_clip(clip.returns, clip.clip_s) >= 12.0
+
+
+def test_run_families__report_from_given_clips(spliced):
+    from musicinterp.annotate.validation import SPLICE, families_markdown, run_families
+
+    res = run_families([SPLICE], 0, 0, "held", clips={"dev": [], "held": spliced})
+    json.loads(json.dumps(res, default=str))
+    fam = res["families"][SPLICE]
+    assert fam["n_clips"] == 2 and fam["n_return"] == 1 and fam["n_unrelated"] == 1
+    assert res["passed"] is True and res["failures"] == []
+    assert res["settings"]["annotation_fingerprint"] == AnnotationSpec().fingerprint()
+    md = families_markdown(res)
+    assert "| splice | 2 |" in md and "Unrelated splices" in md
+    with pytest.raises(ValueError, match="split"):
+        run_families([SPLICE], 0, 0, "test", clips={"dev": [], "held": spliced})

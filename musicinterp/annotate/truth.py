@@ -52,8 +52,12 @@ def truth_lags(returns: Sequence[dict], n: int) -> tuple[np.ndarray, np.ndarray,
 
 def _return(source: dict, later: dict) -> dict:
     """One return in the ground-truth format: measure ``source`` heard again at measure ``later``."""
-    return {"source_start_s": float(source["start_s"]), "source_end_s": float(source["end_s"]),
-            "start_s": float(later["start_s"]), "end_s": float(later["end_s"])}
+    return {
+        "source_start_s": float(source["start_s"]),
+        "source_end_s": float(source["end_s"]),
+        "start_s": float(later["start_s"]),
+        "end_s": float(later["end_s"]),
+    }
 
 
 def returns_from_measures(measures: Sequence[dict]) -> list[dict]:

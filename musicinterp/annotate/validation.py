@@ -622,8 +622,16 @@ def family_targets(families: dict[str, dict]) -> list[dict]:
             value = d["next"][metric]
             measured = metric != "lag_recall" or d["next"]["tp"] + d["next"]["fn"] > 0
             ok = None if not measured else (value >= thr if op == ">=" else value <= thr)
-            rows.append({"family": name, "metric": metric, "value": value if measured else None, "op": op,
-                         "threshold": thr, "pass": ok})
+            rows.append(
+                {
+                    "family": name,
+                    "metric": metric,
+                    "value": value if measured else None,
+                    "op": op,
+                    "threshold": thr,
+                    "pass": ok,
+                }
+            )
     return rows
 
 
@@ -657,8 +665,9 @@ def run_families(
     spec = spec or AnnotationSpec()
     t0 = time.perf_counter()
     if clips is None:
-        clips = family_clips(families, n_dev, n_held, n_splice=n_splice, n_unrelated=n_unrelated,
-                             splice_seed=splice_seed)
+        clips = family_clips(
+            families, n_dev, n_held, n_splice=n_splice, n_unrelated=n_unrelated, splice_seed=splice_seed
+        )
     todo = [c for c in clips[split] if c.family in families]
     kept, labels, failures = [], [], []
     for i, c in enumerate(todo):
@@ -683,9 +692,15 @@ def run_families(
             "n_unrelated": n_unrelated,
             "splice_seed": splice_seed,
             "family_render": {
-                k: {"collections": list(f.collections), "tempo_bpm": list(f.tempo_bpm),
-                    "timbres": [list(t) for t in f.timbres], "clip_s": f.clip_s, "description": f.description}
-                for k, f in fam.FAMILIES.items() if k in families
+                k: {
+                    "collections": list(f.collections),
+                    "tempo_bpm": list(f.tempo_bpm),
+                    "timbres": [list(t) for t in f.timbres],
+                    "clip_s": f.clip_s,
+                    "description": f.description,
+                }
+                for k, f in fam.FAMILIES.items()
+                if k in families
             },
             "min_returned_s": fam.MIN_RETURNED_S,
             "held_out_collections_never_used": list(fam.HELD_OUT_COLLECTIONS),
@@ -729,6 +744,26 @@ def families_markdown(result: dict) -> str:
             f"**{_f(n['spurious_rate'], True)}** | {prf} | {_f(n['lag_f1']) if has else '–'} | "
             f"{_f(n['lag_within_0.5s'], True) if has else '–'} | {_f(n['positive_frame_rate'], True)} |"
         )
+    scored = {k: d for k, d in result["families"].items() if d.get("misses")}
+    if scored:
+        lines += [
+            "",
+            f"Where the corpus misses lie (frames with a true next lag; a *short* stretch holds one true lag "
+            f"for less than {SHORT_STRETCH_S:g} s, e.g. a bar that recurs at its own lag):",
+            "",
+            "| family | short-stretch frames | lag recall short / long | long-stretch misses: none / shorter lag "
+            "/ longer lag |",
+            "|---|---|---|---|",
+        ]
+        for name, d in scored.items():
+            m = d["misses"]
+            n_long = max(m["long_frames"] - m["long_found"], 1)
+            lines.append(
+                f"| {name} | {_f(m['short_frames'] / max(m['short_frames'] + m['long_frames'], 1), True)} | "
+                f"{_f(d['lag_recall_short'])} / {_f(d['lag_recall_long'])} | "
+                f"{_f(m['long_none'] / n_long, True)} / {_f(m['long_shorter_lag'] / n_long, True)} / "
+                f"{_f(m['long_longer_lag'] / n_long, True)} |"
+            )
     sp = result["families"].get(SPLICE)
     if sp:
         lines += [""]
@@ -747,8 +782,10 @@ def families_markdown(result: dict) -> str:
             )
         within = sum(r.get("within_segment", 0) for r in sp["per_clip"])
         total = sum(r.get("frames", 0) + r.get("within_segment", 0) for r in sp["per_clip"])
-        lines.append(f"Frames not scored because their reported next occurrence lies inside their own segment: "
-                     f"{within} of {total}.")
+        lines.append(
+            f"Frames not scored because their reported next occurrence lies inside their own segment: "
+            f"{within} of {total}."
+        )
     if result["failures"]:
         lines += ["", "## Failures", ""] + [f"- {f['item']}: {f['problem']}" for f in result["failures"]]
     return "\n".join(lines) + "\n"
