@@ -3,7 +3,8 @@
 The labels: ``features`` -> ``recurrence`` / ``spiral`` -> ``tension`` -> ``labels`` (``annotate``, re-exported
 below), drawn by ``plot``. Ground truth: ``truth`` (returns, true lags, ``truth_labels``). Evaluation,
 imported by nothing in the pipeline: ``scoring`` (metrics) and ``validation`` (the harness and report);
-``corpus`` is the chorale scan order they use.
+``corpus`` is the chorale scan order they use, ``families`` the material beyond the project's own (music21
+corpus families, splices of recorded music, blind-spot probes).
 """
 
 from musicinterp.annotate.labels import (

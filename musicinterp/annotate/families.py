@@ -1,12 +1,12 @@
-"""Material with exact recurrence ground truth beyond the project's own pieces: corpus families and splices.
+"""Material with exact recurrence ground truth beyond the project's own pieces: corpus families, splices, probes.
 
-Two kinds of clip, each with ``returns`` in the format of :mod:`musicinterp.annotate.truth`:
+Three kinds of clip, each with ``returns`` in the format of :mod:`musicinterp.annotate.truth`:
 
 * **Corpus families** (:data:`FAMILIES`): scores with repeat signs from music21's own corpus (Ryan's
-  Mammoth Collection, Aird's Airs, Mozart / Haydn / Beethoven movements),
-  repeats expanded (:func:`musicinterp.sources.music21_source.expand_stream`) and rendered by the
-  project's synthesizer with a timbre and a tempo drawn per piece from the family's sets, so that the
-  renders differ from the chorales' fixed flute/reed/organ at 90 bpm. The truth is
+  Mammoth Collection, Aird's Airs, Mozart / Haydn / Beethoven movements), repeats expanded
+  (:func:`musicinterp.sources.music21_source.expand_stream`) and rendered by the project's synthesizer
+  with a timbre and a tempo drawn per piece from the family's sets, so that the renders differ from the
+  chorales' fixed flute/reed/organ at 90 bpm. The truth is
   :func:`~musicinterp.annotate.truth.returns_from_score` (identical measures, by repeat sign or
   written out) of the expanded score, cut to the clip. The **O'Neill collection** (``oneills1850``)
   is held out for checks made outside this harness and is never listed here.
@@ -15,6 +15,9 @@ Two kinds of clip, each with ``returns`` in the format of :mod:`musicinterp.anno
   X' is known to the sample; the unrelated twin X | Y | Z (Z from a third track, treated like X')
   has no return across segments. What recurs *inside* a segment of a recording is not known, so
   splice clips are scored across segments only (``musicinterp.annotate.scoring.score_splice``).
+* **Blind-spot probes** (:func:`probe_piece`): X | Y | X'' of the synthetic pieces' material with X''
+  transposed, slower, partly re-noted or short (:data:`BLIND_SPOT_PROBES`), to measure what the
+  annotator cannot see.
 
 Every list is deterministic: a family's scan order is a fixed permutation (seed 0) of its corpus
 items, and its **development split** is the first ``n_dev`` pieces of the scan that have a return
