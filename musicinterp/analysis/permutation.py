@@ -86,10 +86,6 @@ def consensus_valid(valid: np.ndarray, classes: Classes) -> np.ndarray:
     return out
 
 
-def identity(n: int) -> np.ndarray:
-    return np.arange(n)
-
-
 def random_draw(n: int, classes: Classes, rng: np.random.Generator) -> np.ndarray:
     """Row index ``perm``: ``labels[perm]`` is one uniform draw from the group (identity allowed)."""
     perm = np.arange(n)
