@@ -35,7 +35,7 @@ format: setup
 	$(BIN)/ruff format $(PY_DIRS)
 
 bench: setup
-	$(BIN)/python benchmarks/capture_speed.py
+	$(BIN)/python benchmarks/capture.py
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache

@@ -16,6 +16,7 @@ permutations) with ``--old``. Writes a table and ``power.png``.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -48,7 +49,14 @@ def _planted(red: dict, lab: dict, target: str, s: float, seed: int, W: np.ndarr
 
 
 def run(
-    store: str, layer: int, target: str, strengths: list[float], replicates: int, spec: AnalysisSpec, work: Path
+    store: str,
+    layer: int,
+    target: str,
+    strengths: list[float],
+    replicates: int,
+    spec: AnalysisSpec,
+    work: Path,
+    background_file: Path | None = None,
 ) -> list[dict]:
     ds = open_analysis_store(store)
     layers = store_layers(ds, spec)
@@ -57,16 +65,25 @@ def run(
     labels = str(load_labels(ds, spec, work / "labels.npz"))
     lab = load_reduced(labels)
     background: dict[tuple[int, str], float] = {}
-    planted_file = None
+    # the unplanted cells do not depend on the strength: a rerun with other strengths reuses them from a file
+    # keyed by what they were computed from
+    key = {"store": str(Path(store).resolve()), "layer": layer, "target": target, "spec": spec.model_dump_json()}
+    if background_file is not None and background_file.exists():
+        saved = json.loads(background_file.read_text())
+        if saved["key"] == key:
+            background = {(int(la), t): p for la, t, p in saved["p_values"]}
+            print(f"  background: {len(background)} cells from {background_file}", flush=True)
     t0 = time.perf_counter()
-    for lay in layers:
+    for lay in layers if not background else []:
         red = reduce_layer(ds, lay, spec, work / f"layer{lay}.npz")
-        if lay == layer:
-            planted_file = reduce_layer(ds, lay, full, work / f"layer{lay}_full.npz")
         for t in spec.targets:
             if (lay, t) != (layer, target):
                 background[(lay, t)] = probe_layer_target(str(red), labels, t, spec, n_cells=n_cells)[0]["p_value"]
         print(f"  background layer {lay}: {time.perf_counter() - t0:.0f} s", flush=True)
+    if background_file is not None:
+        rows = [[la, t, p] for (la, t), p in background.items()]
+        background_file.write_text(json.dumps({"key": key, "p_values": rows}))
+    planted_file = reduce_layer(ds, layer, full, work / f"layer{layer}_full.npz")
     red = load_reduced(planted_file)
     red["X_full"] = red["X"]
     from musicinterp.analysis.data import projection
@@ -104,10 +121,13 @@ def main() -> None:
     ap.add_argument("--replicates", type=int, default=5)
     ap.add_argument("--old", action="store_true", help="the first wave's defaults")
     ap.add_argument("--out", default="power")
+    ap.add_argument("--background", type=Path, default=None, help="a JSON file that keeps the unplanted cells' p")
     args = ap.parse_args()
     spec = AnalysisSpec(**({"targets": args.targets} if args.targets else {}), **(OLD if args.old else {}))
     with tempfile.TemporaryDirectory() as tmp:
-        rows = run(args.store, args.layer, args.target, args.strengths, args.replicates, spec, Path(tmp))
+        rows = run(
+            args.store, args.layer, args.target, args.strengths, args.replicates, spec, Path(tmp), args.background
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from matplotlib.figure import Figure

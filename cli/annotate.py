@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from rich.console import Console
 
-from cli.common import EXIT_FAILED, EXIT_OK, console, error, load_settings, progress_bar
+from cli.common import EXIT_FAILED, EXIT_OK, console, error, load_settings, progress_bar, quiet_essentia
 from musicinterp.annotate.labels import WINDOW_S
 
 
@@ -23,10 +24,17 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     from musicinterp.sources.audio_dir import read_audio
     from musicinterp.sources.base import ClipError
 
+    quiet_essentia(args.verbose)
     try:
         spec = load_settings(args.settings, AnnotationSpec, "annotation")
         samples = read_audio(args.audio)
         check_audio(samples, args.audio, spec.min_duration_s)
+        seconds = len(samples) / SAMPLE_RATE_HZ
+        if args.plot and seconds > args.window_s:
+            return error(
+                f"{args.audio}: --plot draws one window, and this file ({seconds:.1f} s) is longer than "
+                f"--window-s {args.window_s:g}: raise --window-s to {seconds:.0f} or more, or cut the file"
+            )
         t0 = time.perf_counter()
         labels, ann = annotate_windows(
             samples,
@@ -38,8 +46,14 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     except (ConfigError, ClipError) as e:
         return error(e)
     elapsed = time.perf_counter() - t0
-    seconds = len(samples) / SAMPLE_RATE_HZ
-    to_csv(labels, args.out)
+    if args.out == "-":  # the CSV on stdout, everything else on stderr
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            sys.stdout.write(to_csv(labels, Path(tmp) / "labels.csv").read_text())
+        sys.stdout.flush()
+    else:
+        to_csv(labels, args.out)
     console.print(
         f"{args.audio}: {seconds:.1f} s, {len(labels['time'])} frames, annotated in {elapsed:.1f} s "
         f"(real-time factor {elapsed / seconds:.3f})"
@@ -48,15 +62,12 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         f"recurring frames: {labels['rec_lag_next_s_valid'].mean():.1%}; "
         f"resolution events: {int(labels['res_event'].sum())}"
     )
-    console.print(f"labels: {args.out}")
-    if args.plot:
-        if ann is None:
-            console.print("[yellow]--plot draws files annotated in one window only; none drawn[/yellow]")
-        else:
-            from musicinterp.annotate.plot import plot_annotation
+    console.print(f"labels: {'stdout' if args.out == '-' else args.out}")
+    if args.plot and ann is not None:  # one window (longer files were refused above)
+        from musicinterp.annotate.plot import plot_annotation
 
-            plot_annotation(ann, args.plot, title=args.audio)
-            console.print(f"plot:   {args.plot}")
+        plot_annotation(ann, args.plot, title=args.audio)
+        console.print(f"plot:   {args.plot}")
     return EXIT_OK
 
 
@@ -87,16 +98,28 @@ def cmd_validate_annotations(args: argparse.Namespace) -> int:
     return EXIT_OK if result["passed"] else EXIT_FAILED
 
 
+def positive_seconds(text: str) -> float:
+    """``--window-s``: a finite number of seconds above 0 (0, NaN or a negative value would drop the
+    memory guard that windows long files, or crash)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number of seconds above 0")
+    return value
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``annotate`` and ``validate-annotations``."""
     ann = sub.add_parser("annotate", help="recurrence and tension labels of one audio file, as CSV (one row per frame)")
     ann.add_argument("audio", help="audio file (wav, flac, ogg, mp3, ...; any rate, mono or stereo)")
-    ann.add_argument("--out", required=True, help="CSV to write")
+    ann.add_argument("--out", required=True, help="CSV to write; - writes it to stdout")
     ann.add_argument("--plot", help="PNG to draw: self-similarity with recurrences, tension curves")
     ann.add_argument("--settings", help="YAML with annotation settings (an 'annotation:' mapping or its fields)")
     ann.add_argument(
         "--window-s",
-        type=float,
+        type=positive_seconds,
         default=WINDOW_S,
         help=f"files longer than this are annotated in consecutive windows (default {WINDOW_S:g})",
     )

@@ -4,14 +4,25 @@ hand to the processes they start (built here and nowhere else)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: deployments/ and the code the flow runs import
 CONTROL_POOL = "musicinterp"  # benchmark parents, reruns, analysis (CPU)
@@ -21,6 +32,10 @@ POOL_TYPES = ("process", "docker", "kubernetes")
 EXIT_OK = 0  # the command did what was asked
 EXIT_FAILED = 1  # it ran, and what it ran (a run, a check, a validation) did not succeed
 EXIT_USAGE = 2  # nothing ran: a bad config or settings file, no server, an unknown run or deployment
+# stopped by a signal: 128 + its number, as shells report it (130 Ctrl-C / SIGINT, 143 SIGTERM)
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+CLEANUP_S = 5.0  # longest wait for the temporary Prefect server and exit handlers once stopped
 
 console = Console(stderr=True, soft_wrap=True)  # never break a path across lines
 
@@ -31,9 +46,103 @@ def error(message: object, code: int = EXIT_USAGE) -> int:
     return code
 
 
-def progress_bar() -> Progress:
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so that both stop a command the
+    same way (Prefect's engine re-raises both)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM raises :class:`Interrupted` in the main thread while this is active (Ctrl-C raises
+    KeyboardInterrupt already); elsewhere, or outside the main thread, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stop_temporary_servers() -> None:
+    """Stop the temporary Prefect server an in-process flow started (if any), now rather than at exit."""
+    module = sys.modules.get("prefect.server.api.server")
+    if module is None:
+        return
+    for server in list(getattr(module.SubprocessASGIServer, "_instances", {}).values()):
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` at once: threads still computing (Prefect's task runners, a flow run in
+    a thread) would otherwise hold it open until they finish. Stops the temporary server first, then runs
+    the exit handlers for at most CLEANUP_S."""
+    import atexit
+
+    stopper = threading.Thread(target=stop_temporary_servers, daemon=True)
+    stopper.start()
+    stopper.join(CLEANUP_S)
+    handlers = threading.Thread(target=atexit._run_exitfuncs, daemon=True)
+    handlers.start()
+    handlers.join(CLEANUP_S)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def stop_process_group(proc: subprocess.Popen, signum: int, grace_s: float) -> int:
+    """Send ``signum`` to the process group of ``proc`` (started with ``start_new_session=True``), wait
+    ``grace_s``, then SIGKILL the group; returns its exit code."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signum)
+    try:
+        return proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
+
+
+def interrupted_code(e: KeyboardInterrupt) -> int:
+    """The exit status of a command stopped by ``e``: 143 for SIGTERM, 130 for Ctrl-C."""
+    return 128 + e.signum if isinstance(e, Interrupted) else EXIT_INTERRUPTED
+
+
+def quiet_essentia(verbose: bool) -> None:
+    """Essentia prints INFO lines when its algorithms load; off unless ``verbose`` (call before annotating)."""
+    if verbose:
+        return
+    import essentia
+
+    essentia.log.infoActive = False
+
+
+def is_terminal() -> bool:
+    """Bars and live displays only on a terminal; piped output is one line per stage."""
+    return console.is_terminal
+
+
+def progress_bar(disable: bool = False) -> Progress:
+    """Bars with elapsed time and an ETA, on stderr; ``disable`` draws nothing (piped output)."""
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
     )
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import sys
+import signal
+import subprocess
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,12 +22,17 @@ from cli.common import (
     EXIT_OK,
     GPU_POOL,
     console,
+    error,
     prefect_command,
     prefect_env,
+    stop_process_group,
 )
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
+SERVER_STARTUP_S = 300.0  # a loaded machine can take minutes to migrate the database and start
+SERVER_GRACE_S = 10.0  # after SIGTERM / Ctrl-C, how long the server has before it is killed
+HEALTH_POLL_S = 0.5
 
 
 class NoServer(RuntimeError):
@@ -141,17 +148,33 @@ def cmd_server(args: argparse.Namespace) -> int:
             f"[yellow]binding to {args.host}: the server has no authentication; anyone who reaches "
             "this address can run flows. Prefer a reverse proxy with auth.[/yellow]"
         )
+    cmd = [*prefect_command(), "server", "start", "--host", args.host, "--port", str(args.port)]
+    proc = subprocess.Popen(cmd, env=prefect_env(api), start_new_session=True)
+    try:
+        return _announce_and_wait(proc, args, api)
+    except KeyboardInterrupt as e:  # SIGTERM or Ctrl-C: stop the server (its own process group) too
+        stop_process_group(proc, getattr(e, "signum", signal.SIGINT), SERVER_GRACE_S)
+        raise
+
+
+def _announce_and_wait(proc: subprocess.Popen, args: argparse.Namespace, api: str) -> int:
+    """Say where the server is once it answers (not before), then wait for it to end."""
+    console.print(f"starting a Prefect server on http://{args.host}:{args.port} (pid {proc.pid}) ...")
+    deadline = time.monotonic() + SERVER_STARTUP_S
+    while _healthcheck(api) is not None:
+        if proc.poll() is not None:
+            return error(f"the Prefect server exited with code {proc.returncode} before it answered", EXIT_FAILED)
+        if time.monotonic() > deadline:
+            stop_process_group(proc, signal.SIGTERM, SERVER_GRACE_S)
+            return error(f"the Prefect server did not answer within {SERVER_STARTUP_S:g} s; stopped it", EXIT_FAILED)
+        time.sleep(HEALTH_POLL_S)
     console.print(
         f"Prefect server on http://{args.host}:{args.port} (UI and API), database: {database_description()}\n"
         f"In every shell that submits or runs work: export PREFECT_API_URL={api}\n"
         f"Then: musicinterp deploy; musicinterp worker --pool {CONTROL_POOL}; "
         f"musicinterp worker --pool {GPU_POOL}; musicinterp submit configs/demo.yaml"
     )
-    cmd = [*prefect_command(), "server", "start", "--host", args.host, "--port", str(args.port)]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, cmd, prefect_env(api))  # the server replaces this process: signals reach it directly
-    return EXIT_OK  # not reached
+    return proc.wait()
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

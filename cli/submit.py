@@ -45,6 +45,15 @@ def _check_deployment(client, name: str) -> str | None:
         return f"deployment {name!r} is not on this server; run `musicinterp deploy` first"
 
 
+def _duration(shard: dict[str, Any]) -> str:
+    """Seconds of a finished shard; a running one has no duration yet (Prefect reports 0.0 until it ends)."""
+    if shard["state"] == "Running":
+        return "running"
+    if shard["duration_s"] is None or shard["state"] in ("Pending", "Scheduled"):
+        return ""
+    return str(shard["duration_s"])
+
+
 def _status_table(info: dict[str, Any]) -> Table:
     table = Table(
         "shard", "state", "flow run", "s", "message", title=f"{info['benchmark']['name']}: {info['benchmark']['state']}"
@@ -55,8 +64,8 @@ def _status_table(info: dict[str, Any]) -> Table:
             str(s["shard"]),
             f"[{color}]{s['state']}[/{color}]",
             s["name"] or "",
-            "" if s["duration_s"] is None else str(s["duration_s"]),
-            (s["message"] or "")[:160],
+            _duration(s),
+            s["message"] or "",  # whole: the table wraps it; a cut message lost the file name
         )
     return table
 

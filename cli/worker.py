@@ -1,15 +1,18 @@
 """``musicinterp worker``: a Prefect worker for one work pool, pointed at the configured server; the flow
-runs it starts import the code of this checkout (MUSICINTERP_HOME)."""
+runs it starts import the code of this checkout (MUSICINTERP_HOME).
+
+The worker runs as a child in its own session, so that SIGTERM and Ctrl-C stop it and the flow runs it started
+together: the signal is forwarded to the child's whole process group, which gets WORKER_GRACE_S to exit before
+it is killed (Prefect's own worker can take more than half a minute to honour SIGTERM)."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
+import signal
+import subprocess
 
 from cli.common import (
     CONTROL_POOL,
-    EXIT_OK,
     EXIT_USAGE,
     GPU_POOL,
     POOL_TYPES,
@@ -17,8 +20,11 @@ from cli.common import (
     console,
     prefect_command,
     prefect_env,
+    stop_process_group,
 )
 from cli.server import server_url
+
+WORKER_GRACE_S = 8.0  # how long the worker's process group has to exit after the forwarded signal
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -34,11 +40,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
         cmd += ["--limit", str(args.limit)]
     if args.type:
         cmd += ["--type", args.type]
-    console.print(f"worker for pool {args.pool!r} on {api}; flow runs import the code in {env['MUSICINTERP_HOME']}")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, cmd, env)  # the worker replaces this process: Ctrl-C and SIGTERM reach it
-    return EXIT_OK  # not reached
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    console.print(
+        f"worker for pool {args.pool!r} on {api} (pid {proc.pid}); flow runs import the code in "
+        f"{env['MUSICINTERP_HOME']}"
+    )
+    try:
+        return proc.wait()
+    except KeyboardInterrupt as e:  # SIGTERM or Ctrl-C (cli.main turns SIGTERM into this): pass it on
+        signum = getattr(e, "signum", signal.SIGINT)
+        console.print(f"stopping the worker (pid {proc.pid}) and its flow runs ...")
+        stop_process_group(proc, signum, WORKER_GRACE_S)
+        raise
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -34,6 +35,8 @@ DEFAULT_OUT = "runs"
 SHARD_DEPLOYMENT = "benchmark-shard/benchmark-shard"
 ANALYSIS_DEPLOYMENT = "analysis/analysis"
 POLL_S = 2.0
+ZOMBIE_HEARTBEATS = 3  # heartbeats a running shard may miss before it counts as crashed (its process died)
+HEARTBEAT_CHECK_S = 30.0  # how often the parent looks for the running shards' heartbeats
 
 
 class RunIncomplete(RuntimeError):
@@ -58,7 +61,7 @@ def _shard_run_name() -> str:
     return f"{_spec_name()}-shard-{flow_run.parameters.get('shard')}"
 
 
-@flow(name="benchmark-shard", flow_run_name=_shard_run_name, persist_result=True)
+@flow(name="benchmark-shard", flow_run_name=_shard_run_name, persist_result=True, result_serializer="json")
 def benchmark_shard(spec: RunSpec, prepared: PreparedRun, shard: int) -> dict[str, Any]:
     """Capture one shard's clips into the store and annotate them (one task per clip)."""
     capture = capture_shard.submit(spec.model, spec.capture, prepared, shard)
@@ -73,11 +76,12 @@ def benchmark_shard(spec: RunSpec, prepared: PreparedRun, shard: int) -> dict[st
     return {"shard": shard, "capture": asdict(capture.result()), "annotated": len(annotations)}
 
 
-def _run_local(spec: RunSpec, prepared: PreparedRun, shards: list[int], on_done) -> dict[int, dict[str, Any]]:
+def _run_local(spec: RunSpec, prepared: Any, shards: list[int], on_done, shard_flow=None) -> dict[int, dict[str, Any]]:
+    """Run every shard as the child flow ``shard_flow`` (default ``benchmark_shard``) in this process."""
     out = {}
     for shard in shards:
         t0 = time.perf_counter()
-        state = benchmark_shard(spec=spec, prepared=prepared, shard=shard, return_state=True)
+        state = (shard_flow or benchmark_shard)(spec=spec, prepared=prepared, shard=shard, return_state=True)
         out[shard] = {
             "state": state.name,
             "failed": state.is_failed(),
@@ -89,8 +93,13 @@ def _run_local(spec: RunSpec, prepared: PreparedRun, shards: list[int], on_done)
     return out
 
 
-def _run_deployments(spec: RunSpec, prepared: PreparedRun, shards: list[int], on_done) -> dict[int, dict[str, Any]]:
-    """Create one child run per shard on the shard deployment, then follow them to a final state."""
+def _run_deployments(
+    spec: RunSpec, prepared: Any, shards: list[int], on_done, deployment: str = SHARD_DEPLOYMENT, key: str = ""
+) -> dict[int, dict[str, Any]]:
+    """Create one child run per shard on the shard ``deployment``, then follow them to a final state.
+
+    ``key`` names the store's contents in the idempotency keys (default: the run's fingerprint and store uid).
+    """
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
@@ -99,22 +108,28 @@ def _run_deployments(spec: RunSpec, prepared: PreparedRun, shards: list[int], on
     for shard in shards:
         # deterministic: a retry of this parent finds its children instead of starting them twice;
         # a rerun is another parent, so it gets fresh children
-        key = f"{prepared.fingerprint}-{prepared.store_uid}-shard{shard}-{parent}"
+        base = key or f"{prepared.fingerprint}-{prepared.store_uid}"
         runs[shard] = run_deployment(
-            SHARD_DEPLOYMENT,
+            deployment,
             parameters={"spec": spec, "prepared": prepared, "shard": shard},
-            idempotency_key=key,
+            idempotency_key=f"{base}-shard{shard}-{parent}",
             timeout=0,
             as_subflow=True,
         )
     out: dict[int, dict[str, Any]] = {}
+    zombie_after_s = zombie_after()
+    checked = time.monotonic()
     with get_client(sync_client=True) as client:
         while len(out) < len(runs):
             time.sleep(POLL_S)
+            check = time.monotonic() - checked >= HEARTBEAT_CHECK_S
+            checked = time.monotonic() if check else checked
             for shard, run in runs.items():
                 if shard in out:
                     continue
                 fr = client.read_flow_run(run.id)
+                if check and fr.state is not None and fr.state.is_running():
+                    fr = crash_if_silent(client, fr, zombie_after_s)
                 if fr.state is not None and fr.state.is_final():
                     worker = fr.work_pool_name or ""
                     if fr.infrastructure_pid:
@@ -132,7 +147,47 @@ def _run_deployments(spec: RunSpec, prepared: PreparedRun, shards: list[int], on
     return out
 
 
-@flow(name="benchmark", flow_run_name=_run_name, persist_result=True)
+def zombie_after() -> float:
+    """Seconds without a heartbeat after which a running shard is taken for dead: ``ZOMBIE_HEARTBEATS``
+    heartbeat intervals (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, 180 s by default, 30 s at least)."""
+    from prefect.settings import get_current_settings
+
+    return ZOMBIE_HEARTBEATS * float(get_current_settings().flows.heartbeat_frequency or 180)
+
+
+def last_sign_of_life(client, fr) -> datetime:
+    """When a running flow run last showed it is alive: its latest heartbeat event, or its last state change."""
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    page = client.read_events(
+        filter=EventFilter(
+            event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+            resource=EventResourceFilter(id=[f"prefect.flow-run.{fr.id}"]),
+        ),
+        limit=1,
+    )
+    return max([fr.state.timestamp, *(e.occurred for e in page.events)])
+
+
+def crash_if_silent(client, fr, after_s: float):
+    """The zombie rule: a shard run that is Running but has sent no heartbeat for ``after_s`` seconds lost
+    its process (a worker killed with SIGKILL, a node gone); mark it Crashed, naming why, so the parent
+    fails naming the shard (``on_done`` logs the message) and ``rerun`` reruns it. Returns the flow run as it
+    now is."""
+    from prefect.states import Crashed
+
+    silent_s = (datetime.now(UTC) - last_sign_of_life(client, fr)).total_seconds()
+    if silent_s <= after_s:
+        return fr
+    message = (
+        f"no heartbeat from shard run {fr.name!r} for {silent_s:.0f} s (over {after_s:.0f} s): its process "
+        "died (worker killed?); marked crashed, `musicinterp rerun` reruns it"
+    )
+    client.set_flow_run_state(fr.id, Crashed(message=message), force=True)
+    return client.read_flow_run(fr.id)
+
+
+@flow(name="benchmark", flow_run_name=_run_name, persist_result=True, result_serializer="json")
 def benchmark(
     spec: RunSpec = RunSpec(),
     out: str = DEFAULT_OUT,
@@ -209,5 +264,6 @@ def _run_analysis(spec: RunSpec, store: str, out: str, dispatch: str) -> dict[st
         idempotency_key=f"analysis-{spec.fingerprint()}-{flow_run.id}",
     )
     if not run.state or not run.state.is_completed():
-        raise RuntimeError(f"analysis run {run.name} ended {run.state.name if run.state else 'without a state'}")
+        why = f"{run.state.name}: {run.state.message}" if run.state else "without a state"
+        raise RuntimeError(f"analysis run {run.name} ({run.id}) ended {why}")
     return {"out": out, "flow_run": str(run.id)}

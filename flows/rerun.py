@@ -233,7 +233,7 @@ def _rerun_name() -> str:
         return f"rerun-{what}"
 
 
-@flow(name=RERUN_FLOW, flow_run_name=_rerun_name, persist_result=True)
+@flow(name=RERUN_FLOW, flow_run_name=_rerun_name, persist_result=True, result_serializer="json")
 def rerun_failed_shards(run_id: str, shards: list[int] | None = None) -> dict[str, Any]:
     """Rerun the failed shards of a benchmark run into its store.
 

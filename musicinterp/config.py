@@ -28,6 +28,9 @@ HUB_MODEL_IDS = (
 # peak |sample| (full-scale units, -80 dBFS) below which a clip is silent: flagged in the manifest,
 # and the default below which the annotation rejects it
 SILENCE_PEAK_FS = 1e-4
+SEED_MAX = 2**32 - 1  # the widest seed numpy's and torch's generators all take
+CLIP_MIN_S = 0.02  # one frame at 50 Hz: a shorter clip (or cut) holds no frame
+DEVICE_PATTERN = r"^(cpu|mps|cuda(:[0-9]+)?)$"  # torch device strings a run can ask for
 
 
 class Spec(BaseModel):
@@ -59,7 +62,7 @@ class ModelSpec(Spec):
     revision: str | None = Field(
         None, description="Hub commit sha or tag; required for source 'hub' so the run is reproducible."
     )
-    seed: int = Field(0, description="Seed of the random weights for offline models.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the random weights for offline models.")
     weights: Literal["auto", "trained-here"] = Field(
         "auto",
         description="For local models: 'trained-here' marks a checkpoint this project trained; "
@@ -93,7 +96,7 @@ class SyntheticSource(Spec):
     kind: Literal["synthetic"] = "synthetic"
     n_pieces: int = Field(4, ge=1, le=10_000, description="Number of pieces.")
     duration_s: float = Field(12.0, ge=1.0, le=600.0, description="Length of each piece in seconds.")
-    seed: int = Field(0, description="Seed for the pieces; the same seed gives the same audio.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for the pieces; the same seed gives the same audio.")
     hard: bool = Field(False, description="Vary the return: a few percent slower, another timbre, noise at 20 dB SNR.")
     no_return_fraction: float = Field(
         0.0, ge=0.0, le=1.0, description="Fraction of pieces with no planted return (null pieces)."
@@ -138,7 +141,7 @@ class CueSource(Spec):
     duration_s: float = Field(
         11.0, ge=11.0, le=30.0, description="Length of each piece in seconds (the return section is 9.0-10.6 s)."
     )
-    seed: int = Field(0, description="Seed for the pieces; the same seed gives the same audio.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for the pieces; the same seed gives the same audio.")
     return_fraction: float = Field(
         0.5, ge=0.0, le=1.0, description="Fraction of pieces whose cue says 'return' (A comes back at 9 s)."
     )
@@ -164,11 +167,11 @@ class SliceSpec(Spec):
     sources: list[SourceSpec] = Field(default_factory=_default_sources, description="Where the clips come from.")
     clip_s: float = Field(
         CLIP_MAX_S,
-        gt=0,
+        ge=CLIP_MIN_S,
         le=CLIP_MAX_S,
         description=f"Longest clip in seconds; longer sources are cut (MusicGen's context is {CLIP_MAX_S:g} s).",
     )
-    min_clip_s: float = Field(1.0, gt=0, description="Clips (and tails) shorter than this are rejected.")
+    min_clip_s: float = Field(1.0, ge=CLIP_MIN_S, description="Clips (and tails) shorter than this are rejected.")
     n_shards: int = Field(2, ge=1, le=10_000, description="Number of shards the clips are dealt into.")
 
     @field_validator("sources")
@@ -198,6 +201,22 @@ class CaptureSpec(Spec):
     )
     layers: list[int] | None = Field(None, description="Layers to store (0 = embeddings); default: all.")
     device: str = Field("cpu", description="torch device for the model, e.g. 'cpu' or 'cuda'.")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import re
+
+        if not re.match(DEVICE_PATTERN, v):
+            raise ValueError(f"{v!r} is not a torch device; give 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return v
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(x < 0 for x in v):
+            raise ValueError(f"{sorted(x for x in v if x < 0)} negative; layer 0 is the embeddings")
+        return v
 
 
 TENSION_COMPONENTS = (
@@ -405,6 +424,12 @@ class AnalysisSpec(Spec):
         "clips of one track together (DESIGN: the unit of inference is the source when clips share one).",
     )
     alpha: float = Field(0.05, gt=0, lt=1, description="Level of the tests, of the CI (1 - alpha) and of the BH FDR.")
+    save_directions: Literal["significant", "all", "none"] = Field(
+        "significant",
+        description="Save the probe direction of every significant cell ('significant'), of every cell and of the "
+        "random-model control ('all') or none, in the residual basis, as directions.safetensors + directions.json "
+        "beside results.parquet (musicinterp/causal/directions.py).",
+    )
     shifted_labels_control: bool = Field(
         True,
         description="Also run every (layer, target) with every clip's label track handed to another clip of "
@@ -433,7 +458,12 @@ class AnalysisSpec(Spec):
         ge=2,
         description="Fewer sources with valid frames than this give a result row with a note instead of a test.",
     )
-    seed: int = Field(0, description="Seed of the projection, the permutations, the bootstrap and the shifted labels.")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=SEED_MAX,
+        description="Seed of the projection, the permutations, the bootstrap and the shifted labels.",
+    )
 
     @field_validator("targets")
     @classmethod
@@ -456,6 +486,47 @@ class AnalysisSpec(Spec):
         return sorted(v)
 
 
+class GenerationSpec(Spec):
+    """Generation-time capture: prompt with the start of each clip, sample a continuation, keep its states.
+
+    See README "Generation-time capture". The captured layers, text condition and stored guidance half
+    are the run's ``capture`` settings, so the continuation's states line up with the teacher-forced ones.
+    """
+
+    prompt_s: float = Field(
+        5.0, gt=0, le=CLIP_MAX_S, description="Seconds at the start of each clip given as the prompt (teacher-forced)."
+    )
+    continuation_s: float = Field(5.0, gt=0, le=CLIP_MAX_S, description="Seconds sampled after the prompt.")
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2],
+        description="Sampling seeds: one continuation per clip and seed (the clip id is mixed into each).",
+    )
+    guidance_scale: float = Field(
+        3.0, ge=0.0, description="Classifier-free guidance: logits = uncond + scale x (cond - uncond) (MusicGen: 3)."
+    )
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature of the sampling.")
+    top_k: int = Field(250, ge=0, description="Sample among the k most likely codes (0 = all; MusicGen: 250).")
+    top_p: float = Field(0.0, ge=0.0, le=1.0, description="Nucleus sampling mass (0 = off; MusicGen: off).")
+    write_audio: bool = Field(True, description="Decode every continuation (with its prompt) to a wav file.")
+    annotate: bool = Field(True, description="Annotate every continuation: the usual labels and cross-recurrence.")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"generation.seeds: give distinct seeds, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _fits(self) -> GenerationSpec:
+        if self.prompt_s + self.continuation_s > CLIP_MAX_S:
+            raise ValueError(
+                f"generation: prompt_s + continuation_s = {self.prompt_s + self.continuation_s:g} s exceeds "
+                f"MusicGen's context of {CLIP_MAX_S:g} s"
+            )
+        return self
+
+
 class RunSpec(Spec):
     """A benchmark run: model x slice x capture settings."""
 
@@ -475,9 +546,17 @@ class RunSpec(Spec):
         "(another run's store.zarr); analysed beside this one as the 'random-model' control.",
     )
 
+    generation: GenerationSpec | None = Field(
+        None,
+        description="Generation-time capture (`musicinterp generate`): prompt, continuation, sampling and seeds. "
+        "None: the run does not generate.",
+    )
+
     # What is captured and annotated names the run and its store; the analysis settings only key the
-    # analysis caches, so changing them reuses the captured store.
-    STORE_EXCLUDES: ClassVar[frozenset[str]] = frozenset({"analysis", "analyze", "control_store"})
+    # analysis caches, so changing them reuses the captured store. The generation settings are keyed by
+    # their own fingerprint, recorded with the generated variables (musicinterp/generate/store.py), so a
+    # run's teacher-forced store is generated into without capturing it again.
+    STORE_EXCLUDES: ClassVar[frozenset[str]] = frozenset({"analysis", "analyze", "control_store", "generation"})
 
     def canonical_json(self) -> str:
         data = {k: v for k, v in self.model_dump(mode="json").items() if k not in self.STORE_EXCLUDES}

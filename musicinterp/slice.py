@@ -227,6 +227,6 @@ def load_clip_audio(clip: ClipRecord) -> np.ndarray:
         raise ClipError(
             clip.clip_id,
             f"audio changed since the slice was planned (sha256 {digest[:12]} "
-            f"!= manifest {clip.sha256[:12]}); plan the run again",
+            f"!= manifest {clip.sha256[:12]}); `musicinterp replan RUN_DIR` captures it again",
         )
     return samples

@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,9 @@ STORE_SCHEMA_VERSION = 1
 CHUNK_TARGET_BYTES = 2**20  # DESIGN.md: chunks of about 1 MB or more
 RESID_FILL = np.float16("nan")
 CODES_FILL = -1
+READY_ATTR = "store_ready"  # False in the template; True once the template is fully written (init_store)
+TEMPLATE_STALE_S = 120.0  # a store left unready this long after its last write was abandoned by its creator
+TEMPLATE_POLL_S = 1.0  # how often a second run waits for another run's template
 LAYER_CONVENTION = (
     "layer 0 = token + positional embeddings (input of the first decoder block); "
     "layer l = residual stream after decoder block l, before the final layer norm"
@@ -198,6 +203,79 @@ def _exists(url: str) -> bool:
     return fs.exists(f"{path.rstrip('/')}/zarr.json")
 
 
+def _is_ready(ds: xr.Dataset) -> bool:
+    """The template was written to the end. Stores made before the flag existed count when they hold
+    their completion flags (what a reader needs)."""
+    return bool(ds.attrs.get(READY_ATTR, "complete" in ds and "n_frames" in ds))
+
+
+def _never_finished(url: str) -> StoreError:
+    return StoreError(
+        f"store {url!r} was never finished: its creation was interrupted (killed, or out of disk), so "
+        "nothing in it is complete; run the same command again to rebuild it"
+    )
+
+
+def _root_attrs(url: str) -> dict[str, Any] | None:
+    """The store's attributes, read from its root metadata alone (None if that cannot be read)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        with fs.open(f"{path.rstrip('/')}/zarr.json", "r") as f:
+            return dict(json.load(f).get("attributes") or {})
+    except (OSError, ValueError):
+        return None
+
+
+def _last_write_age_s(url: str) -> float:
+    """Seconds since anything under the store was last written (inf when the listing has no times)."""
+    import time
+
+    fs, path = fsspec.core.url_to_fs(url)
+    newest = 0.0
+    for info in fs.find(path, detail=True).values():
+        stamp = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+        if hasattr(stamp, "timestamp"):
+            stamp = stamp.timestamp()
+        if isinstance(stamp, (int, float)):
+            newest = max(newest, float(stamp))
+    return time.time() - newest if newest else math.inf
+
+
+def _wait_until_ready(url: str) -> bool:
+    """Wait while another run may still be writing the template; True once it is ready, False once the
+    store has gone ``TEMPLATE_STALE_S`` without a write (its creator was killed or ran out of disk)."""
+    import time
+
+    while True:
+        attrs = _root_attrs(url)
+        if attrs is not None and attrs.get(READY_ATTR) is True:
+            return True
+        if _last_write_age_s(url) >= TEMPLATE_STALE_S:
+            return False
+        time.sleep(TEMPLATE_POLL_S)
+
+
+def _remove_unfinished(url: str, fingerprint: str) -> None:
+    """Delete a store whose template was never finished, after checking it is this config's and that no
+    clip in it is complete (an unfinished template cannot have any)."""
+    attrs = _root_attrs(url) or {}
+    other = attrs.get("config_fingerprint")
+    if other is not None and other != fingerprint:
+        raise StoreError(
+            f"store {url!r} was never finished and holds config {other!r}, not {fingerprint!r}; "
+            "choose another --out or delete the old store"
+        )
+    try:
+        flags = np.asarray(zarr.open_array(f"{url.rstrip('/')}/complete", mode="r")[:], dtype=bool)
+    except Exception:  # noqa: BLE001 - no readable flags: nothing in it was ever marked complete
+        flags = np.zeros(0, dtype=bool)
+    if flags.any():
+        raise StoreError(f"store {url!r} has complete clips but no finished template; delete it by hand")
+    log.warning("store %s was never finished (creation interrupted): rebuilding it", url)
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.rm(path, recursive=True)
+
+
 def init_store(
     url: str,
     layout: StoreLayout,
@@ -210,8 +288,10 @@ def init_store(
     Returns True when created, False when an existing store of the same config fingerprint was
     found (a resumed run). A store of another config is never overwritten.
     """
+    if _exists(url) and not _wait_until_ready(url):
+        _remove_unfinished(url, attrs["config_fingerprint"])
     if _exists(url):
-        old = xr.open_zarr(url, consolidated=False).attrs
+        old = open_store(url).attrs
         existing = old.get("config_fingerprint")
         if existing != attrs["config_fingerprint"]:
             raise StoreError(
@@ -227,7 +307,7 @@ def init_store(
         log.info("resuming store %s", url)
         return False
     labels = labels or {}
-    ds = _template(layout, clip_vars, attrs, labels)
+    ds = _template(layout, clip_vars, {**attrs, READY_ATTR: False}, labels)
     encoding = {
         "resid": {"chunks": layout.resid_chunks, "fill_value": RESID_FILL},
         "codes": {"chunks": (1, layout.num_codebooks, layout.max_frames), "fill_value": CODES_FILL},
@@ -236,25 +316,79 @@ def init_store(
         # one clip per chunk (a few kB): small, but two writers never share a chunk
         **{name: {"chunks": (1, layout.max_frames), "fill_value": 0} for name in labels},
     }
-    ds.to_zarr(url, mode="w-", compute=False, encoding=encoding, consolidated=False, zarr_format=3)
+    try:
+        ds.to_zarr(url, mode="w-", compute=False, encoding=encoding, consolidated=False, zarr_format=3)
+    except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
+        # another run of this config created it a moment ago (two runs into one --out at once): wait for
+        # its template, then reopen it like any existing store
+        log.info("store %s is being created by another run: waiting for it", url)
+        return init_store(url, layout, clip_vars, attrs, labels)
     # The template wrote metadata only; fill the small eager variables (provenance, n_frames).
     eager = [name for name, var in ds.data_vars.items() if not hasattr(var.data, "dask")]
     ds[eager].to_zarr(url, mode="r+", consolidated=False)
+    zarr.open_group(url, mode="r+", zarr_format=3).attrs[READY_ATTR] = True  # last: the template is whole
     log.info("created store %s (%d clips, layers %s)", url, len(layout.clips), list(layout.layers))
     return True
 
 
 def open_store(url: str) -> xr.Dataset:
+    """The store, lazily; a :class:`StoreError` when there is none or its creation never finished."""
     try:
-        return xr.open_zarr(url, consolidated=False)
+        ds = xr.open_zarr(url, consolidated=False)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+        if _exists(url):
+            raise _never_finished(url) from e
         raise StoreError(f"no musicinterp store at {url!r}") from e
+    except (KeyError, ValueError, OSError) as e:  # metadata half-written: an array or the root
+        raise _never_finished(url) from e
+    if not _is_ready(ds):
+        raise _never_finished(url)
+    return ds
 
 
 def completed_clips(url: str) -> set[str]:
     ds = open_store(url)
     flags = ds["complete"].values
     return {str(c) for c, done in zip(ds["clip"].values, flags) if done}
+
+
+def verify_clips(url: str, clips: list[str] | None = None) -> dict[str, str]:
+    """Read every chunk of the complete clips (or of ``clips`` among them) and say which are damaged.
+
+    A clip is damaged when a chunk of its residual stream or codes cannot be read (truncated: a
+    decompression error), or is missing (its frames read as the fill: NaN, or -1 codes), or holds
+    NaN/inf inside the clip's frames. Returns ``clip id -> problem``; empty when every clip is whole.
+    Reads all the data of those clips: about the cost of reading the store once.
+    """
+    ds = open_store(url)
+    ids = [str(c) for c in ds["clip"].values]
+    flags = ds["complete"].values.astype(bool)
+    wanted = set(ids) if clips is None else set(clips)
+    n_frames = ds["n_frames"].values
+    problems: dict[str, str] = {}
+    for i, clip_id in enumerate(ids):
+        if not flags[i] or clip_id not in wanted:
+            continue
+        n = int(n_frames[i])
+        for var, bad in (("resid", lambda a: ~np.isfinite(a)), ("codes", lambda a: a == CODES_FILL)):
+            try:
+                values = np.asarray(ds[var].isel(clip=i, time=slice(0, n)).values)
+            except Exception as e:  # noqa: BLE001 - any read failure of a chunk is damage to report
+                problems[clip_id] = f"{var}: a chunk cannot be read ({type(e).__name__}: {e})"
+                break
+            if bad(values).any():
+                what = "NaN/inf" if var == "resid" else "no codes (fill -1)"
+                problems[clip_id] = f"{var}: a chunk is missing or holds {what} inside the clip's {n} frames"
+                break
+    return problems
+
+
+def reset_damaged(url: str, problems: dict[str, str]) -> None:
+    """Clear the completion flag of each damaged clip, so that the next capture redoes it."""
+    ds = open_store(url)
+    for clip_id, problem in problems.items():
+        log.warning("clip %s of store %s is damaged (%s): capturing it again", clip_id, url, problem)
+        mark_complete(url, clip_id, done=False, ds=ds)
 
 
 def _check_region(ds: xr.Dataset, var: str, index: int, array: np.ndarray) -> None:
@@ -265,6 +399,18 @@ def _check_region(ds: xr.Dataset, var: str, index: int, array: np.ndarray) -> No
         raise StoreError(f"{var}: clip array has shape {array.shape}, store expects {expected}")
     if enc_chunks is not None and enc_chunks[0] != 1:
         raise StoreError(f"{var}: chunks {enc_chunks} span several clips; writers would collide")
+
+
+@contextmanager
+def _naming_the_store(url: str, what: str) -> Iterator[None]:
+    """An I/O failure while writing (a full disk, a lost mount) as a :class:`StoreError` naming the store."""
+    try:
+        yield
+    except OSError as e:
+        raise StoreError(
+            f"cannot write {what} into store {url!r}: {e.strerror or e}; its completion flag is not set, so "
+            "once the cause is fixed (space freed) the same command writes it again"
+        ) from e
 
 
 def write_clip(url: str, clip_id: str, resid: np.ndarray, codes: np.ndarray) -> int:
@@ -298,11 +444,9 @@ def write_clip(url: str, clip_id: str, resid: np.ndarray, codes: np.ndarray) -> 
             "codes": (("clip", "codebook", "time"), full_codes[None]),
         }
     )
-    out.to_zarr(
-        url,
-        region={**region, "layer": slice(None), "time": slice(0, t), "feature": slice(None), "codebook": slice(None)},
-        consolidated=False,
-    )
+    full_region = {**region, "layer": slice(None), "time": slice(0, t), "feature": slice(None), "codebook": slice(None)}
+    with _naming_the_store(url, f"clip {clip_id!r}"):
+        out.to_zarr(url, region=full_region, consolidated=False)
     return int(resid.nbytes + codes.nbytes)
 
 
@@ -315,9 +459,10 @@ def mark_complete(
     """
     ds = open_store(url) if ds is None else ds
     index = list(ds["clip"].values).index(clip_id)
-    xr.Dataset({flag: (("clip",), np.array([done]))}).to_zarr(
-        url, region={"clip": slice(index, index + 1)}, consolidated=False
-    )
+    with _naming_the_store(url, f"the {flag} flag of clip {clip_id!r}"):
+        xr.Dataset({flag: (("clip",), np.array([done]))}).to_zarr(
+            url, region={"clip": slice(index, index + 1)}, consolidated=False
+        )
 
 
 def label_names(ds: xr.Dataset) -> list[str]:
@@ -351,7 +496,8 @@ def write_labels(url: str, clip_id: str, labels: dict[str, np.ndarray], ds: xr.D
         full = np.zeros(t, dtype=ds[name].dtype)
         full[:n] = v
         out[name] = (("clip", "time"), full[None])
-    xr.Dataset(out).to_zarr(url, region={"clip": slice(index, index + 1), "time": slice(0, t)}, consolidated=False)
+    with _naming_the_store(url, f"the labels of clip {clip_id!r}"):
+        xr.Dataset(out).to_zarr(url, region={"clip": slice(index, index + 1), "time": slice(0, t)}, consolidated=False)
     return int(sum(a[1].nbytes for a in out.values()))
 
 
@@ -371,8 +517,9 @@ def store_size_bytes(url: str) -> int:
     return int(fs.du(path, total=True))
 
 
-def describe_store(url: str) -> dict[str, Any]:
-    """What a store holds, for ``musicinterp inspect`` and reports."""
+def describe_store(url: str, verify: bool = False) -> dict[str, Any]:
+    """What a store holds, for ``musicinterp inspect`` and reports; ``verify``: read every complete
+    clip's chunks too and list the damaged clips under ``damaged`` (clip -> problem)."""
     ds = open_store(url)
     complete = ds["complete"].values.astype(bool)
     clips = [str(c) for c in ds["clip"].values]
@@ -389,6 +536,7 @@ def describe_store(url: str) -> dict[str, Any]:
         "attrs": {k: v for k, v in ds.attrs.items() if k != "config_json"},
         "config": json.loads(ds.attrs.get("config_json", "{}")),
         "size_bytes": store_size_bytes(url),
+        **({"damaged": verify_clips(url)} if verify else {}),
     }
 
 

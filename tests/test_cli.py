@@ -102,3 +102,87 @@ def test_annotate__long_files_go_in_windows_that_tile_the_frames(tmp_path):
     assert main(["annotate", str(tmp_path / "long.wav"), "--out", str(out), "--window-s", "4"]) == 0
     times = [float(r["time"]) for r in __import__("csv").DictReader(out.open())]
     assert len(times) == 450 and times == [round(i / 50, 2) for i in range(450)]
+
+
+def _start_analysis(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from analysis_factories import make_store
+
+    store = make_store(tmp_path / "s.zarr")  # defaults: ~40 s of probing on this machine
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "analyze", store, "--out", str(tmp_path / "out")],
+        cwd=Path(__file__).resolve().parents[1],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # wait until it is probing
+        if line.startswith("analysing"):
+            break
+    import time
+
+    time.sleep(2.0)
+    assert proc.poll() is None, "the analysis ended before it could be stopped"
+    return proc
+
+
+def test_analyze__sigterm_and_ctrl_c_stop_it_within_seconds(tmp_path):
+    import signal
+    import time
+
+    for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        proc = _start_analysis(tmp_path / signal.Signals(signum).name)
+        t0 = time.monotonic()
+        proc.send_signal(signum)
+        got = proc.wait(timeout=60)
+        elapsed = time.monotonic() - t0
+        err = proc.stderr.read()
+        assert got == code and "stopped" in err, err[-3000:]
+        assert elapsed < 15, f"took {elapsed:.1f} s to stop\n{err[-3000:]}"
+        # nothing that looks finished: the results are written only at the end
+        assert not (tmp_path / signal.Signals(signum).name / "out" / "results.parquet").exists()
+
+
+def test_annotate__csv_on_stdout_and_plot_of_a_long_file_refused(tmp_path, capsys):
+    import soundfile as sf
+
+    from musicinterp.sources.synthetic import compose
+
+    x, _ = compose({"seed": 1, "index": 0, "duration_s": 9.0, "hard": False, "returns": True})
+    sf.write(tmp_path / "long.wav", x, 32000, subtype="FLOAT")
+    assert main(["annotate", str(tmp_path / "long.wav"), "--out", "-"]) == 0
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert lines[0].startswith("time,rec_lag_next_s") and len(lines) == 451 and "labels: stdout" in out.err
+    png = tmp_path / "p.png"
+    args = ["annotate", str(tmp_path / "long.wav"), "--out", str(tmp_path / "l.csv"), "--plot", str(png)]
+    assert main([*args, "--window-s", "4"]) == 2
+    assert "longer than --window-s 4" in capsys.readouterr().err
+    assert not png.exists() and not (tmp_path / "l.csv").exists()  # refused before any work
+
+
+def test_cli__version_help_and_analyze_json_on_a_run(capsys):
+    import pytest
+    from run_factories import small_run
+
+    import musicinterp
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"musicinterp {musicinterp.__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "Exit codes" in capsys.readouterr().out
+    root = small_run()
+    assert main(["analyze", str(root), "--quick", "--layers", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    info = json.loads(captured.out)  # stdout holds only the JSON object
+    assert info["settings_from"] == "the run's run.json with --quick" and info["weights"] == "random"
+    assert info["n_rows"] > 0 and info["findings"].endswith("findings.md") and info["significant"] == 0

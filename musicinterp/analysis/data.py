@@ -190,7 +190,14 @@ def reduce_layer(
     row, max_read = 0, 0
     for j, i in enumerate(idx):
         n = int(n_frames[i])
-        a = _read_clip_layer(resid, int(i), lpos, n)
+        try:
+            a = _read_clip_layer(resid, int(i), lpos, n)
+        except Exception as e:  # noqa: BLE001 - a truncated chunk fails in the codec (Zstd), naming no clip
+            raise AnalysisError(
+                f"clip {clip_ids[j]!r} layer {layer}: a chunk of its residual stream cannot be read "
+                f"({type(e).__name__}: {e}); the store is damaged: `musicinterp inspect --verify STORE` "
+                "lists the damaged clips and a rerun of the run captures them again"
+            ) from e
         max_read = max(max_read, a.size)
         keep = strided_frames(n, spec.frame_stride, look)
         a = a[keep - look].astype(np.float32)  # the layer as it was lookahead frames before the label

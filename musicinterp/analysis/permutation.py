@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from musicinterp.analysis.progress import report_draws
+
 BLOCK = 64  # draws evaluated together (the ridge probe refits all of them in a few matrix products)
 
 
@@ -145,10 +147,12 @@ def permutation_test(
                 values.setdefault(k, []).extend(np.asarray(v, float).tolist())
             block.clear()
 
+        total = round(10**log10_g)
         for perm in all_draws(n, classes):
             block.append(perm)
             if len(block) == BLOCK:
                 flush()
+                report_draws(len(values[names[0]]), total)
         if block:
             flush()
         p = {}
@@ -179,6 +183,7 @@ def permutation_test(
                 stopped_at[k] = done + int(np.flatnonzero(np.cumsum(hits) + exceed[k] >= h)[0]) + 1
             exceed[k] += int(hits.sum())
         done += size
+        report_draws(done, max_draws)
         if done >= min_draws and (h == 0 or all(k in stopped_at or not np.isfinite(observed[k]) for k in names)):
             break
     p = {}

@@ -40,6 +40,14 @@ COLUMNS = [
     "weights",
 ]
 FAMILY_KEYS = ["control", "metric"]
+GAIN_SCALE_MIN = 0.05  # the heatmaps' colour scale spans at least +-0.05: a gain of 0.003 stays pale
+CONTROL_TITLES = {
+    "none": "the layer beyond the controls",
+    "beyond-random": "beyond the random network too",
+    "trained-minus-random": "trained minus random network",
+    "random-model": "the random network alone",
+    "shifted-labels": "shifted labels (must be null)",
+}
 
 
 def results_frame(rows: list[dict[str, Any]], alpha: float = 0.05) -> pd.DataFrame:
@@ -62,7 +70,8 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def heatmaps(df: pd.DataFrame, out: Path, alpha: float = 0.05, metric: str = "auroc") -> list[Path]:
-    """Per target: layer x horizon heatmap of the gain, one panel per control, '*' where q < alpha."""
+    """Per target: layer x horizon heatmap of the gain, one panel per control, the gain written in each cell
+    ('*' where q < alpha), on a symmetric colour scale of at least +-GAIN_SCALE_MIN."""
     from matplotlib.figure import Figure  # no pyplot: drawing never switches a notebook's backend
 
     paths = []
@@ -76,8 +85,7 @@ def heatmaps(df: pd.DataFrame, out: Path, alpha: float = 0.05, metric: str = "au
         layers = sorted(dt["layer"].unique())
         horizons = sorted(dt["horizon"].unique(), key=lambda h: (math.isnan(h), h))
         finite = dt["gain"].to_numpy(float)
-        vmax = float(np.nanmax(np.abs(finite))) if np.isfinite(finite).any() else 0.1
-        vmax = vmax or 0.1
+        vmax = max(float(np.nanmax(np.abs(finite))) if np.isfinite(finite).any() else 0.0, GAIN_SCALE_MIN)
         fig = Figure(
             figsize=(2.6 + 1.3 * max(len(horizons), 2) * len(order), 2.0 + 0.3 * len(layers)), layout="constrained"
         )
@@ -92,9 +100,16 @@ def heatmaps(df: pd.DataFrame, out: Path, alpha: float = 0.05, metric: str = "au
                 grid[i, j] = r["gain"]
                 star[i, j] = bool(r["q_value"] < alpha) if np.isfinite(r["q_value"]) else False
             im = ax.imshow(grid, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", origin="lower")
-            for i, j in zip(*np.nonzero(star)):
+            for i, j in zip(*np.nonzero(np.isfinite(grid))):
                 ax.text(
-                    j, i, "*", ha="center", va="center", fontsize=14, color="w" if abs(grid[i, j]) > 0.6 * vmax else "k"
+                    j,
+                    i,
+                    f"{grid[i, j]:+.2f}" + ("*" if star[i, j] else ""),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    fontweight="bold" if star[i, j] else "normal",
+                    color="w" if abs(grid[i, j]) > 0.6 * vmax else "k",
                 )
             ax.set_xticks(range(len(horizons)), [f"{h:g} s" for h in horizons])
             ax.set_yticks(range(len(layers)), [str(int(x)) for x in layers])
@@ -102,7 +117,7 @@ def heatmaps(df: pd.DataFrame, out: Path, alpha: float = 0.05, metric: str = "au
             if control == order[0]:
                 ax.set_ylabel("layer")
             weights = ", ".join(sorted(set(dc["weights"].astype(str))))
-            ax.set_title(f"{control}\n({weights} weights)", fontsize=9)
+            ax.set_title(f"{CONTROL_TITLES.get(control, control)}\n({weights} weights)", fontsize=9)
         fig.suptitle(f"{target}: {metric} gain of the layer over controls (* q < {alpha:g})", fontsize=10)
         if im is not None:
             fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=f"{metric} gain")
@@ -249,4 +264,7 @@ def write_results(df: pd.DataFrame, spec: AnalysisSpec, out: str | Path, weights
     except Exception as e:  # noqa: BLE001 - a figure must not lose the table already written
         log.warning("figures failed: %s", e)
     (out / "findings.md").write_text(findings_markdown(df, weights, spec.alpha))
+    from musicinterp.causal.directions import write_directions  # here, not at the top: causal imports analysis
+
+    write_directions(out, spec)
     return t

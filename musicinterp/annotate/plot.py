@@ -10,12 +10,23 @@ from musicinterp.annotate.labels import Annotation
 from musicinterp.frames import FRAME_RATE_HZ
 
 MAX_SSM_PIXELS = 1500  # the matrix is strided down to at most this many frames per side for drawing
+COMPONENT_PERCENTILES = (5.0, 95.0)  # each tension component is scaled to this range of its own values
+
+
+def robust_scale(v: np.ndarray) -> np.ndarray:
+    """``v`` mapped to [0, 1] by its 5th and 95th percentiles and clipped: smoothing windows that run off the
+    clip's edges make spikes there, which would otherwise set the scale and flatten everything else."""
+    lo, hi = np.percentile(v, COMPONENT_PERCENTILES)
+    if not hi > lo:
+        return np.full(v.shape, 0.5)
+    return np.clip((v - lo) / (hi - lo), 0.0, 1.0)
 
 
 def plot_annotation(ann: Annotation, path: str | Path, title: str = "", truth: list[dict] | None = None) -> Path:
     """Left: self-similarity (cosine of mean-removed embedded chroma) with the detected next/previous
-    recurrences overlaid (and ground-truth returns as boxes if given); right: tension composite,
-    z-scored components and resolution events."""
+    recurrences overlaid (and ground-truth returns as boxes if given). Right, top: the tension composite with
+    its resolution events and the causal recurrence rate; right, bottom: one strip per tension component,
+    each on its own robust scale (low to high), so that seven curves do not pile onto one axis."""
     from matplotlib.figure import Figure  # no pyplot: the caller's backend and figure list stay untouched
 
     lab = ann.labels
@@ -24,7 +35,10 @@ def plot_annotation(ann: Annotation, path: str | Path, title: str = "", truth: l
     dur = n / FRAME_RATE_HZ
     step = max(1, int(np.ceil(n / MAX_SSM_PIXELS)))
     fig = Figure(figsize=(15, 6.5))
-    ax0, ax1 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
+    grid = fig.add_gridspec(2, 2, width_ratios=[1, 1.4], height_ratios=[1.2, 1])
+    ax0 = fig.add_subplot(grid[:, 0])
+    ax1 = fig.add_subplot(grid[0, 1])
+    ax2 = fig.add_subplot(grid[1, 1], sharex=ax1)
     ax0.imshow(
         ann.rec.similarity[::step, ::step],
         origin="lower",
@@ -56,17 +70,31 @@ def plot_annotation(ann: Annotation, path: str | Path, title: str = "", truth: l
     )
     ax0.legend(loc="upper left", fontsize=7, markerscale=4)
 
-    comps = [k for k in lab if k.startswith("tension_")]
-    for k in comps:
-        v = lab[k].astype(np.float64)
-        sd = v.std()
-        ax1.plot(t, (v - v.mean()) / sd if sd > 0 else v * 0, lw=0.7, alpha=0.6, label=k.removeprefix("tension_"))
-    ax1.plot(t, lab["tension"], c="k", lw=2, label="tension (composite)")
+    ax1.plot(t, lab["tension"], c="k", lw=1.5, label="tension (composite of z-scores)")
     ev = np.flatnonzero(lab["res_event"])
     ax1.scatter(t[ev], lab["tension"][ev], marker="v", s=60, c="tab:red", zorder=5, label="resolution")
-    ax1.plot(t, lab["rec_rate_causal"] * 2 - 4, c="tab:purple", lw=1, label="rec_rate_causal (x2, -4)")
-    ax1.set(xlabel="time (s)", ylabel="z-score", title="tension", xlim=(0, dur))
-    ax1.legend(loc="upper right", fontsize=7, ncol=2)
+    rate = ax1.twinx()
+    rate.plot(t, lab["rec_rate_causal"], c="tab:purple", lw=1, alpha=0.7)
+    rate.set_ylabel("recurrence rate (causal)", color="tab:purple", fontsize=8)
+    rate.set_ylim(0, 1.05)
+    ax1.set(ylabel="tension (z)", title="tension and resolutions", xlim=(0, dur))
+    ax1.tick_params(labelbottom=False)
+    ax1.legend(loc="upper left", fontsize=7)
+
+    comps = [k for k in lab if k.startswith("tension_")]
+    if comps:
+        strips = np.stack([robust_scale(lab[k].astype(np.float64)) for k in comps])
+        ax2.imshow(
+            strips,
+            aspect="auto",
+            cmap="magma",
+            vmin=0,
+            vmax=1,
+            extent=(0, dur, len(comps) - 0.5, -0.5),
+            interpolation="nearest",
+        )
+        ax2.set_yticks(range(len(comps)), [k.removeprefix("tension_") for k in comps], fontsize=7)
+    ax2.set(xlabel="time (s)", title="tension components (each from its 5th to 95th percentile)")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

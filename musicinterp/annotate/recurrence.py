@@ -132,3 +132,51 @@ def tonal_presence(peak_energy: np.ndarray, rel_db: float = -50.0) -> np.ndarray
     if ref <= 0:
         return np.zeros(len(peak_energy), dtype=bool)
     return peak_energy > ref * 10 ** (rel_db / 10)
+
+
+@dataclass(frozen=True)
+class CrossRecurrence:
+    """Per frame of a continuation (frames ``n_source..n-1``): the recurrence of source material (-1 = none)."""
+
+    lag: np.ndarray  # int frames from the source occurrence (in frames < n_source) to the frame
+    strength: np.ndarray  # float in [0, 1]: best path-enhanced similarity over accepted source lags
+
+
+def cross_recurrence(x: np.ndarray, n_source: int, spec: AnnotationSpec) -> CrossRecurrence:
+    """Where material of frames ``< n_source`` (a prompt) recurs in frames ``>= n_source`` (its continuation).
+
+    :func:`detect`'s method across the two parts: the same embedded vectors ``x`` (of the whole piece),
+    minimum lag, path enhancement, "departs before it returns" and minimum run, except that only pairs
+    with the source in the prompt and the target in the continuation count, in the path average too, so
+    the prompt's recurrences within itself never enter. The lag is that of the most recent accepted
+    occurrence in the prompt (the first band of accepted lags, as ``detect``'s ``prev_lag``); a path
+    average needs at least half its window of such pairs.
+    """
+    n = len(x)
+    if not 0 < n_source < n:
+        raise ValueError(f"n_source must split the {n} frames into a source and a continuation, got {n_source}")
+    sim = x @ x.T
+    min_lag, plen = frames_of(spec.min_lag_s), frames_of(spec.path_len_s)
+    m = n - n_source
+    lag_out = np.full(m, -1, dtype=np.int64)
+    best = np.zeros(m)
+    state = np.zeros(m, dtype=np.int8)
+    strength = np.zeros(m)
+    runmin = np.full(n, np.inf)
+    for lag in range(1, n):
+        k = n - lag
+        d = sim.diagonal(lag).astype(np.float64)  # d[u] = sim(u, u + lag)
+        lo, hi = max(0, n_source - lag), min(k, n_source)  # sources u in the prompt whose target is not
+        if lag >= min_lag and hi > lo:
+            u = np.arange(k)
+            valid = (u < n_source) & (u + lag >= n_source)
+            share = uniform_filter1d(valid.astype(np.float64), plen, mode="constant")
+            e = uniform_filter1d(np.where(valid, d, 0.0), plen, mode="constant") / np.maximum(share, 1e-9)
+            ok = valid & (share >= 0.5) & (e > spec.rec_threshold) & (runmin[:k] < spec.depart_threshold)
+            t0, t1 = lo + lag - n_source, hi + lag - n_source
+            _track_first_band(lag_out[t0:t1], best[t0:t1], state[t0:t1], ok[lo:hi], e[lo:hi], lag)
+            np.maximum(strength[t0:t1], np.where(ok[lo:hi], e[lo:hi], 0.0), out=strength[t0:t1])
+        np.minimum(runmin[:k], d, out=runmin[:k])
+    lag_out = keep_runs(lag_out, frames_of(spec.min_run_s) if spec.min_run_s > 0 else 1)
+    strength[lag_out < 0] = 0.0
+    return CrossRecurrence(lag=lag_out, strength=np.clip(strength, 0, 1))

@@ -19,6 +19,7 @@ from musicinterp.annotate import annotate_full
 from musicinterp.annotate.plot import plot_annotation
 from musicinterp.annotate.truth import returns_from_score, truth_labels
 from musicinterp.config import AnnotationSpec
+from musicinterp.run.inputs import check_locator
 from musicinterp.run.paths import RunPaths
 from musicinterp.run.records import AnnotationResult, write_annotation_record
 from musicinterp.slice import ClipRecord, load_clip_audio
@@ -40,15 +41,22 @@ def truth_returns(clip: ClipRecord) -> list[dict]:
 
 
 def annotate_one(
-    annotation: AnnotationSpec, paths: RunPaths, clip: ClipRecord, index: int, plot: bool = False
+    annotation: AnnotationSpec,
+    paths: RunPaths,
+    clip: ClipRecord,
+    index: int,
+    plot: bool = False,
+    roots: list[str] | None = None,
 ) -> AnnotationResult:
     """Annotate one clip (row ``index`` of the store) into its label variables, then set its
     ``annotated`` flag.
 
     A clip that cannot be annotated (silent, shorter than ``annotation.min_duration_s``) is recorded
     with the reason and left unannotated; it is not an error. Other exceptions propagate (the task
-    retries). Idempotent: an annotated clip is skipped.
+    retries). Idempotent: an annotated clip is skipped. ``roots``: as for ``capture_shard``.
     """
+    if roots is not None:
+        check_locator(clip, roots)
     ds = open_store(paths.store)
     if not 0 <= index < ds.sizes["clip"] or str(ds["clip"].values[index]) != clip.clip_id:
         raise ClipError(clip.clip_id, f"is not row {index} of the run's store {paths.store!r}")

@@ -15,12 +15,13 @@ from collections.abc import Callable
 from musicinterp.capture import capture_clip
 from musicinterp.config import CaptureSpec, ModelSpec
 from musicinterp.models import LoadedModel, load_model
+from musicinterp.run.inputs import check_locator
 from musicinterp.run.paths import RunPaths
 from musicinterp.run.plan import shard_clips
-from musicinterp.run.records import ShardResult, write_shard_record
+from musicinterp.run.records import ShardResult, read_shard_record, write_shard_record
 from musicinterp.slice import ClipRecord, load_clip_audio
 from musicinterp.sources.base import ClipError
-from musicinterp.store import StoreError, mark_complete, open_store, write_clip
+from musicinterp.store import StoreError, mark_complete, open_store, reset_damaged, verify_clips, write_clip
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,32 @@ def clear_model_cache() -> None:
 
 
 def capture_shard(
-    model: ModelSpec, capture: CaptureSpec, paths: RunPaths, shard: int, on_clip: ProgressFn | None = None
+    model: ModelSpec,
+    capture: CaptureSpec,
+    paths: RunPaths,
+    shard: int,
+    on_clip: ProgressFn | None = None,
+    roots: list[str] | None = None,
 ) -> ShardResult:
     """Capture every unfinished clip of one shard into the store; bad clips never stop the others.
 
-    Complete clips (their flag is set) are skipped, so running a shard twice is harmless and a
-    rerun after a crash redoes exactly the unfinished clips. Refuses to start when the model now
+    Complete clips (their flag is set) are read back first: a damaged one (a chunk missing, truncated
+    or not finite) has its flag cleared and is captured again (``result.repaired`` says why); the
+    whole ones are skipped, so running a shard twice is harmless and a rerun after a crash redoes
+    exactly the unfinished clips (complete clips that an earlier attempt of the shard captured are
+    listed as ``captured_earlier``, not ``skipped``). The shard's record is rewritten after every
+    clip. ``roots``: the run's data roots (``PreparedRun.data_roots``); an audio-folder clip whose
+    file lies outside them fails, naming it (None: not checked). Refuses to start when the model now
     loads as another revision than the store holds.
     """
     clips = [clip for _, clip in shard_clips(paths, shard)]
     result = ShardResult(shard=shard, clips=[c.clip_id for c in clips])
+    before = read_shard_record(paths, shard)  # the previous attempt, if any: what it captured is not "skipped"
+    earlier = set(before.captured) | set(before.captured_earlier) if before else set()
+    result.attempt = before.attempt + 1 if before else 1
+    result.repaired = verify_clips(paths.store, result.clips)
+    if result.repaired:
+        reset_damaged(paths.store, result.repaired)
     ds = open_store(paths.store)
     done = {str(c) for c, flag in zip(ds["clip"].values, ds["complete"].values) if flag}
     t0 = time.perf_counter()
@@ -88,9 +105,11 @@ def capture_shard(
         )
     for i, clip in enumerate(clips):
         if clip.clip_id in done:
-            result.skipped.append(clip.clip_id)
+            (result.captured_earlier if clip.clip_id in earlier else result.skipped).append(clip.clip_id)
         else:
             try:
+                if roots is not None:
+                    check_locator(clip, roots)
                 with lock:
                     result.bytes_written += capture_one(loaded, capture, paths.store, clip)
                 result.captured.append(clip.clip_id)
@@ -100,6 +119,11 @@ def capture_shard(
                 reason = str(e) if isinstance(e, ClipError) else f"{type(e).__name__}: {e}"
                 log.error("clip %s failed: %s", clip.clip_id, reason)
                 result.failed[clip.clip_id] = reason
+        result.elapsed_s = time.perf_counter() - t0
+        try:  # after every clip: an attempt killed midway leaves what it captured for the next one to say
+            write_shard_record(paths, result)
+        except OSError as e:
+            log.warning("shard %d: %s", shard, e)
         if on_clip is not None:
             on_clip(i + 1, len(clips), clip.clip_id)
     result.elapsed_s = time.perf_counter() - t0

@@ -13,8 +13,8 @@ def run_inline(spec: RunSpec, out: str) -> RunSummary:
     """Plan, capture every shard, annotate every clip (if ``spec.annotate``), summarise."""
     prepared = prepare_run(spec, out)
     for shard in range(prepared.n_shards):
-        capture_shard(spec.model, spec.capture, prepared.paths, shard)
+        capture_shard(spec.model, spec.capture, prepared.paths, shard, roots=prepared.data_roots)
     if spec.annotate:
         for index, clip in run_clips(prepared.paths):
-            annotate_one(spec.annotation, prepared.paths, clip, index, plot=index < N_PLOTS)
+            annotate_one(spec.annotation, prepared.paths, clip, index, plot=index < N_PLOTS, roots=prepared.data_roots)
     return summarise_run(prepared, annotate=spec.annotate)

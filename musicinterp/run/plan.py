@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -17,13 +18,14 @@ from musicinterp import __version__
 from musicinterp.annotate import label_schema
 from musicinterp.annotate.truth import truth_label_schema
 from musicinterp.capture import select_layers
-from musicinterp.config import RunSpec
+from musicinterp.config import ConfigError, RunSpec
 from musicinterp.models import describe_model
+from musicinterp.run.inputs import compare_inputs, data_roots, inputs_digest
 from musicinterp.run.paths import RunPaths
-from musicinterp.run.records import write_json
+from musicinterp.run.records import atomic_write, write_json
 from musicinterp.slice import ClipRecord, Manifest, plan_slice
 from musicinterp.sources.base import ClipError
-from musicinterp.store import ClipLayout, StoreLayout, init_store, open_store, store_attrs
+from musicinterp.store import ClipLayout, StoreError, StoreLayout, init_store, open_store, store_attrs
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +43,26 @@ class PreparedRun(BaseModel):
     n_clips: int
     rejected: list[dict[str, str]]  # inputs left out at planning, with the reason
     weights: str
+    data_roots: list[str] = []  # what audio-folder clips may read (from the config, not the manifest)
 
     @property
     def paths(self) -> RunPaths:
         return RunPaths(self.root)
 
 
-def prepare_run(spec: RunSpec, out: str) -> PreparedRun:
-    """Plan the slice, write the manifest and create (or reopen) the store under ``RunPaths.for_spec``."""
-    paths = RunPaths.for_spec(spec, out)
-    fs, root = fsspec.core.url_to_fs(paths.root)
-    fs.makedirs(root, exist_ok=True)
+@dataclass(frozen=True)
+class Template:
+    """What a store is created from: its layout, per-clip provenance, attributes and label schema."""
+
+    layout: StoreLayout
+    clip_vars: dict[str, list[Any]]
+    attrs: dict[str, Any]
+    labels: dict[str, dict[str, str]] | None
+    weights: str
+
+
+def plan_inputs(spec: RunSpec) -> tuple[Manifest, list[dict[str, str]]]:
+    """The slice planned from the sources as they are now, and the inputs left out (with the reason)."""
     manifest = plan_slice(spec.slice)
     rejected = [{"item": f.item, "problem": f.problem} for f in manifest.failures]
     for f in manifest.failures:
@@ -59,10 +70,19 @@ def prepare_run(spec: RunSpec, out: str) -> PreparedRun:
     if not manifest.clips:
         reasons = "; ".join(f"{r['item']}: {r['problem']}" for r in rejected) or "the sources yielded nothing"
         raise ClipError(f"slice {spec.slice.name!r}", f"no usable clips ({reasons})")
+    return manifest, rejected
+
+
+def store_template(spec: RunSpec, manifest: Manifest) -> Template:
+    """The store of ``manifest``'s clips (reads the model's config, never its weights); a new store uid."""
     model_info = describe_model(spec.model)
+    try:  # the layers a config may ask for depend on the model: a config error found at planning
+        layers = select_layers(spec.capture.layers, model_info["n_layers"], model_info["model_id"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     layout = StoreLayout(
         clips=tuple(ClipLayout(c.clip_id, c.n_frames) for c in manifest.clips),
-        layers=select_layers(spec.capture.layers, model_info["n_layers"], model_info["model_id"]),
+        layers=layers,
         hidden_size=model_info["hidden_size"],
         num_codebooks=model_info["num_codebooks"],
     )
@@ -77,20 +97,49 @@ def prepare_run(spec: RunSpec, out: str) -> PreparedRun:
         "silent": [c.silent for c in manifest.clips],
         "shard": [c.shard for c in manifest.clips],
     }
-    store_uid = uuid.uuid4().hex
     attrs = store_attrs(
         model=model_info,
         run_spec_json=spec.canonical_json(),
         fingerprint=spec.fingerprint(),
         capture=spec.capture.model_dump(),
         package_version=__version__,
-        extra={"run_name": spec.name, "store_uid": store_uid},
+        extra={"run_name": spec.name, "store_uid": uuid.uuid4().hex, "inputs_digest": inputs_digest(manifest)},
     )
     labels = {**label_schema(spec.annotation), **truth_label_schema(spec.annotation)} if spec.annotate else None
-    created = init_store(paths.store, layout, clip_vars, attrs, labels=labels)
-    if created:
-        manifest.to_json(paths.manifest)
-    else:
+    return Template(layout, clip_vars, attrs, labels, model_info["weights"])
+
+
+def prepare_run(spec: RunSpec, out: str) -> PreparedRun:
+    """Plan the slice, write the manifest and create (or reopen) the store under ``RunPaths.for_spec``.
+
+    Reopening a run whose inputs changed since it was planned (files added to, changed in or removed
+    from an audio folder) keeps the run's own manifest and store, and lists each change among the
+    inputs left out, saying that ``musicinterp replan RUN_DIR`` brings the run up to date: the run
+    then finishes what it planned and fails naming them, never silently leaving a new file out.
+    """
+    paths = RunPaths.for_spec(spec, out)
+    fs, root = fsspec.core.url_to_fs(paths.root)
+    fs.makedirs(root, exist_ok=True)
+    manifest, rejected = plan_inputs(spec)
+    template = store_template(spec, manifest)
+    if fs.exists(fsspec.core.url_to_fs(paths.manifest)[1]) and _is_ready(paths.store):
+        planned = Manifest.from_json(paths.manifest)
+        held = open_store(paths.store).attrs.get("inputs_digest")
+        if held is not None and held != inputs_digest(planned):
+            raise StoreError(
+                f"run {paths.root!r}: its manifest and its store hold different clips (a `musicinterp replan` "
+                f"was interrupted); run `musicinterp replan {paths.root}` again"
+            )
+        changes = compare_inputs(planned, manifest)
+        if changes:
+            log.warning("inputs changed since the run was planned: %s", changes)
+            rejected += changes.as_rejected(paths.root)
+        manifest = planned  # the run's store holds the planned clips
+    else:  # before the store, atomically: a store is never left without the manifest it was made from
+        atomic_write(paths.manifest, manifest.to_json)
+    t = template
+    store_uid = t.attrs["store_uid"]
+    if not init_store(paths.store, t.layout, t.clip_vars, t.attrs, labels=t.labels):
         store_uid = open_store(paths.store).attrs["store_uid"]
     prepared = PreparedRun(
         root=paths.root,
@@ -99,10 +148,19 @@ def prepare_run(spec: RunSpec, out: str) -> PreparedRun:
         n_shards=manifest.n_shards,
         n_clips=len(manifest.clips),
         rejected=rejected,
-        weights=model_info["weights"],
+        weights=t.weights,
+        data_roots=data_roots(spec.slice),
     )
     write_json(paths.run_file, {"spec": spec.model_dump(mode="json"), "prepared": prepared.model_dump(mode="json")})
     return prepared
+
+
+def _is_ready(store: str) -> bool:
+    try:
+        open_store(store)
+    except StoreError:
+        return False
+    return True
 
 
 def run_clips(paths: RunPaths) -> list[tuple[int, ClipRecord]]:

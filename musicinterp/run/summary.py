@@ -20,7 +20,7 @@ from musicinterp.run.paths import RunPaths
 from musicinterp.run.plan import PreparedRun
 from musicinterp.run.records import read_annotation_records, read_shard_records, write_json, write_text
 from musicinterp.slice import Manifest
-from musicinterp.store import finalize_store, open_store, store_size_bytes, weights_note
+from musicinterp.store import finalize_store, open_store, store_size_bytes, verify_clips, weights_note
 
 
 @dataclass
@@ -92,7 +92,9 @@ def summarise_run(prepared: PreparedRun, annotate: bool = True) -> RunSummary:
                 "shard": r.shard,
                 "clips": len(r.clips),
                 "captured": len(r.captured),
+                "captured_earlier": len(r.captured_earlier),
                 "skipped": len(r.skipped),
+                "attempt": r.attempt,
                 "failed": len(r.failed),
                 "frames": r.frames,
                 "audio_s": round(r.audio_s, 2),
@@ -122,12 +124,14 @@ def summary_markdown(s: RunSummary, images: dict[str, str] | None = None) -> str
         f"- clips annotated: {s.annotated} of {s.n_clips}" if s.annotate else "- annotation: off",
         f"- size on disk: {s.bytes_on_disk / 2**20:.1f} MiB; capture time: {s.elapsed_s:.1f} s",
         "",
-        "| shard | clips | captured | skipped (already complete) | failed | frames | audio s | MiB written | s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| shard | clips | captured | captured by an earlier attempt | skipped (complete before) | failed "
+        "| frames | audio s | MiB written | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in s.shards:
         lines.append(
-            f"| {r['shard']} | {r['clips']} | {r['captured']} | {r['skipped']} | {r['failed']} | "
+            f"| {r['shard']} | {r['clips']} | {r['captured']} | {r.get('captured_earlier', 0)} | {r['skipped']} | "
+            f"{r['failed']} | "
             f"{r['frames']} | {r['audio_s']} | {r['bytes_written'] / 2**20:.1f} | {r['elapsed_s']} |"
         )
     if s.failed:
@@ -162,8 +166,11 @@ def summary_artifact(s: RunSummary) -> str:
     return summary_markdown(s, images={clip: png_data_uri(url) for clip, url in s.plots.items()})
 
 
-def read_progress(paths: RunPaths, annotate: bool) -> RunProgress:
+def read_progress(paths: RunPaths, annotate: bool, verify: bool = False) -> RunProgress:
     """The shards whose clips are all complete (and annotated, if the run annotates) in the store.
+
+    ``verify``: read every complete clip's chunks too; a damaged clip (``store.verify_clips``) leaves
+    its shard unfinished, so a rerun of the failed shards captures it again.
 
     The store is the source of truth: a shard whose run failed but that a later rerun completed is
     finished. A clip that cannot be annotated (silent, too short) counts as annotated when its
@@ -172,6 +179,8 @@ def read_progress(paths: RunPaths, annotate: bool) -> RunProgress:
     manifest = Manifest.from_json(paths.manifest)
     ds = open_store(paths.store)
     done = {str(c) for c, f in zip(ds["clip"].values, ds["complete"].values) if f}
+    if verify:
+        done -= set(verify_clips(paths.store))
     if annotate and "annotated" in ds:
         annotated = {str(c) for c, f in zip(ds["clip"].values, ds["annotated"].values) if f}
         unannotatable = {a.clip_id for a in read_annotation_records(paths) if a.reason}

@@ -4,6 +4,7 @@ mixed to mono, resampled to 32 kHz with a polyphase filter, checked."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -74,7 +75,7 @@ def plan_audio_dir(spec: AudioDirSource) -> Iterator[Track | PlanFailure]:
         yield Track(
             source="audio_dir",
             source_id=f"audio_dir:{rel}",
-            locator=json.dumps({"path": str(path.resolve())}),
+            locator=json.dumps({"path": os.path.normpath(os.path.abspath(path))}),  # links kept: see run/inputs.py
             licence=spec.licence,
             samples=samples,
         )

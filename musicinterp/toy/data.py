@@ -111,7 +111,7 @@ def training_pieces(
     key = hashlib.sha256(f"{sorted(key_fields.items())}|{encoder_digest(loaded.model)}".encode()).hexdigest()[:16]
     file = Path(cache_dir) / f"pieces-{key}.pt" if cache_dir is not None else None
     if file is not None and file.exists():
-        blob = torch.load(file)
+        blob = torch.load(file, weights_only=True)  # tensors only: never unpickle code
         log.info("encoded pieces read from %s", file)
         held = HeldOut(blob["held_ids"].long(), blob["held_returns"].numpy(), blob["held_swapped"].long())
         return blob["ids"].long(), blob["returns"].numpy(), held

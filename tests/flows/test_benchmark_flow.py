@@ -153,3 +153,109 @@ def test_benchmark_flow__rerun_of_the_failed_shard_completes_the_store(tmp_path)
     a, b = xr.open_zarr(clean["store"]), xr.open_zarr(again["store"])
     for var in ("resid", "codes", "complete", "sha256"):
         np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=var)
+
+
+def test_benchmark_flow__completion_flags_not_the_cache_decide_what_is_captured(tmp_path):
+    """A clip whose flag was reset (or whose chunks were damaged) is captured again by the next run;
+    Prefect's task cache once skipped the shard and failed with "failed shards: []"."""
+    from pathlib import Path
+
+    from musicinterp.store import mark_complete
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for i in range(3):
+        write_tone(audio / f"{i}.wav", 1.5, freq_hz=250 + 60 * i)
+    spec = RunSpec(
+        name="flow-flags",
+        slice={"sources": [{"kind": "audio_dir", "path": str(audio)}], "n_shards": 1},
+        annotate=False,
+        analyze=False,
+    )
+    first = benchmark(spec=spec, out=str(tmp_path))
+    ds = xr.open_zarr(first["store"])
+    clips = [str(c) for c in ds["clip"].values]
+    mark_complete(first["store"], clips[1], done=False)  # e.g. `inspect --verify` found it damaged
+    next(p for p in Path(first["store"], "resid", "c", "2").rglob("*") if p.is_file()).unlink()
+    again = benchmark(spec=spec, out=str(tmp_path))
+    assert again["complete"] == 3
+    record = json.loads(next(Path(first["root"]).glob("shards/*.json")).read_text())
+    assert sorted(record["captured"]) == sorted([clips[1], clips[2]]) and list(record["repaired"]) == [clips[2]]
+    assert np.isfinite(xr.open_zarr(again["store"])["resid"].values).all()  # 1.5 s clips: no padding
+
+
+def test_run_command__layers_the_model_lacks_exit_2_naming_the_field_without_retry(tmp_path, capsys):
+    import yaml
+
+    from cli import main
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "flow-layers",
+                "slice": {"sources": [{"kind": "synthetic", "n_pieces": 1, "duration_s": 2.0}], "n_shards": 1},
+                "capture": {"layers": [0, 99]},
+                "annotate": False,
+                "analyze": False,
+            }
+        )
+    )
+    assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr()
+    assert "capture.layers: [99] out of range" in err.out + err.err
+    assert "Retry" not in err.out + err.err  # a config error is not retried
+
+
+def test_benchmark_flow__tokens_in_the_environment_are_written_nowhere(tmp_path, monkeypatch):
+    """A Hugging Face and an AWS token set during a run appear in no file it writes: run folder, store,
+    records, Prefect's database and result storage."""
+    from pathlib import Path
+
+    from prefect.settings import get_current_settings
+
+    sentinel = "hf_SENTINELtoken0123456789abcdef"
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(var, sentinel)
+    spec = RunSpec(
+        name="flow-secret",
+        slice={"sources": [{"kind": "synthetic", "n_pieces": 2, "duration_s": 2.0}], "n_shards": 2},
+        annotate=False,
+        analyze=False,
+    )
+    benchmark(spec=spec, out=str(tmp_path))
+    settings = get_current_settings()
+    db_url = str(settings.server.database.connection_url.get_secret_value())
+    searched = [tmp_path, Path(settings.home)]
+    if db_url.startswith("sqlite"):
+        searched.append(Path(db_url.split("///", 1)[1]).parent)
+    files = [f for root in searched for f in Path(root).rglob("*") if f.is_file()]
+    for f in files:
+        assert sentinel.encode() not in f.read_bytes(), f
+    assert any(f.suffix == ".zarr" or "store.zarr" in str(f) for f in files)  # the store's chunks
+    assert not db_url.startswith("sqlite") or any(f.suffix == ".db" for f in files)  # Prefect's database
+
+
+def test_zombie_rule__a_running_shard_without_heartbeats_is_marked_crashed():
+    """A shard run whose process was SIGKILLed stays Running on the server forever; the parent's zombie
+    rule (no heartbeat for ZOMBIE_HEARTBEATS intervals) marks it Crashed, naming why."""
+    import time
+
+    from prefect import flow as prefect_flow
+    from prefect.states import Running
+
+    from flows.benchmark import crash_if_silent, zombie_after
+
+    @prefect_flow(name="benchmark-shard-zombie-test")
+    def victim() -> None:  # never run: only its flow run's states matter
+        pass
+
+    assert zombie_after() >= 90  # three heartbeats of at least 30 s
+    with get_client(sync_client=True) as client:
+        fr = client.create_flow_run(victim, name="zombie-shard-0")
+        client.set_flow_run_state(fr.id, Running(), force=True)
+        fr = client.read_flow_run(fr.id)
+        assert crash_if_silent(client, fr, after_s=3600).state.is_running()  # recently alive: left alone
+        time.sleep(1.5)
+        crashed = crash_if_silent(client, client.read_flow_run(fr.id), after_s=1.0)
+    assert crashed.state.is_crashed() and "no heartbeat from shard run 'zombie-shard-0'" in crashed.state.message

@@ -1,0 +1,268 @@
+"""Capture into the Zarr store against the forward pass, nnsight and ``output_hidden_states``, in one process.
+
+    python benchmarks/capture.py                      # musicgen-small shape (random weights), 10 s and 30 s clips
+    python benchmarks/capture.py --json               # one JSON object (the 10 s clip's numbers at the top level)
+    python benchmarks/capture.py --quick --json       # the tiny model, 2 s clips: what the test runs
+
+Per clip length, the four ways of getting every layer's residual stream are timed interleaved (one of each per
+round, ``--repeats`` rounds, medians), on the same codes and text condition:
+
+- ``forward``: the teacher-forced decoder forward pass alone, nothing kept (the baseline);
+- ``capture``: ours: forward hooks keep each layer's frames as float16, then the clip is written into a real
+  Zarr store (``write_clip`` + ``mark_complete``), i.e. what a shard does per clip after encoding;
+- ``nnsight``: nnsight's trace with ``.save()`` on the input of the first decoder layer and every layer's
+  output, kept in memory (float32, nothing written);
+- ``hidden_states``: ``output_hidden_states=True``, the arrays cast and written into the same store.
+
+Ratios are ours over each: ``capture_ratio`` = capture / forward, ``nnsight_ratio`` = capture / nnsight,
+``hidden_states_ratio`` = capture / hidden_states. Peak RSS is measured in fresh subprocesses that capture and
+write 2 and 20 clips (memory must not grow with the clip count). The store's codec is compared with the
+alternatives on the same activations (bytes on disk and write speed). The model has random weights: speed does
+not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from musicinterp.capture import capture_codes, delayed_decoder_input, encode_audio, text_condition
+from musicinterp.config import CaptureSpec, ModelSpec
+from musicinterp.frames import SAMPLE_RATE_HZ
+from musicinterp.models import LoadedModel, load_model
+from musicinterp.store import (
+    ClipLayout,
+    StoreLayout,
+    init_store,
+    mark_complete,
+    store_attrs,
+    store_size_bytes,
+    write_clip,
+)
+
+
+def _audio(seconds: float, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(int(seconds * SAMPLE_RATE_HZ)) * 0.1).astype(np.float32)
+
+
+def _store(url: str, loaded: LoadedModel, layers: tuple[int, ...], n_frames: int, n_clips: int) -> None:
+    layout = StoreLayout(
+        tuple(ClipLayout(f"c{i}", n_frames) for i in range(n_clips)), layers, loaded.hidden_size, loaded.num_codebooks
+    )
+    attrs = store_attrs(
+        model=loaded.describe(),
+        run_spec_json="{}",
+        fingerprint="bench",
+        capture=CaptureSpec().model_dump(),
+        package_version="bench",
+    )
+    init_store(url, layout, {}, attrs)
+
+
+def _nnsight_capture(loaded: LoadedModel, kwargs: dict[str, Any], t: int) -> list[torch.Tensor]:
+    from nnsight import NNsight
+
+    traced = NNsight(loaded.model)
+    saved: list[Any] = []
+    with torch.no_grad(), traced.trace(**kwargs):
+        layers = traced.decoder.model.decoder.layers
+        saved.append(layers[0].input.save())
+        for i in range(loaded.n_layers):
+            out = layers[i].output
+            saved.append((out[0] if isinstance(out, tuple) else out).save())
+    return [s[0, 1 : t + 1] for s in saved]
+
+
+def time_clip(loaded: LoadedModel, seconds: float, repeats: int) -> dict[str, Any]:
+    """Median seconds of each way of getting the residual stream of one clip, interleaved."""
+    spec = CaptureSpec()
+    codes = encode_audio(loaded, _audio(seconds))
+    t = codes.shape[-1]
+    states, mask = text_condition(loaded, spec)
+    kwargs = dict(
+        encoder_outputs=(states,),
+        attention_mask=mask,
+        decoder_input_ids=delayed_decoder_input(loaded, codes),
+        use_cache=False,
+    )
+    layers = tuple(range(loaded.n_layers + 1))
+    times: dict[str, list[float]] = {k: [] for k in ("forward", "capture", "nnsight", "hidden_states", "write")}
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"{tmp}/bench.zarr"
+        _store(url, loaded, layers, t, 2 * repeats)
+
+        def forward() -> None:
+            with torch.no_grad():
+                loaded.model(**kwargs)
+
+        def ours(i: int) -> None:
+            cap = capture_codes(loaded, codes, spec)
+            w0 = time.perf_counter()
+            write_clip(url, f"c{i}", cap.resid, cap.codes)
+            mark_complete(url, f"c{i}")
+            times["write"].append(time.perf_counter() - w0)
+
+        def hidden(i: int) -> None:
+            with torch.no_grad():
+                out = loaded.model(**kwargs, output_hidden_states=True)
+            resid = torch.stack([h[0, 1 : t + 1] for h in out.decoder_hidden_states]).to(torch.float16).numpy()
+            write_clip(url, f"c{i}", resid, codes.numpy())
+            mark_complete(url, f"c{i}")
+
+        steps: list[tuple[str, Callable[[int], None]]] = [
+            ("forward", lambda i: forward()),
+            ("capture", ours),
+            ("nnsight", lambda i: _nnsight_capture(loaded, kwargs, t)),
+            ("hidden_states", hidden),
+        ]
+        forward()  # warm-up: first-call allocations are nobody's cost
+        for r in range(repeats):
+            for name, fn in steps:
+                t0 = time.perf_counter()
+                fn(2 * r + (name == "hidden_states"))
+                times[name].append(time.perf_counter() - t0)
+        raw = (loaded.n_layers + 1) * t * loaded.hidden_size * 2
+        on_disk = store_size_bytes(url)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "clip_seconds": seconds,
+        "frames": t,
+        "forward_s": med["forward"],
+        "capture_s": med["capture"],
+        "nnsight_s": med["nnsight"],
+        "hidden_states_s": med["hidden_states"],
+        "write_s": med["write"],
+        "capture_ratio": med["capture"] / med["forward"],
+        "nnsight_ratio": med["capture"] / med["nnsight"],
+        "hidden_states_ratio": med["capture"] / med["hidden_states"],
+        "write_mb_per_s": raw / 1e6 / med["write"],
+        "resid_mb_per_clip": raw / 1e6,
+        "store_mb_for_all_clips": on_disk / 1e6,
+        "compression_ratio": (2 * repeats * raw) / max(on_disk, 1),
+    }
+
+
+def codec_table(loaded: LoadedModel, seconds: float) -> list[dict[str, Any]]:
+    """The store's codec against the alternatives, on one clip's real activations (bytes and write time)."""
+    import zarr
+    from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+
+    cap = capture_codes(loaded, encode_audio(loaded, _audio(seconds)), CaptureSpec())
+    a = cap.resid
+    options: dict[str, Any] = {
+        "zstd level 0 (zarr's default; the store)": "auto",
+        "uncompressed": None,
+        "zstd level 3": [ZstdCodec(level=3)],
+        "blosc zstd 1 + byte shuffle": [BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.shuffle, typesize=2)],
+        "blosc lz4 + byte shuffle": [BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle, typesize=2)],
+    }
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, compressors) in enumerate(options.items()):
+            path = Path(tmp) / f"{i}.zarr"
+            arr = zarr.create_array(
+                str(path), shape=a.shape, chunks=(1, *a.shape[1:]), dtype=a.dtype, compressors=compressors
+            )
+            t0 = time.perf_counter()
+            arr[:] = a
+            dt = time.perf_counter() - t0
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            rows.append({"codec": name, "ratio": a.nbytes / size, "write_mb_per_s": a.nbytes / 1e6 / dt})
+    return rows
+
+
+def peak_rss_mb(model: str, seconds: float, n_clips: int) -> float:
+    """Peak RSS of a fresh process that captures and writes ``n_clips`` clips one after another."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--rss-child", model, str(seconds), str(n_clips)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _rss_child(model: str, seconds: float, n_clips: int) -> None:
+    loaded = load_model(ModelSpec(source="offline", name=model))
+    spec = CaptureSpec()
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"{tmp}/rss.zarr"
+        n_frames = encode_audio(loaded, _audio(seconds)).shape[-1]
+        _store(url, loaded, tuple(range(loaded.n_layers + 1)), n_frames, n_clips)
+        for i in range(n_clips):
+            codes = encode_audio(loaded, _audio(seconds, seed=i))
+            cap = capture_codes(loaded, codes, spec)
+            write_clip(url, f"c{i}", cap.resid, cap.codes)
+            mark_complete(url, f"c{i}")
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # kB on Linux
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--rss-child":
+        _rss_child(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, choices=["tiny", "musicgen-small"])
+    ap.add_argument("--seconds", type=float, nargs="+", default=None)
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (medians); default 4, --quick 2")
+    ap.add_argument("--rss-seconds", type=float, default=None, help="clip length of the RSS runs (default 2 s)")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--quick", action="store_true", help="the tiny model and 2 s clips (for the test)")
+    ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    args = ap.parse_args()
+    model = args.model or ("tiny" if args.quick else "musicgen-small")
+    seconds = args.seconds or ([2.0] if args.quick else [10.0, 30.0])
+    repeats = args.repeats or (2 if args.quick else 4)
+    rss_seconds = args.rss_seconds or 2.0
+    torch.set_num_threads(args.threads)
+    loaded = load_model(ModelSpec(source="offline", name=model))
+    rows = [time_clip(loaded, s, repeats) for s in seconds]
+    result: dict[str, Any] = {
+        **rows[0],
+        "model": f"offline/{model}",
+        "weights": "random",
+        "torch_threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "by_clip_length": rows,
+        "peak_rss_mb_2_clips": peak_rss_mb(model, rss_seconds, 2),
+        "peak_rss_mb_20_clips": peak_rss_mb(model, rss_seconds, 20),
+        "rss_clip_seconds": rss_seconds,
+        "codecs": codec_table(loaded, seconds[0]),
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"model offline/{model} (weights: random), {loaded.n_layers + 1} layers x {loaded.hidden_size}, "
+        f"torch threads {result['torch_threads']}, medians of {repeats} interleaved rounds"
+    )
+    print("seconds  forward_s  capture_s  nnsight_s  hidden_s  write_s  capture/fwd  /nnsight  /hidden  write MB/s")
+    for r in rows:
+        print(
+            f"{r['clip_seconds']:7.1f}  {r['forward_s']:9.2f}  {r['capture_s']:9.2f}  {r['nnsight_s']:9.2f}  "
+            f"{r['hidden_states_s']:8.2f}  {r['write_s']:7.2f}  {r['capture_ratio']:11.3f}  {r['nnsight_ratio']:8.3f}  "
+            f"{r['hidden_states_ratio']:7.3f}  {r['write_mb_per_s']:10.0f}"
+        )
+    print(
+        f"peak RSS, {rss_seconds:g} s clips: 2 clips {result['peak_rss_mb_2_clips']:.0f} MB, "
+        f"20 clips {result['peak_rss_mb_20_clips']:.0f} MB"
+    )
+    print("codec                                      ratio  write MB/s")
+    for c in result["codecs"]:
+        print(f"{c['codec']:<42} {c['ratio']:5.2f}  {c['write_mb_per_s']:10.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The benchmark scripts run and report what the README quotes (their numbers are measured, not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_capture_benchmark__quick_json_has_the_ratios_and_memory_stays_flat_in_clip_count():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "capture.py"), "--quick", "--json", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in (
+        "forward_s",
+        "capture_s",
+        "capture_ratio",
+        "nnsight_ratio",
+        "hidden_states_ratio",
+        "peak_rss_mb_2_clips",
+        "peak_rss_mb_20_clips",
+        "write_mb_per_s",
+        "clip_seconds",
+    ):
+        assert result[key] > 0, key
+    assert result["weights"] == "random"
+    assert abs(result["capture_ratio"] - result["capture_s"] / result["forward_s"]) < 1e-9
+    # capturing 20 clips holds one clip at a time: the peak is within 100 MB of capturing 2
+    assert result["peak_rss_mb_20_clips"] - result["peak_rss_mb_2_clips"] < 100
+    codecs = {c["codec"] for c in result["codecs"]}
+    assert "uncompressed" in codecs and len(codecs) >= 3
+
+
+def test_capture__equals_nnsight_on_every_layer(tiny_model):
+    """Our hooks keep exactly what a peer library's trace saves (the benchmark compares like with like)."""
+    import numpy as np
+    import torch
+    from nnsight import NNsight
+
+    from musicinterp.capture import capture_codes, delayed_decoder_input, encode_audio, text_condition
+    from musicinterp.config import CaptureSpec
+
+    audio = (np.random.default_rng(3).standard_normal(32000) * 0.1).astype(np.float32)
+    codes = encode_audio(tiny_model, audio)
+    t = codes.shape[-1]
+    states, mask = text_condition(tiny_model, CaptureSpec())
+    ours = capture_codes(tiny_model, codes, CaptureSpec(), dtype=torch.float32).resid
+    traced = NNsight(tiny_model.model)
+    saved: list = []
+    with torch.no_grad(), traced.trace(
+        encoder_outputs=(states,),
+        attention_mask=mask,
+        decoder_input_ids=delayed_decoder_input(tiny_model, codes),
+        use_cache=False,
+    ):
+        layers = traced.decoder.model.decoder.layers
+        saved.append(layers[0].input.save())
+        for i in range(tiny_model.n_layers):
+            out = layers[i].output
+            saved.append((out[0] if isinstance(out, tuple) else out).save())
+    theirs = torch.stack([s[0, 1 : t + 1] for s in saved]).numpy()
+    np.testing.assert_array_equal(ours, theirs)
