@@ -7,6 +7,7 @@
 | ``analyze.py`` | ``analyze`` (musicinterp.api.analyze in this process, no Prefect: bars, ETA, --json) |
 | ``toy.py`` | ``train-toy`` (the toy flow in this process) |
 | ``sae.py`` | ``sae train`` and ``sae rank`` (the SAE flows in this process) |
+| ``browse.py`` | ``browse`` (a run's feature browser, static HTML; ``--serve`` on 127.0.0.1) |
 | ``generate.py`` | ``generate`` (the generation flow in this process) |
 | ``intervene.py`` | ``intervene`` (the intervene flow in this process; ``--write-directions``) |
 | ``server.py`` | ``server``; which server PREFECT_API_URL names and whether it answers |
@@ -33,6 +34,7 @@ The deployed picture on one machine (see deployments/README.md):
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import warnings
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for module in (run, replan, annotate, analyze, generate, intervene, sae, toy, server, deploy, worker, submit):
         module.add_commands(sub)
+    importlib.import_module("cli.browse").add_commands(sub)
     return parser
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -191,3 +193,57 @@ def test_toy_return__window_matches_against_both_versions():
     assert m == {"a_match": pytest.approx(60 / 80), "c_match": pytest.approx(20 / 80)}
     with pytest.raises(ValueError, match="does not cover the return window"):
         window_matches(gen[:, :50], 425, refs)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("name: g\ngeneration: {prompt_s: 20, continuation_s: 20}\n", "exceeds MusicGen's context"),
+        ("name: g\ngeneration: {seeds: [1, 1]}\n", "distinct seeds"),
+        ("name: g\n", "has no 'generation' section"),
+    ],
+)
+def test_generate_cli__bad_or_missing_generation_section_exits_2(tmp_path, capsys, yaml_text, message):
+    from cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml_text)
+    assert main(["generate", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err.replace("\n", " ")
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_toy_return__the_real_pieces_score_as_returning_or_not():
+    """The measure on the toy's own codec: a piece's real A version returns A, its C version does not."""
+    from musicinterp.capture import encode_audio
+    from musicinterp.config import ModelSpec
+    from musicinterp.generate.toy_return import RETURN_MATCH_THRESHOLD, a_match, version_codes
+    from musicinterp.models import load_model
+    from musicinterp.sources.cue import compose, cue_recipe
+
+    toy = load_model(ModelSpec(source="local", name="checkpoints/toy-pair", weights="trained-here"))
+    recipe = cue_recipe(1000, 3, 11.0, True, "pair")
+    refs = version_codes(toy, json.dumps(recipe))
+    assert (refs["A"] != refs["C"]).mean() > 0.5
+    for returns in (True, False):
+        codes = encode_audio(toy, compose({**recipe, "returns": returns})[0]).numpy()
+        m = window_matches(codes[:, 425:], 425, refs)
+        assert (m["a_match"] == 1.0) if returns else (m["c_match"] == 1.0 and m["a_match"] < 0.5)
+        assert (a_match(codes[:, :425], codes[:, 425:]) > RETURN_MATCH_THRESHOLD) == returns
+
+
+def test_annotate_continuation__finds_section_a_returning_from_the_prompt_in_a_real_pair_piece():
+    """Known answer on real audio: a pair piece cut at 8.5 s; A (1.0-2.6 s) returns at 9.0 s, 8 s later."""
+    from musicinterp.generate.annotate import annotate_continuation
+    from musicinterp.sources.cue import compose, cue_recipe
+
+    window = slice(25, 105)  # the return section, 9.0-10.6 s, in continuation frames
+    for returns in (True, False):
+        samples, _ = compose(cue_recipe(1000, 3, 11.0, returns, "pair"))
+        labels = annotate_continuation(samples, 425, AnnotationSpec())
+        assert labels["xrec"].shape == (125,) and labels["tension"].shape == (125,)
+        if returns:
+            assert labels["xrec"][window].all()
+            np.testing.assert_allclose(labels["xrec_lag_s"][window], 8.0)
+        else:
+            assert not labels["xrec"].any() and not labels["xrec_lag_s_valid"].any()

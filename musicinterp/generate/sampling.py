@@ -151,11 +151,12 @@ def generate_continuation(
     # logits of step P + G + K - 2, the last step the decoder runs (and at least step P + G, the last one kept)
     n_cols = p + g + max(k, 2)
     # known[k, s]: input id of codebook k at step s, -1 where it is sampled
-    known = torch.full((k, n_cols), -1, dtype=torch.long, device=device)
+    prompt_cpu = prompt_codes.cpu().long()
+    known = torch.full((k, n_cols), -1, dtype=torch.long)  # built on the CPU: one small copy to the device
     for c in range(k):
-        for s in range(n_cols):
-            frame = s - c - 1
-            known[c, s] = PAD_TOKEN_ID if frame < 0 else (prompt_codes[c, frame] if frame < p else -1)
+        known[c, : c + 1] = PAD_TOKEN_ID
+        known[c, c + 1 : c + 1 + p] = prompt_cpu[c]
+    known = known.to(device)
     ids = known.clone()
     states, mask = _both_halves(loaded, capture)
     generator = torch.Generator(device=device).manual_seed(seed)

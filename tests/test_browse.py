@@ -1,0 +1,326 @@
+"""The feature browser: the static site of a small real run (tiny offline model, random weights) with saved
+probe directions and SAE candidates; links, audio, known peaks, missing pieces, serving, headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+import wave
+from functools import cache
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from run_factories import small_run
+
+from musicinterp.browse import BrowseInputError, build_site, serve
+from musicinterp.browse.audio import FRAME_RATE_HZ, window_around
+from musicinterp.browse.draw import write_png
+
+WEIGHTS_TEXT = "random weights, not a trained model"
+SAE_FEATURES = (3, 7)
+DIR_LAYERS = (1, 2)
+
+
+def _decorate(run: Path) -> None:
+    """Add what the analysis, `sae rank` and `intervene` write: directions, an SAE + candidates, a figure."""
+    import torch
+
+    from musicinterp.causal.directions import Direction, save_directions
+    from musicinterp.sae.model import TopKSAE
+    from musicinterp.sae.saelens import save_sae
+
+    rng = np.random.default_rng(0)
+    dirs = [
+        Direction(
+            name=f"L{layer}-rec_within_2s",
+            layer=layer,
+            vector=rng.standard_normal(64),
+            kind="probe",
+            target="rec_within_2s",
+            horizon=2.0,
+            weights="random",
+            stats={"gain": 0.1, "q_value": 0.01},
+        )
+        for layer in DIR_LAYERS
+    ]
+    save_directions(dirs, run / "analysis")
+    sae = TopKSAE(64, 128, 8)
+    sae.init_weights(torch.Generator().manual_seed(0))
+    save_sae(sae, run / "sae-test" / "layer2", layer=2, model_name="offline/tiny")
+    rank = run / "sae-test" / "rank"
+    rank.mkdir(parents=True)
+    cands = [
+        {
+            "sae": str(run / "sae-test" / "layer2"),
+            "layer": 2,
+            "hook_name": "blocks.1.hook_resid_post",
+            "feature": f,
+            "target": "rec_within_2s",
+            "gain": 0.05,
+            "q_value": 0.02,
+            "q_beyond_random": None,
+        }
+        for f in SAE_FEATURES
+    ]
+    (rank / "candidates.json").write_text(json.dumps(cands))
+    write_png(run / "intervene" / "causal-effects.png", np.full((8, 8), 128, np.uint8))
+
+
+@cache
+def decorated_run() -> Path:
+    run = Path(str(small_run()) + "-browse")
+    shutil.copytree(small_run(), run)
+    _decorate(run)
+    return run
+
+
+@cache
+def built_site() -> tuple[Path, object]:
+    run = decorated_run()
+    result = build_site(run, run / "site")
+    return run / "site", result
+
+
+class _Refs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+        self.audio: list[dict[str, str | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        for key in ("href", "src"):
+            if a.get(key):
+                self.refs.append(str(a[key]))
+        if tag == "audio":
+            self.audio.append(a)
+
+
+def _parse(page: Path) -> _Refs:
+    p = _Refs()
+    p.feed(page.read_text())
+    return p
+
+
+def test_browse__every_link_resolves_and_every_audio_is_a_wav_of_its_stated_length():
+    site, result = built_site()
+    pages = [site / "index.html", *sorted((site / "items").glob("*.html"))]
+    assert len(pages) == 1 + len(DIR_LAYERS) + len(SAE_FEATURES)
+    n_audio = 0
+    for page in pages:
+        text = page.read_text()
+        assert WEIGHTS_TEXT in text, page
+        parsed = _parse(page)
+        for ref in parsed.refs:
+            assert "://" not in ref and not ref.startswith("/"), f"{page.name}: {ref!r} is not relative"
+            target = (page.parent / ref).resolve()
+            assert target.is_file() and site.resolve() in target.parents, f"{page.name}: {ref!r} does not resolve"
+        for a in parsed.audio:
+            with wave.open(str(page.parent / str(a["src"]))) as w:
+                assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 32000)
+                assert w.getnframes() == round(float(str(a["data-seconds"])) * 32000)
+            n_audio += 1
+    assert n_audio >= len(DIR_LAYERS) * 4  # every clip of a direction's page has a segment
+    assert result.audio_files == len(list((site / "audio").glob("*.wav")))  # shared, one file per (clip, window)
+    index = (site / "index.html").read_text()
+    assert "causal-effects.png" in index and "offline/tiny" in index
+
+
+def test_browse__top_segment_is_the_brute_force_peak_of_the_projection():
+    import xarray as xr
+
+    from musicinterp.browse.contents import discover
+    from musicinterp.browse.items import collect_items
+    from musicinterp.browse.scan import scan
+
+    run = decorated_run()
+    ds = xr.open_zarr(str(run / "store.zarr"), chunks=None)
+    itemset = collect_items(discover(run), d_model=64, n_layers=2)
+    res = scan(ds, itemset, top_clips=2)
+    for k, item in enumerate(itemset.items):
+        n = ds["n_frames"].values
+        if item.unit is not None:
+            acts = [
+                ds["resid"].sel(layer=item.layer).values[c, : n[c]].astype(np.float32) @ item.unit for c in range(4)
+            ]
+        else:
+            import torch
+
+            sae = itemset.saes[str(item.sae)]
+            x = [
+                torch.from_numpy(ds["resid"].sel(layer=item.layer).values[c, : n[c]].astype(np.float32))
+                for c in range(4)
+            ]
+            acts = [sae.encode(xc)[:, item.feature].detach().numpy() for xc in x]
+        peaks = np.array([a.max() for a in acts])
+        best = int(np.argmax(peaks))
+        assert res.top[k][0].clip == best and res.top[k][0].frame == int(np.argmax(acts[best]))
+        assert res.top[k][0].value == pytest.approx(float(peaks[best]), rel=1e-4, abs=1e-5)
+        np.testing.assert_allclose(res.curves[(k, best)], acts[best], rtol=1e-4, atol=1e-5)
+
+
+def test_window_around__holds_the_peak_on_the_grid():
+    for n in (120, 400, 1500):
+        for peak in range(0, n, 7):
+            w = window_around(0, peak, n)
+            assert w.start <= peak < w.stop and w.stop <= n
+            assert w.stop - w.start == min(4 * FRAME_RATE_HZ, n)
+            assert w.start % FRAME_RATE_HZ == 0 or w.stop == n
+
+
+def test_browse__a_bare_run_gets_a_site_that_names_what_is_missing(tmp_path):
+    bare = tmp_path / "run"
+    shutil.copytree(small_run(), bare)
+    result = build_site(bare, tmp_path / "site", similarity=False)
+    index = result.index.read_text()
+    assert result.pages == [] and WEIGHTS_TEXT in index
+    for missing in ("no saved probe directions", "no SAE feature ranking", "no analysis heatmaps"):
+        assert missing in index
+    with pytest.raises(BrowseInputError, match="holds no store.zarr"):
+        build_site(tmp_path / "nowhere")
+
+
+def test_serve__answers_on_localhost_only():
+    site, _ = built_site()
+    server, _thread = serve(site, 0)
+    try:
+        host, port = server.server_address[:2]
+        assert host == "127.0.0.1"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=10) as r:
+            assert WEIGHTS_TEXT in r.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_cli_browse__bad_folder_is_a_usage_error(tmp_path):
+    from cli import main
+
+    assert main(["browse", str(tmp_path / "nothing")]) == 2
+
+
+# ---- headless Chromium over the DevTools protocol -------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium")
+PAGE_LOAD_S = 20
+
+
+class DevTools:
+    """The smallest DevTools client: one page target, commands by id, events kept."""
+
+    def __init__(self, ws_url: str):
+        from websockets.sync.client import connect
+
+        self.ws = connect(ws_url, max_size=None)
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    def call(self, method: str, **params: object) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=PAGE_LOAD_S))
+            if msg.get("id") == self.next_id:
+                assert "error" not in msg, msg
+                return msg.get("result", {})
+            self.events.append(msg)
+
+    def wait_for(self, method: str) -> None:
+        end = time.monotonic() + PAGE_LOAD_S
+        while time.monotonic() < end:
+            if any(e.get("method") == method for e in self.events):
+                return
+            msg = json.loads(self.ws.recv(timeout=PAGE_LOAD_S))
+            self.events.append(msg)
+        raise TimeoutError(method)
+
+    def evaluate(self, expression: str) -> object:
+        r = self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+        assert "exceptionDetails" not in r, r
+        return r["result"].get("value")
+
+
+AUDIO_CHECK = """(async () => {
+  const out = [];
+  for (const a of document.querySelectorAll('audio')) {
+    if (a.readyState < 1) await new Promise(r => { a.onloadedmetadata = r; a.onerror = r; a.load(); });
+    out.push({can: a.canPlayType('audio/wav'), state: a.readyState, duration: a.duration,
+              stated: parseFloat(a.dataset.seconds), error: a.error ? a.error.code : null});
+  }
+  return out;
+})()"""
+
+
+def _errors(events: list[dict]) -> list[str]:
+    bad = []
+    for e in events:
+        m, p = e.get("method"), e.get("params", {})
+        if m == "Runtime.exceptionThrown":
+            bad.append(str(p["exceptionDetails"].get("text")))
+        elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+            bad.append(str(p.get("args")))
+        elif m == "Log.entryAdded" and p["entry"].get("level") == "error":
+            bad.append(str(p["entry"].get("text")) + " " + str(p["entry"].get("url")))
+    return bad
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_browse__pages_load_in_chromium_without_errors_and_audio_plays(tmp_path):
+    site, _ = built_site()
+    server, _thread = serve(site, 0)
+    port = server.server_address[1]
+    proc = subprocess.Popen(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--autoplay-policy=no-user-gesture-required",
+            "about:blank",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        browser_ws = ""
+        end = time.monotonic() + 60
+        while not browser_ws and time.monotonic() < end:
+            line = proc.stderr.readline()
+            if "DevTools listening on" in line:
+                browser_ws = line.split("listening on", 1)[1].strip()
+        assert browser_ws, "chromium did not start its DevTools endpoint"
+        devtools_port = browser_ws.split(":")[2].split("/")[0]
+        with urllib.request.urlopen(f"http://127.0.0.1:{devtools_port}/json/list", timeout=10) as r:
+            target = next(t for t in json.load(r) if t["type"] == "page")
+        dt = DevTools(target["webSocketDebuggerUrl"])
+        for domain in ("Page", "Runtime", "Log"):
+            dt.call(f"{domain}.enable")
+        pages = ["index.html", *(f"items/{p.name}" for p in sorted((site / "items").glob("*.html")))]
+        checked = 0
+        for name in pages:
+            dt.events.clear()
+            dt.call("Page.navigate", url=f"http://127.0.0.1:{port}/{name}")
+            dt.wait_for("Page.loadEventFired")
+            for a in dt.evaluate(AUDIO_CHECK) or []:  # type: ignore[union-attr]
+                assert a["can"] in ("maybe", "probably") and a["error"] is None, (name, a)
+                assert a["state"] >= 1 and a["duration"] == pytest.approx(a["stated"], abs=0.01), (name, a)
+                checked += 1
+            assert _errors(dt.events) == [], name
+            broken = dt.evaluate("[...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).length")
+            assert broken == 0, name
+        assert checked > 0
+        dt.ws.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        server.shutdown()
+        server.server_close()
