@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -41,7 +42,7 @@ def default_out(store: str) -> str:
     return str(Path(store.rstrip("/")).parent / "analysis")
 
 
-@flow(name="analysis", flow_run_name=_run_name, persist_result=True)
+@flow(name="analysis", flow_run_name=_run_name, persist_result=True, result_serializer="json")
 def analysis(
     store: str,
     spec: AnalysisSpec = AnalysisSpec(),
@@ -118,7 +119,7 @@ def analysis(
         update_progress_artifact(progress, 100.0 * done / total)
         r = new[0]
         logger.info("probe %d/%d done: layer %s, %s (%s)", done, total, r["layer"], r["label"], r["control"])
-    df = t.finalize(rows, spec, out, weights)
+    df = pd.read_parquet(t.finalize(rows, spec, out, weights))
     headline = df[(df["metric"] == HEADLINE_METRIC)].copy()
     records = headline.round(4).astype(object).where(headline.notna(), None).to_dict("records")
     create_table_artifact(

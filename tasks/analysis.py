@@ -7,7 +7,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 
@@ -15,9 +14,10 @@ from musicinterp import analysis
 from musicinterp.config import AnalysisSpec
 
 RETRY_DELAY_S = 2
+RESULTS = "json"  # persisted results are JSON, never pickles another process would load
 
 
-@task(name="analysis-plan-store", retries=2, retry_delay_seconds=RETRY_DELAY_S)
+@task(name="analysis-plan-store", retries=2, retry_delay_seconds=RETRY_DELAY_S, result_serializer=RESULTS)
 def plan_store(store: str, spec: AnalysisSpec) -> dict[str, Any]:
     """Open the store once: its identity for caching, the layers to probe and its weights kind."""
     return analysis.plan_store(store, spec)
@@ -47,6 +47,7 @@ def _key(what: str, *names: str):
     retries=1,
     retry_delay_seconds=RETRY_DELAY_S,
     persist_result=True,
+    result_serializer=RESULTS,
     cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_key("labels", "tag")),
 )
 def load_labels(store: str, store_fp: str, spec: AnalysisSpec, work: str, tag: str) -> str:
@@ -60,6 +61,7 @@ def load_labels(store: str, store_fp: str, spec: AnalysisSpec, work: str, tag: s
     retries=1,
     retry_delay_seconds=RETRY_DELAY_S,
     persist_result=True,
+    result_serializer=RESULTS,
     cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_key("reduce", "tag", "layer")),
 )
 def reduce_layer(store: str, store_fp: str, spec: AnalysisSpec, work: str, tag: str, layer: int) -> str:
@@ -73,6 +75,7 @@ def reduce_layer(store: str, store_fp: str, spec: AnalysisSpec, work: str, tag: 
     retries=1,
     retry_delay_seconds=RETRY_DELAY_S,
     persist_result=True,
+    result_serializer=RESULTS,
     cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_key("probe", "layer", "target", "control", "n_cells")),
 )
 def probe(
@@ -91,13 +94,15 @@ def probe(
     return analysis.probe_layer_target(reduced, labels, target, spec, control, baseline_npz=baseline, n_cells=n_cells)
 
 
-@task(name="analysis-finalize")
-def finalize(rows: list[dict[str, Any]], spec: AnalysisSpec, out: str, weights: str) -> pd.DataFrame:
-    """BH across the grid, results table (parquet, CSV), heatmaps and findings."""
-    return analysis.finalize(rows, spec, out, weights)
+@task(name="analysis-finalize", result_serializer=RESULTS)
+def finalize(rows: list[dict[str, Any]], spec: AnalysisSpec, out: str, weights: str) -> str:
+    """BH across the grid, results table (parquet, CSV), heatmaps and findings. Returns the path of
+    results.parquet: a DataFrame is no result to persist (Prefect could only pickle it)."""
+    analysis.finalize(rows, spec, out, weights)
+    return f"{out}/results.parquet"
 
 
-@task(name="analysis-findings-artifact")
+@task(name="analysis-findings-artifact", result_serializer=RESULTS)
 def findings_artifact(out: str) -> str:
     """findings.md with the AUROC heatmaps inline."""
     return analysis.report.findings_artifact(out)

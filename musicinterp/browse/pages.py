@@ -38,7 +38,8 @@ def page(title: str, body: str, weights: str, depth: int) -> str:
     up = "../" * depth
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{escape(title)}</title><link rel='stylesheet' href='{up}style.css'></head><body>"
+        f"<title>{escape(title)}</title><link rel='stylesheet' href='{up}style.css'>"
+        f"<link rel='icon' href='{up}favicon.png'></head><body>"
         f"<p><a href='{up}index.html'>run overview</a></p>"
         f"<p class='weights {escape(weights)}'>Model weights: {escape(weights_words(weights))}</p>"
         f"<h1>{escape(title)}</h1>{body}</body></html>\n"

@@ -294,6 +294,7 @@ def build_site(
     ]
     t = time.perf_counter()
     (out / "style.css").write_text(pages.STYLE)
+    draw.write_png(out / "favicon.png", np.tile(np.array([31, 78, 140], np.uint8), (16, 16, 1)))  # no 404 per page
     written = []
     (out / "items").mkdir(exist_ok=True)
     for k, item in enumerate(itemset.items):

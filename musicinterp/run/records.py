@@ -39,6 +39,9 @@ class ShardResult:
     audio_s: float = 0.0
     bytes_written: int = 0
     elapsed_s: float = 0.0
+    encode_s: float = 0.0  # loading and EnCodec-encoding the captured clips' audio
+    capture_s: float = 0.0  # their teacher-forced forward passes with the capture hooks
+    write_s: float = 0.0  # writing them into the store (in a background thread: overlaps the next capture)
     attempt: int = 1  # capture attempts of this shard in this run folder, this one included
 
 
