@@ -10,6 +10,14 @@ and shifted-labels control, permutation tests included) and the report, once per
 ridge probe at full width and the first wave's logistic probe on the 64-wide projection it defaulted to, its
 reduction included in its time), each with exactly ``--permutations`` draws.
 Prints each time and its ratio to (a). Threads pinned to one.
+
+    python benchmarks/analysis_speed.py --json                 # one JSON object (the demo's size)
+    python benchmarks/analysis_speed.py --preset full --json   # 100 clips x 30 s x 25 layers x 1024 (~7.7 GB store)
+    python benchmarks/analysis_speed.py --quick --json         # seconds: what the test runs
+
+``--json`` also profiles each estimator's grid and reports the seconds spent in the eigendecompositions
+(``numpy.linalg.eigh``; musicinterp/analysis/ridge.py's per-fold cost), the measured reason when the grid
+takes more than 10 reads of the activations.
 """
 
 from __future__ import annotations
@@ -20,6 +28,9 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXP
     os.environ[_v] = "1"
 
 import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import json  # noqa: E402
+import pstats  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -46,6 +57,26 @@ def read_once(store: str) -> int:
     return total
 
 
+PRESETS: dict[str, dict[str, int]] = {
+    "demo": {"clips": 24, "sources": 12, "frames": 1500, "hidden": 1024, "layers": 4},
+    "full": {"clips": 100, "sources": 50, "frames": 1500, "hidden": 1024, "layers": 24},
+    "quick": {"clips": 6, "sources": 3, "frames": 200, "hidden": 16, "layers": 1, "permutations": 9},
+}
+
+
+def eigh_seconds(profile: cProfile.Profile) -> float:
+    """Cumulative seconds in ``numpy.linalg.eigh`` under ``profile``."""
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    return sum(v[3] for (_, _, name), v in stats.items() if name == "eigh")
+
+
+def top_functions(profile: cProfile.Profile, n: int = 6) -> list[dict[str, object]]:
+    """The ``n`` functions with the most seconds in their own code (where the grid's time goes)."""
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:n]
+    return [{"function": f"{Path(f).name}:{line}:{name}", "self_s": v[2], "calls": v[1]} for (f, line, name), v in rows]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=24)
@@ -55,7 +86,15 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4, help="decoder layers (layer 0 is added)")
     ap.add_argument("--permutations", type=int, default=99)
     ap.add_argument("--estimators", nargs="+", default=["ridge", "logistic"])
+    ap.add_argument("--preset", choices=list(PRESETS), default=None, help="sizes: the demo's or the full-size shape")
+    ap.add_argument("--quick", action="store_true", help="a tiny store and 9 permutations (for the test)")
+    ap.add_argument("--json", action="store_true", help="one JSON object on stdout (the table goes to stderr)")
     args = ap.parse_args()
+    preset = "quick" if args.quick else args.preset
+    if preset is not None:
+        for k, v in PRESETS[preset].items():
+            setattr(args, k, v)
+    out = sys.stderr if args.json else sys.stdout
     spec = AnalysisSpec(
         targets=["rec_within_2s", "rec_within_4s", "res_within_2s"],
         n_permutations=args.permutations,
@@ -77,7 +116,8 @@ def main() -> None:
         )
         print(
             f"store: {args.clips} clips x {args.layers + 1} layers x {args.frames} frames x {args.hidden} "
-            f"(written in {time.perf_counter() - t:.1f} s)"
+            f"(written in {time.perf_counter() - t:.1f} s)",
+            file=out,
         )
         t = time.perf_counter()
         nbytes = read_once(store)
@@ -87,10 +127,14 @@ def main() -> None:
         labels = load_labels(store, spec, tmp / "labels.npz")
         reduced = [reduce_layer(store, layer, spec, tmp / f"l{layer}.npz") for layer in layers]
         t_reduce = time.perf_counter() - t
-        t_probe = {}
+        t_probe: dict[str, float] = {}
+        t_eigh: dict[str, float] = {}
+        top: dict[str, list[dict[str, object]]] = {}
         for est in args.estimators:
             # each estimator at its own default width: ridge at full width, the first wave's logistic at 64
             spec_e = spec.model_copy(update={"estimator": est, "reduced_width": None if est == "ridge" else 64})
+            profile = cProfile.Profile()
+            profile.enable()
             t = time.perf_counter()
             rows = []
             files = (
@@ -104,9 +148,43 @@ def main() -> None:
                         rows += probe_layer_target(str(r), str(labels), target, spec_e, control)
             df = finalize(rows, spec_e, tmp / f"out_{est}", "random")
             t_probe[est] = time.perf_counter() - t
+            profile.disable()
+            t_eigh[est] = eigh_seconds(profile)
+            top[est] = top_functions(profile)
             sig = int(((df.control == "none") & (df.metric == "auroc") & (df.q_value < 0.05)).sum())
-            print(f"  {est}: {t_probe[est]:.1f} s, significant cells (q < 0.05, none, auroc): {sig}", flush=True)
+            print(
+                f"  {est}: {t_probe[est]:.1f} s, significant cells (q < 0.05, none, auroc): {sig}", file=out, flush=True
+            )
     n_probe = len(layers) * len(spec.targets) * 2
+    if args.json:
+        result = {
+            "preset": preset,
+            "clips": args.clips,
+            "frames": args.frames,
+            "hidden": args.hidden,
+            "layers": args.layers + 1,
+            "permutations": args.permutations,
+            "probes": n_probe,
+            "read_mb_float32": nbytes / 1e6,
+            "read_s": t_read,
+            "reduce_s": t_reduce,
+            "reduce_over_read": t_reduce / t_read,
+            "estimators": {
+                est: {
+                    "grid_s": tp,
+                    "grid_over_read": tp / t_read,
+                    "with_reduce_over_read": (tp + t_reduce) / t_read,
+                    "s_per_probe": tp / n_probe,
+                    "eigh_s": t_eigh[est],
+                    "eigh_share": t_eigh[est] / tp,
+                    "within_10_reads": (tp + t_reduce) / t_read <= 10,
+                    "top_self_time": top[est],
+                }
+                for est, tp in t_probe.items()
+            },
+        }
+        print(json.dumps(result))
+        return
     print(f"(a) read activations once ({nbytes / 2**20:.0f} MB as float32): {t_read:8.2f} s   1.00x")
     print(f"(b) load labels + reduce {len(layers)} layers:              {t_reduce:8.2f} s   {t_reduce / t_read:6.2f}x")
     for est, tp in t_probe.items():

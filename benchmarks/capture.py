@@ -3,6 +3,7 @@
     python benchmarks/capture.py                      # musicgen-small shape (random weights), 10 s and 30 s clips
     python benchmarks/capture.py --json               # one JSON object (the 10 s clip's numbers at the top level)
     python benchmarks/capture.py --quick --json       # the tiny model, 2 s clips: what the test runs
+    python benchmarks/capture.py --shard 4 --seconds 10 --repeats 2   # a whole shard, background writer on/off
 
 Per clip length, the four ways of getting every layer's residual stream are timed interleaved (one of each per
 round, ``--repeats`` rounds, medians), on the same codes and text condition:
@@ -183,6 +184,49 @@ def codec_table(loaded: LoadedModel, seconds: float) -> list[dict[str, Any]]:
     return rows
 
 
+def time_shard(model: str, seconds: float, n_clips: int, repeats: int) -> dict[str, Any]:
+    """Wall time of a whole shard of ``n_clips`` clips (``capture_shard``: read, encode, capture, write, flag,
+    record), with the store writes in one background thread (clip n written while n + 1 is captured) and
+    without (written in the capturing thread); interleaved, medians. The model is loaded once, before timing."""
+    import soundfile as sf
+
+    from musicinterp import run
+    from musicinterp.config import RunSpec
+    from musicinterp.run.capture import cached_model
+
+    times: dict[bool, list[float]] = {True: [], False: []}
+    stages: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        audio = Path(tmp) / "audio"
+        audio.mkdir()
+        for i in range(n_clips):
+            sf.write(audio / f"{i}.wav", _audio(seconds, seed=i), SAMPLE_RATE_HZ)
+        spec = RunSpec(
+            name="bench",
+            model=ModelSpec(source="offline", name=model),
+            slice={"name": "bench", "sources": [{"kind": "audio_dir", "path": str(audio)}], "n_shards": 1},
+            annotate=False,
+        )
+        cached_model(spec.model, spec.capture.device)
+        for r in range(repeats):
+            for overlap in (True, False):
+                prepared = run.prepare_run(spec, f"{tmp}/out_{r}_{overlap}")
+                t0 = time.perf_counter()
+                result = run.capture_shard(spec.model, spec.capture, prepared.paths, 0, overlap_writes=overlap)
+                times[overlap].append(time.perf_counter() - t0)
+                if overlap:
+                    stages = {"encode_s": result.encode_s, "capture_s": result.capture_s, "write_s": result.write_s}
+    overlapped, inline = statistics.median(times[True]), statistics.median(times[False])
+    return {
+        "shard_clips": n_clips,
+        "shard_clip_seconds": seconds,
+        "shard_overlapped_s": overlapped,
+        "shard_inline_s": inline,
+        "shard_overlap_ratio": overlapped / inline,
+        "shard_stages_overlapped": stages,
+    }
+
+
 def peak_rss_mb(model: str, seconds: float, n_clips: int) -> float:
     """Peak RSS of a fresh process that captures and writes ``n_clips`` clips one after another."""
     out = subprocess.run(
@@ -221,12 +265,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--quick", action="store_true", help="the tiny model and 2 s clips (for the test)")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    ap.add_argument(
+        "--shard",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only time a shard of N clips (of the first --seconds) with and without the background writer",
+    )
     args = ap.parse_args()
     model = args.model or ("tiny" if args.quick else "musicgen-small")
     seconds = args.seconds or ([2.0] if args.quick else [10.0, 30.0])
     repeats = args.repeats or (2 if args.quick else 4)
     rss_seconds = args.rss_seconds or 2.0
     torch.set_num_threads(args.threads)
+    if args.shard:
+        shard = {"model": f"offline/{model}", "weights": "random", "torch_threads": torch.get_num_threads()}
+        shard |= {"repeats": repeats, **time_shard(model, seconds[0], args.shard, repeats)}
+        print(json.dumps(shard) if args.json else "\n".join(f"{k}: {v}" for k, v in shard.items()))
+        return
     loaded = load_model(ModelSpec(source="offline", name=model))
     rows = [time_clip(loaded, s, repeats) for s in seconds]
     result: dict[str, Any] = {

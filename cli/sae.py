@@ -71,7 +71,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sae", help="sparse autoencoders: train per layer, rank features against structure labels")
     inner = p.add_subparsers(dest="sae_command", required=True)
     tr = inner.add_parser("train", help="train a TopK SAE per layer of a store (resumes from checkpoints)")
-    tr.add_argument("config", help="YAML with SAETrainSpec fields (see configs/sae-toy-pair.yaml)")
+    tr.add_argument("config", help="YAML with SAETrainSpec fields (see configs/sae/toy-pair.yaml)")
     tr.add_argument("--out", help="output folder (default: sae-<fingerprint> beside the store)")
     tr.add_argument("--device", help="torch device, overrides the config's (cpu, cuda)")
     tr.add_argument("--no-loss", action="store_true", help="skip the spliced next-code loss (no model is loaded)")

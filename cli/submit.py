@@ -86,7 +86,9 @@ def _print_info(info: dict[str, Any], json_out: bool) -> None:
     out.print(_status_table(info))
     if bench["message"] and not bench["completed"]:
         out.print(f"[red]{bench['message']}[/red]")
-    if info["failed_shards"]:
+    if info["failed_shards"] and info.get("cannot_rerun"):
+        out.print(f"failed shards: {info['failed_shards']}; a rerun cannot fix this: {info['cannot_rerun']}")
+    elif info["failed_shards"]:
         out.print(f"failed shards: {info['failed_shards']}; rerun them with: musicinterp rerun {bench['id']}")
     out.print(f"artifacts: {', '.join(info['artifacts']) or 'none yet'}")
     out.print(f"UI: {run['url']}")
@@ -175,7 +177,8 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     from prefect.deployments import run_deployment
     from prefect.utilities.urls import url_for
 
-    from flows.rerun import NotABenchmark, RunNotFound, benchmark_run, failed_shards, resolve_run
+    from flows.rerun import CannotRerun, NotABenchmark, RunNotFound, benchmark_run, check_rerunnable, resolve_run
+    from flows.rerun import shard_states as read_shard_states
 
     with get_client(sync_client=True) as client:
         try:
@@ -188,7 +191,12 @@ def cmd_rerun(args: argparse.Namespace) -> int:
                 f"{bench.state.name if bench.state else 'pending'}; rerun it once it has finished",
                 EXIT_FAILED,
             )
-        todo = failed_shards(client, bench)
+        states = read_shard_states(client, bench)
+        try:
+            check_rerunnable(client, bench, states)
+        except CannotRerun as e:
+            return error(e, EXIT_FAILED)
+        todo = [s.shard for s in states if s.failed]
         if not todo:
             console.print(f"benchmark run {bench.name} ({bench.id}): every shard completed; nothing to rerun")
             if args.json:

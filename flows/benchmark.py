@@ -10,10 +10,13 @@ shards it is given; the store's completion flags make any shard run idempotent.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import quote
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -28,15 +31,18 @@ from prefect.runtime import flow_run
 from flows.analysis import analysis
 from musicinterp.config import RunSpec
 from musicinterp.run import N_PLOTS, PreparedRun, RunPaths
+from musicinterp.store import completed_clips
 from tasks.annotate import annotate_clip
 from tasks.run import capture_shard, plan_run, shard_clips, summarise_run, summary_artifact
 
 DEFAULT_OUT = "runs"
 SHARD_DEPLOYMENT = "benchmark-shard/benchmark-shard"
 ANALYSIS_DEPLOYMENT = "analysis/analysis"
+RERUN_DEPLOYMENT = "rerun-failed-shards/rerun-failed-shards"
 POLL_S = 2.0
 ZOMBIE_HEARTBEATS = 3  # heartbeats a running shard may miss before it counts as crashed (its process died)
 HEARTBEAT_CHECK_S = 30.0  # how often the parent looks for the running shards' heartbeats
+PROGRESS_S = 10.0  # how often the parent counts the store's complete clips while shards run
 
 
 class RunIncomplete(RuntimeError):
@@ -88,17 +94,25 @@ def _run_local(spec: RunSpec, prepared: Any, shards: list[int], on_done, shard_f
             "message": state.message or "",
             "duration_s": round(time.perf_counter() - t0, 1),
             "worker": "local (this process)",
+            "flow_run": str(state.state_details.flow_run_id or ""),
         }
         on_done(shard, out[shard])
     return out
 
 
 def _run_deployments(
-    spec: RunSpec, prepared: Any, shards: list[int], on_done, deployment: str = SHARD_DEPLOYMENT, key: str = ""
+    spec: RunSpec,
+    prepared: Any,
+    shards: list[int],
+    on_done,
+    deployment: str = SHARD_DEPLOYMENT,
+    key: str = "",
+    on_poll: Callable[[], None] | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Create one child run per shard on the shard ``deployment``, then follow them to a final state.
 
     ``key`` names the store's contents in the idempotency keys (default: the run's fingerprint and store uid).
+    ``on_poll`` is called every ``PROGRESS_S`` seconds while shards run (the parent's clip count).
     """
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -118,10 +132,13 @@ def _run_deployments(
         )
     out: dict[int, dict[str, Any]] = {}
     zombie_after_s = zombie_after()
-    checked = time.monotonic()
+    checked = polled = time.monotonic()
     with get_client(sync_client=True) as client:
         while len(out) < len(runs):
             time.sleep(POLL_S)
+            if on_poll is not None and time.monotonic() - polled >= PROGRESS_S:
+                polled = time.monotonic()
+                on_poll()
             check = time.monotonic() - checked >= HEARTBEAT_CHECK_S
             checked = time.monotonic() if check else checked
             for shard, run in runs.items():
@@ -206,17 +223,24 @@ def benchmark(
     if bad:
         raise ValueError(f"only_shards: {bad} out of range; the run has shards 0..{prepared.n_shards - 1}")
     progress = create_progress_artifact(
-        0.0, key=artifact_key(spec.name, "progress"), description=f"{spec.name}: shards finished"
+        100.0 * max(_clips_done(prepared), 0) / max(prepared.n_clips, 1),
+        key=artifact_key(spec.name, "progress"),
+        description=f"{spec.name}: clips complete in the store, of {prepared.n_clips}",
     )
-    finished: list[int] = []
+
+    def count_clips() -> None:
+        done = _clips_done(prepared)
+        if done >= 0:
+            update_progress_artifact(progress, 100.0 * done / max(prepared.n_clips, 1))
 
     def on_done(shard: int, info: dict[str, Any]) -> None:
-        finished.append(shard)
-        update_progress_artifact(progress, 100.0 * len(finished) / len(shards))
+        count_clips()
         (logger.error if info["failed"] else logger.info)("shard %d: %s %s", shard, info["state"], info["message"])
 
-    runner = _run_local if dispatch == "local" else _run_deployments
-    states = runner(spec, prepared, shards, on_done)
+    if dispatch == "local":
+        states = _run_local(spec, prepared, shards, on_done)
+    else:
+        states = _run_deployments(spec, prepared, shards, on_done, on_poll=count_clips)
     summary = summarise_run(prepared, annotate=spec.annotate)
     by_shard = {s["shard"]: s for s in summary.shards}
     table = [
@@ -227,27 +251,124 @@ def benchmark(
             "attempts": states[s].get("attempts", 1),
             "duration_s": states[s]["duration_s"],
             "worker": states[s]["worker"],
+            "flow_run": _ui_url("flow-run", states[s].get("flow_run")) or states[s].get("flow_run", ""),
+            "reason": states[s]["message"] if states[s]["failed"] else "",
         }
         for s in shards
     ]
     create_table_artifact(table, key=artifact_key(spec.name, "shards"), description=f"{spec.name}: shards")
+    failed_shards = sorted(s for s, info in states.items() if info["failed"])
+    problems = {**summary.failed, **{r["item"]: r["problem"] for r in summary.rejected}}
+    extra = shards_markdown(table)
+    messages = [states[s]["message"] for s in failed_shards] + list(problems.values())
+    blocked = cannot_rerun(messages, summary.root)
+    if not summary.ok or failed_shards:
+        extra += rerun_markdown(str(flow_run.id), messages, summary.root)
     create_markdown_artifact(
-        summary_artifact(summary),
+        summary_artifact(summary) + extra,
         key=artifact_key(spec.name, "summary"),
         description=f"{spec.name}: run summary",
     )
     logger.info("store: %s", summary.store)
-    failed_shards = sorted(s for s, info in states.items() if info["failed"])
     if not summary.ok or failed_shards:
-        problems = {**summary.failed, **{r["item"]: r["problem"] for r in summary.rejected}}
         raise RunIncomplete(
             f"failed shards: {failed_shards}; {len(problems)} clip(s) or file(s) failed; the other "
-            f"{summary.complete} clips are in {summary.store}: " + "; ".join(f"{k}: {v}" for k, v in problems.items())
+            f"{summary.complete} clips are in {summary.store}: "
+            + "; ".join(f"{k}: {v}" for k, v in problems.items())
+            + (f"; a rerun cannot fix this: {blocked}" if blocked else "")
         )
     result = {"store": summary.store, "root": summary.root, "complete": summary.complete, "n_clips": summary.n_clips}
     if spec.analyze:
         result["analysis"] = _run_analysis(spec, summary.store, RunPaths(summary.root).analysis, dispatch)
     return result
+
+
+def _clips_done(prepared: PreparedRun) -> int:
+    """Complete clips in the store, whichever shard wrote them; -1 when it cannot be read this instant."""
+    try:
+        return len(completed_clips(prepared.paths.store))
+    except Exception:  # noqa: BLE001 - a progress count is never worth failing the run for
+        return -1
+
+
+def _ui_url(kind: str, obj_id: str | None) -> str | None:
+    """The object's page in the Prefect UI; None without an id or a UI address."""
+    from prefect.utilities.urls import url_for
+
+    try:
+        return url_for(kind, obj_id=obj_id) if obj_id else None
+    except Exception:  # noqa: BLE001 - a link is never worth failing the run for
+        return None
+
+
+def shards_markdown(table: list[dict[str, Any]]) -> str:
+    """The shard table for the summary artifact: each shard's run linked, a failure's reason in full."""
+    lines = [
+        "",
+        "## Shards",
+        "",
+        "| shard | state | attempts | s | worker | run | reason |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        run = f"[flow run]({r['flow_run']})" if str(r["flow_run"]).startswith("http") else str(r["flow_run"])
+        reason = str(r["reason"]).replace("|", "\\|").replace("\n", " ")
+        lines.append(
+            f"| {r['shard']} | {r['state']} | {r['attempts']} | {r['duration_s']} | {r['worker']} | {run} | {reason} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def cannot_rerun(messages: list[str], root: str) -> str | None:
+    """Why a rerun of these failures would fail the same way, and the command that helps; None when a rerun
+    can help. A rerun reuses the run's config and its planned inputs: changed inputs need a replan, a
+    config error a corrected config."""
+    text = "\n".join(messages)
+    if "musicinterp replan" in text:
+        return (
+            f"the run's inputs changed since it was planned; a rerun would fail the same way. Run "
+            f"`musicinterp replan {root}` first (it adds new files and redoes changed ones), then rerun"
+        )
+    if "ConfigError" in text or "invalid config" in text:
+        return (
+            "the run's config is invalid; a rerun reuses it and would fail the same way. Correct the config "
+            "and submit it again (`musicinterp submit CONFIG --out OUT`, or `musicinterp run CONFIG --out OUT`)"
+        )
+    return None
+
+
+def rerun_link(run_id: str) -> str | None:
+    """The ``rerun-failed-shards`` deployment's run form in the UI with this run prefilled, or None when that
+    deployment is not on the server (a run without deployments). The UI reads the form's values from the
+    ``parameters`` query: JSON, URI-encoded, and encoded once more as a query value, as its own links do."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(RERUN_DEPLOYMENT)
+    except Exception:  # noqa: BLE001 - no such deployment, or no server that has it
+        return None
+    page = _ui_url("deployment", str(deployment.id))
+    if page is None:
+        return None
+    return f"{page}/run?parameters={quote(quote(json.dumps({'run_id': run_id}), safe=''), safe='')}"
+
+
+def rerun_markdown(run_id: str, messages: list[str], root: str) -> str:
+    """What to do about a failed run: the reason a rerun cannot help, or how to start one (UI and CLI)."""
+    blocked = cannot_rerun(messages, root)
+    if blocked:
+        return f"\n## What to do\n\nA rerun cannot fix this: {blocked}.\n"
+    lines = ["", "## Rerun the failed shards", ""]
+    link = rerun_link(run_id)
+    if link:
+        lines.append(f"- in the UI: [start `rerun-failed-shards` for this run]({link}) (the form is filled in)")
+    lines.append(f"- from a terminal: `musicinterp rerun {run_id}`")
+    lines.append(
+        "- without a server or deployments: run the same config again with `musicinterp run` and the same "
+        "`--out`; the store's completion flags keep every complete clip"
+    )
+    return "\n".join(lines) + "\n"
 
 
 def _run_analysis(spec: RunSpec, store: str, out: str, dispatch: str) -> dict[str, Any]:

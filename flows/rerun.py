@@ -27,7 +27,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.runtime import flow_run as current_run
 
-from flows.benchmark import DEFAULT_OUT, benchmark
+from flows.benchmark import DEFAULT_OUT, benchmark, cannot_rerun
 from musicinterp.config import RunSpec
 from musicinterp.run import RunPaths, RunProgress, read_progress
 from tasks.run import read_progress as read_progress_task
@@ -43,6 +43,11 @@ class RunNotFound(LookupError):
 
 class NotABenchmark(ValueError):
     """The flow run is neither a benchmark run nor a rerun of one."""
+
+
+class CannotRerun(RuntimeError):
+    """The run failed in a way a rerun cannot fix (its inputs changed, its config is invalid); the message
+    says why and which command does help."""
 
 
 @dataclass
@@ -185,6 +190,51 @@ def failed_shards(client: SyncPrefectClient, run: FlowRun, progress: RunProgress
     return [s.shard for s in shard_states(client, run, progress) if s.failed]
 
 
+def _replanned_since(root: str, when: Any) -> bool:
+    """Whether the run's manifest was rewritten (``musicinterp replan``) after ``when`` (a datetime)."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(RunPaths(root).manifest)
+        modified = fs.modified(path)
+    except Exception:  # noqa: BLE001 - cannot tell from here: assume not
+        return False
+    if modified.tzinfo is None:
+        modified = modified.astimezone()
+    return when is not None and modified > when
+
+
+def check_rerunnable(client: SyncPrefectClient, bench: FlowRun, states: list[ShardState]) -> None:
+    """Raise :class:`CannotRerun` when the failures are ones a rerun would repeat: the shards' and the run's
+    messages say the inputs changed (and the run was not replanned since) or the config is invalid; or the
+    run failed before any shard ran. The message names the command that helps, never ``rerun`` itself."""
+    spec, out = run_parameters(bench)
+    root = RunPaths.for_spec(spec, out).root
+    failed = [s for s in states if s.failed]
+    message = (bench.state.message or "") if bench.state else ""
+    blocked = cannot_rerun([s.message for s in failed] + [message], root)
+    if blocked and "musicinterp replan" in blocked and _replanned_since(root, bench.end_time):
+        blocked = None  # replanned after the run ended: the rerun captures the new inputs
+    if blocked:
+        raise CannotRerun(f"benchmark run {bench.name!r} ({bench.id}): {blocked}")
+    if not states and bench.state is not None and not bench.state.is_completed():
+        raise CannotRerun(
+            f"benchmark run {bench.name!r} ({bench.id}) failed before any shard ran ({message or 'no message'}); "
+            "there are no shards to rerun: fix the cause and submit the config again "
+            "(`musicinterp submit CONFIG --out OUT`)"
+        )
+
+
+def _cannot_rerun_reason(client: SyncPrefectClient, bench: FlowRun, states: list[ShardState]) -> str | None:
+    if bench.state is None or not bench.state.is_final() or bench.state.is_completed():
+        return None
+    try:
+        check_rerunnable(client, bench, states)
+    except CannotRerun as e:
+        return str(e)
+    return None
+
+
 def describe(client: SyncPrefectClient, ref: str) -> dict[str, Any]:
     """What ``musicinterp status`` prints: the run, its benchmark, the shards and the artifacts."""
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
@@ -204,6 +254,7 @@ def describe(client: SyncPrefectClient, ref: str) -> dict[str, Any]:
         "only_shards": params.get("only_shards"),
         "shards": [asdict(s) for s in shards],
         "failed_shards": [s.shard for s in shards if s.failed],
+        "cannot_rerun": _cannot_rerun_reason(client, bench, shards),
         "artifacts": sorted(a.key for a in arts if a.key),
     }
 
@@ -237,9 +288,15 @@ def _rerun_name() -> str:
 def rerun_failed_shards(run_id: str, shards: list[int] | None = None) -> dict[str, Any]:
     """Rerun the failed shards of a benchmark run into its store.
 
-    ``run_id``: the benchmark's flow run id (or an earlier rerun's). ``shards``: the shards to run;
-    blank means every shard whose latest run did not complete. The run's own parameters (config,
-    output URL) are reused, so the shards land in the same store; shards run on the GPU pool.
+    The run's own parameters (config, output URL) are reused, so the shards land in the same store; shards
+    run on the GPU pool. Refuses (:class:`CannotRerun`) failures a rerun would repeat (changed inputs, an
+    invalid config), naming the command that helps. The Args below are the deployment form's descriptions.
+
+    Args:
+        run_id: The failed benchmark run: its flow run id, or its name (e.g. benchmark-demo; the newest run
+            of that name), or an earlier rerun's. Its config and output folder are reused.
+        shards: Shard numbers to run again. Leave empty to rerun every shard whose latest run did not
+            complete (the usual choice).
     """
     logger = get_run_logger()
     with get_client(sync_client=True) as client:
@@ -250,12 +307,11 @@ def rerun_failed_shards(run_id: str, shards: list[int] | None = None) -> dict[st
             f"{bench.state.name if bench.state else 'pending'}; rerun it once it has finished"
         )
     spec, out = run_parameters(bench)
-    if shards:
-        todo = sorted(set(shards))
-    else:
-        progress = read_progress_task(spec, out)
-        with get_client(sync_client=True) as client:
-            todo = failed_shards(client, bench, progress)
+    progress = read_progress_task(spec, out)
+    with get_client(sync_client=True) as client:
+        states = shard_states(client, bench, progress)
+        check_rerunnable(client, bench, states)
+    todo = sorted(set(shards)) if shards else [s.shard for s in states if s.failed]
     if not todo:
         logger.info("benchmark run %s (%s): every shard completed; nothing to rerun", bench.name, bench.id)
         return {"rerun_of": str(bench.id), "shards": [], "store": None}

@@ -55,11 +55,14 @@ def test_capture__equals_nnsight_on_every_layer(tiny_model):
     ours = capture_codes(tiny_model, codes, CaptureSpec(), dtype=torch.float32).resid
     traced = NNsight(tiny_model.model)
     saved: list = []
-    with torch.no_grad(), traced.trace(
-        encoder_outputs=(states,),
-        attention_mask=mask,
-        decoder_input_ids=delayed_decoder_input(tiny_model, codes),
-        use_cache=False,
+    with (
+        torch.no_grad(),
+        traced.trace(
+            encoder_outputs=(states,),
+            attention_mask=mask,
+            decoder_input_ids=delayed_decoder_input(tiny_model, codes),
+            use_cache=False,
+        ),
     ):
         layers = traced.decoder.model.decoder.layers
         saved.append(layers[0].input.save())
@@ -68,3 +71,19 @@ def test_capture__equals_nnsight_on_every_layer(tiny_model):
             saved.append((out[0] if isinstance(out, tuple) else out).save())
     theirs = torch.stack([s[0, 1 : t + 1] for s in saved]).numpy()
     np.testing.assert_array_equal(ours, theirs)
+
+
+def test_analysis_speed__quick_json_reports_the_grid_as_a_multiple_of_one_read():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "analysis_speed.py"), "--quick", "--json", "--estimators", "ridge"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["preset"] == "quick" and result["read_s"] > 0 and result["probes"] == 12
+    ridge = result["estimators"]["ridge"]
+    assert abs(ridge["grid_over_read"] - ridge["grid_s"] / result["read_s"]) < 1e-9
+    assert 0 <= ridge["eigh_s"] <= ridge["grid_s"] and ridge["top_self_time"]
+    assert ridge["within_10_reads"] == (ridge["with_reduce_over_read"] <= 10)

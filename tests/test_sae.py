@@ -289,3 +289,14 @@ def test_cli_sae__bad_config_and_half_a_control_are_refused_before_anything_runs
     assert main(["sae", "rank", "--store", "s.zarr", "--sae", "d", "--control-store", "t.zarr"]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "k" in err and "--control-sae" in err
+
+
+def test_spec__shipped_sae_configs_validate():
+    from pathlib import Path
+
+    from musicinterp.sae.spec import SAETrainSpec, load_spec
+
+    paths = sorted((Path(__file__).parent.parent / "configs" / "sae").glob("*.yaml"))
+    assert len(paths) == 2
+    for path in paths:
+        assert isinstance(load_spec(path, SAETrainSpec), SAETrainSpec)

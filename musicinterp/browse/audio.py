@@ -3,7 +3,8 @@ own codec, written once per (clip, window) as 16-bit mono WAV and shared by ever
 
 Windows sit on a grid (starts on whole seconds) so that features peaking near each other in a clip share one
 file; the page marks each feature's own peak on the shared waveform. The samples are scaled to a peak of
-``PEAK_LEVEL`` (the page says so): decoded audio of a random-weight codec can be far too quiet or too loud.
+``PEAK_LEVEL`` after removing their mean (the page says so): decoded audio of a random-weight codec can be
+far too quiet or too loud.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def window_around(clip: int, peak: int, n_frames: int, window_s: float = WINDOW_
 
 
 def write_wav(path: Path, samples: np.ndarray, sample_rate_hz: int = SAMPLE_RATE_HZ) -> Path:
-    """16-bit PCM mono WAV, scaled to a peak of PEAK_LEVEL (silence stays silent)."""
+    """16-bit PCM mono WAV, mean removed and scaled to a peak of PEAK_LEVEL (silence stays silent)."""
     x = np.nan_to_num(np.asarray(samples, np.float64))
+    x = x - x.mean() if x.size else x
     peak = float(np.abs(x).max()) if x.size else 0.0
     if peak > 0:
         x = x * (PEAK_LEVEL / peak)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-WAVE_SIZE_PX = (480, 72)  # waveform PNG (width, height)
+WAVE_SIZE_PX = (360, 64)  # waveform PNG (width, height)
 SSM_MAX_PX = 240  # self-similarity PNG: at most this many frames per side (strided)
-SVG_SIZE_PX = (480, 120)
+SVG_SIZE_PX = (360, 120)
 HIST_BINS = 40
 
 
@@ -35,9 +35,11 @@ def write_png(path: Path, pixels: np.ndarray) -> Path:
 
 
 def waveform_png(path: Path, samples: np.ndarray, size: tuple[int, int] = WAVE_SIZE_PX) -> Path:
-    """Min/max envelope per pixel column, dark blue on white; the page overlays each feature's peak."""
+    """Min/max envelope per pixel column (mean removed), dark blue on white; the page overlays each feature's
+    peak."""
     w, h = size
     x = np.asarray(samples, np.float64)
+    x = x - x.mean() if x.size else x
     img = np.full((h, w, 3), 255, np.uint8)
     if x.size:
         cols = np.array_split(x, w)

@@ -86,7 +86,7 @@ class SegmentView:
     marker_pct: float
     curves_svg: str
     panel: str | None  # the clip's self-similarity (and tension) picture
-    panel_kind: str  # "run" (the run's annotation plot) | "decoded" (computed from the decoded audio)
+    panel_kind: str  # "run" (the run's plot) | "decoded" (from the decoded audio) | "no-tonal" | ""
 
 
 def segment_html(s: SegmentView) -> str:
@@ -99,7 +99,9 @@ def segment_html(s: SegmentView) -> str:
         )
     else:
         audio = "<p class='note'>no audio (see the note at the top)</p>"
-    if s.panel is None:
+    if s.panel_kind == "no-tonal":
+        panel = "<p class='note'>no tonal content in the decoded audio: no self-similarity to show</p>"
+    elif s.panel is None:
         panel = "<p class='note'>no self-similarity picture for this clip</p>"
     elif s.panel_kind == "run":
         panel = (

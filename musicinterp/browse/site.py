@@ -106,18 +106,33 @@ def _clip_panels(
             except Exception as e:  # noqa: BLE001 - a missing picture is noted on the page
                 log.warning("browser: clip %r: no self-similarity (%s)", clip_ids[c], e)
                 continue
+            if not np.any(ann.rec.similarity > 0):
+                panels[c] = ("", "no-tonal")
+                continue
             rel = f"img/ssm/c{c:05d}.png"
             draw.similarity_png(out / rel, ann.rec.similarity)
             panels[c] = (rel, "decoded")
     return panels, wavs, waves
 
 
-def _item_page(
-    k: int, itemset: ItemSet, res: ScanResult, ds, tension, wins, panels, wavs, waves, figs, audio_note
-) -> str:
+@dataclass
+class _Shared:
+    """What every item page reads, computed once (a page must not touch the store)."""
+
+    clip_ids: list[str]
+    n_frames: np.ndarray
+    weights: str
+    tension: np.ndarray | None
+    wins: dict[tuple[int, int], Window]
+    panels: dict[int, tuple[str, str]]
+    wavs: dict[Window, str]
+    waves: dict[Window, str]
+    figs: list[tuple[str, str]]
+    audio_note: list[str]
+
+
+def _item_page(k: int, itemset: ItemSet, res: ScanResult, sh: _Shared) -> str:
     item = itemset.items[k]
-    clip_ids = [str(c) for c in ds["clip"].values]
-    n_frames = ds["n_frames"].values
     stats = {"kind": item.kind, "layer": item.layer, **item.stats}
     measured = {
         "frames scanned": res.n_frames_total,
@@ -144,32 +159,32 @@ def _item_page(
     ]
     if item.rows:
         body += ["<h2>Rows of the ranked table</h2>", pages.table(item.rows)]
-    body += [f"<h2>Top-activating segments (one per clip, best {len(res.top[k])})</h2>", pages.notes(audio_note)]
+    body += [f"<h2>Top-activating segments (one per clip, best {len(res.top[k])})</h2>", pages.notes(sh.audio_note)]
     for p in res.top[k]:
-        w = wins[(k, p.clip)]
+        w = sh.wins[(k, p.clip)]
         curve = res.curves[(k, p.clip)]
-        ten = tension[p.clip][: int(n_frames[p.clip])] if tension is not None else None
-        panel = panels.get(p.clip)
+        ten = sh.tension[p.clip][: int(sh.n_frames[p.clip])] if sh.tension is not None else None
+        panel = sh.panels.get(p.clip)
         view = pages.SegmentView(
-            clip_id=clip_ids[p.clip],
+            clip_id=sh.clip_ids[p.clip],
             peak_s=p.frame / FRAME_RATE_HZ,
             value=p.value,
             window=(w.start / FRAME_RATE_HZ, w.stop / FRAME_RATE_HZ),
-            wav=f"../{wavs[w]}" if w in wavs else None,
-            wave_png=f"../{waves[w]}" if w in waves else None,
+            wav=f"../{sh.wavs[w]}" if w in sh.wavs else None,
+            wave_png=f"../{sh.waves[w]}" if w in sh.waves else None,
             marker_pct=100.0 * (p.frame - w.start + 0.5) / max(w.stop - w.start, 1),
             curves_svg=draw.curves_svg(curve, ten, p.frame, (w.start, w.stop), FRAME_RATE_HZ),
-            panel=f"../{panel[0]}" if panel else None,
+            panel=f"../{panel[0]}" if panel and panel[0] else None,
             panel_kind=panel[1] if panel else "",
         )
         body.append(pages.segment_html(view))
-    if figs:
+    if sh.figs:
         body.append("<h2>Intervention runs</h2>")
         body += [
             f"<p>{escape(name)}</p><img class='panel' src='../{escape(rel)}' alt='intervention effects'>"
-            for name, rel in figs
+            for name, rel in sh.figs
         ]
-    return pages.page(f"{item.kind}: {item.title}", "".join(body), str(ds.attrs.get("weights", "unknown")), 1)
+    return pages.page(f"{item.kind}: {item.title}", "".join(body), sh.weights, 1)
 
 
 def _overview(contents: RunContents, ds, itemset: ItemSet, res: ScanResult, out: Path, figs, notes_: list[str]) -> str:
@@ -270,7 +285,7 @@ def build_site(
     t = time.perf_counter()
     res = scan(ds, itemset, top_clips)
     timings["scan_s"] = time.perf_counter() - t
-    n_frames = ds["n_frames"].values
+    n_frames = np.asarray(ds["n_frames"].values)
     wins: dict[tuple[int, int], Window] = {}
     by_clip: dict[int, set[Window]] = {}
     for k, top in enumerate(res.top):
@@ -282,7 +297,7 @@ def build_site(
     decoder = Decoder(contents.attrs, device)
     panels, wavs, waves = _clip_panels(ds, contents, decoder, by_clip, out, similarity)
     timings["audio_s"] = time.perf_counter() - t
-    audio_note = [f"Audio is scaled to a peak of {PEAK_LEVEL} of full scale."]
+    audio_note = [f"Audio: mean removed, scaled to a peak of {PEAK_LEVEL} of full scale."]
     if decoder.error:
         audio_note = [f"No audio: {decoder.error}."]
         notes_.append(f"no audio: {decoder.error}")
@@ -297,9 +312,21 @@ def build_site(
     draw.write_png(out / "favicon.png", np.tile(np.array([31, 78, 140], np.uint8), (16, 16, 1)))  # no 404 per page
     written = []
     (out / "items").mkdir(exist_ok=True)
+    shared = _Shared(
+        clip_ids=[str(c) for c in ds["clip"].values],
+        n_frames=np.asarray(n_frames),
+        weights=str(contents.attrs.get("weights", "unknown")),
+        tension=tension,
+        wins=wins,
+        panels=panels,
+        wavs=wavs,
+        waves=waves,
+        figs=figs,
+        audio_note=audio_note,
+    )
     for k, item in enumerate(itemset.items):
         path = out / "items" / f"{item.key}.html"
-        path.write_text(_item_page(k, itemset, res, ds, tension, wins, panels, wavs, waves, figs, audio_note))
+        path.write_text(_item_page(k, itemset, res, shared))
         written.append(path)
     index = out / "index.html"
     index.write_text(_overview(contents, ds, itemset, res, out, figs, notes_))

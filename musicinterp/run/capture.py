@@ -144,7 +144,7 @@ def capture_shard(
             try:
                 book(clip, *outcome.result())
             except Exception as e:  # noqa: BLE001 - a failed write fails its clip, never the shard
-                reason = f"writing to the store: {type(e).__name__}: {e}"
+                reason = f"{type(e).__name__}: {e}"  # the store's errors name the clip and the cause
                 log.error("clip %s failed: %s", clip.clip_id, reason)
                 result.failed[clip.clip_id] = reason
         result.elapsed_s = time.perf_counter() - t0

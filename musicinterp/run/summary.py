@@ -18,7 +18,14 @@ from musicinterp.figures import png_data_uri
 from musicinterp.frames import FRAME_RATE_HZ
 from musicinterp.run.paths import RunPaths
 from musicinterp.run.plan import PreparedRun
-from musicinterp.run.records import read_annotation_records, read_shard_records, write_json, write_text
+from musicinterp.run.records import (
+    AnnotationResult,
+    ShardResult,
+    read_annotation_records,
+    read_shard_records,
+    write_json,
+    write_text,
+)
 from musicinterp.slice import Manifest
 from musicinterp.store import finalize_store, open_store, store_size_bytes, verify_clips, weights_note
 
@@ -41,6 +48,7 @@ class RunSummary:
     annotated: int = 0
     not_annotated: dict[str, str] = field(default_factory=dict)  # clip -> reason (silent, too short)
     plots: dict[str, str] = field(default_factory=dict)  # clip -> png url
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> seconds and throughput
 
     @property
     def ok(self) -> bool:
@@ -104,9 +112,38 @@ def summarise_run(prepared: PreparedRun, annotate: bool = True) -> RunSummary:
             for r in results
         ],
     )
+    summary.stages = stage_times(results, annotations)
     write_json(paths.summary_json, asdict(summary))
     write_text(paths.summary_md, summary_markdown(summary))
     return summary
+
+
+def stage_times(results: list[ShardResult], annotations: list[AnnotationResult]) -> dict[str, dict[str, float]]:
+    """Seconds and throughput of each stage, summed over the latest attempt of every shard and clip.
+
+    ``capture_wall`` is the shards' wall time: writes run in a background thread beside the next
+    clip's capture, so encode + capture + write exceeds it when the overlap hides the writes.
+    """
+    clips = sum(len(r.captured) for r in results)
+    audio_s = sum(r.audio_s for r in results)
+    written = sum(r.bytes_written for r in results)
+
+    def rates(seconds: float, n: int, audio: float | None = None, nbytes: int | None = None) -> dict[str, float]:
+        out = {"seconds": round(seconds, 3), "clips": n, "clips_per_s": round(n / seconds, 3) if seconds else 0.0}
+        if audio is not None:
+            out["audio_s_per_s"] = round(audio / seconds, 3) if seconds else 0.0
+        if nbytes is not None:
+            out["mb_per_s"] = round(nbytes / 1e6 / seconds, 2) if seconds else 0.0
+        return out
+
+    done = [a for a in annotations if a.annotated]
+    return {
+        "encode": rates(sum(r.encode_s for r in results), clips, audio_s),
+        "capture": rates(sum(r.capture_s for r in results), clips, audio_s),
+        "write": rates(sum(r.write_s for r in results), clips, nbytes=written),
+        "capture_wall": rates(sum(r.elapsed_s for r in results), clips, audio_s, written),
+        "annotate": rates(sum(a.elapsed_s for a in done), len(done)),
+    }
 
 
 def summary_markdown(s: RunSummary, images: dict[str, str] | None = None) -> str:
@@ -134,6 +171,14 @@ def summary_markdown(s: RunSummary, images: dict[str, str] | None = None) -> str
             f"{r['failed']} | "
             f"{r['frames']} | {r['audio_s']} | {r['bytes_written'] / 2**20:.1f} | {r['elapsed_s']} |"
         )
+    if s.stages:
+        lines += ["", "## Stage times", "", "| stage | s | clips | clips/s | audio s per s | MB/s |", "|---" * 6 + "|"]
+        for name, t in s.stages.items():
+            lines.append(
+                f"| {name} | {t['seconds']} | {t['clips']} | {t['clips_per_s']} | {t.get('audio_s_per_s', '')} | "
+                f"{t.get('mb_per_s', '')} |"
+            )
+        lines += ["", "Writes overlap the next clip's capture (one background thread); capture_wall: wall time."]
     if s.failed:
         lines += ["", "## Failed clips", ""] + [f"- `{c}`: {r}" for c, r in s.failed.items()]
     if s.rejected:

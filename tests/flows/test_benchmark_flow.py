@@ -12,6 +12,7 @@ import xarray as xr
 from factories import tone, write_tone, write_wav
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.benchmark import RunIncomplete, benchmark
 from musicinterp.config import RunSpec
@@ -22,7 +23,9 @@ pytestmark = pytest.mark.flow
 
 async def _artifact(key: str):
     async with get_client() as client:
-        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC
+        )
     return found[0] if found else None
 
 
@@ -122,6 +125,7 @@ def test_benchmark_flow__bad_inputs_are_named_and_the_rest_completes(tmp_path):
 
 def test_benchmark_flow__rerun_of_the_failed_shard_completes_the_store(tmp_path):
     from musicinterp import run
+    from musicinterp.run.replan import replan_run
 
     audio = tmp_path / "audio"
     audio.mkdir()
@@ -142,8 +146,28 @@ def test_benchmark_flow__rerun_of_the_failed_shard_completes_the_store(tmp_path)
     write_wav(audio / "2.wav", np.zeros(int(2.5 * 32000), np.float32), subtype="FLOAT")  # the fault: the file changed
     state = benchmark(spec=spec, out=str(tmp_path / "faulty"), return_state=True)
     assert state.is_failed()
-    with pytest.raises(RunIncomplete, match=rf"failed shards: \[{victim.shard}\]"):
+    with pytest.raises(RunIncomplete, match=rf"failed shards: \[{victim.shard}\]") as e:
         state.result()
+    assert "a rerun cannot fix this: the run's inputs changed" in str(e.value)
+    assert f"musicinterp replan {prepared.root}" in str(e.value)
+    # live progress counts clips, not shards; the table links each shard's run and gives the reason
+    assert asyncio.run(_artifact("flow-rerun-progress")).data == pytest.approx(75.0)
+    rows = {r["shard"]: r for r in json.loads(asyncio.run(_artifact("flow-rerun-shards")).data)}
+    assert "audio changed" in rows[victim.shard]["reason"] and rows[victim.shard]["flow_run"]
+    assert all(r["reason"] == "" for s, r in rows.items() if s != victim.shard)
+    summary = asyncio.run(_artifact("flow-rerun-summary")).data
+    assert "A rerun cannot fix this" in summary and f"musicinterp replan {prepared.root}" in summary
+    assert "musicinterp rerun" not in summary  # never the command that would fail the same way
+    # the rerun refuses it too, and stops refusing once the run was replanned
+    from flows.rerun import CannotRerun, check_rerunnable, shard_states
+
+    with get_client(sync_client=True) as client:
+        bench = client.read_flow_run(state.state_details.flow_run_id)
+        with pytest.raises(CannotRerun, match="musicinterp replan"):
+            check_rerunnable(client, bench, shard_states(client, bench))
+        (audio / "2.wav").write_bytes(original)
+        replan_run(prepared.root)  # nothing changed now, but the manifest is rewritten after the run ended
+        check_rerunnable(client, bench, shard_states(client, bench))
 
     (audio / "2.wav").write_bytes(original)  # fixed; rerun exactly the failed shard
     again = benchmark(spec=spec, out=str(tmp_path / "faulty"), only_shards=[victim.shard])
@@ -259,3 +283,24 @@ def test_zombie_rule__a_running_shard_without_heartbeats_is_marked_crashed():
         time.sleep(1.5)
         crashed = crash_if_silent(client, client.read_flow_run(fr.id), after_s=1.0)
     assert crashed.state.is_crashed() and "no heartbeat from shard run 'zombie-shard-0'" in crashed.state.message
+
+
+def test_rerun_markdown__links_the_prefilled_rerun_form_and_the_command():
+    """A failure a rerun can fix: the summary links the rerun deployment's form with the run filled in (the UI
+    reads the ``parameters`` query, JSON encoded twice, as its own links are) and gives the CLI command."""
+    from urllib.parse import unquote
+
+    from flows.benchmark import rerun_markdown
+    from flows.rerun import rerun_failed_shards
+
+    run_id = "0b7e6c2c-0000-4000-8000-000000000001"
+    message = "shard 1: worker killed"
+    assert "in the UI" not in rerun_markdown(run_id, [message], "/runs/x")  # no deployment on the server yet
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow(rerun_failed_shards)
+        deployment_id = client.create_deployment(flow_id=flow_id, name="rerun-failed-shards")
+    text = rerun_markdown(run_id, [message], "/runs/x")
+    assert f"`musicinterp rerun {run_id}`" in text
+    link = text.split("for this run](", 1)[1].split(")", 1)[0]
+    assert f"/deployments/deployment/{deployment_id}/run?parameters=" in link
+    assert json.loads(unquote(unquote(link.split("parameters=", 1)[1]))) == {"run_id": run_id}

@@ -27,6 +27,6 @@ def test_browse_flow__builds_the_site_and_publishes_its_link(tmp_path):
     index = Path(site["index"])
     assert index.is_file() and index.parent == (run / "browse").resolve()
     link = asyncio.run(_artifact(artifact_key(str(run), "browser")))
-    assert link is not None and link.type == "link" and index.as_uri() in str(link.data)
+    assert link is not None and index.as_uri() in str(link.data)  # Prefect keeps a link artifact as markdown
     notes = asyncio.run(_artifact(artifact_key(str(run), "browser-notes")))
     assert notes is not None and "no saved probe directions" in str(notes.data)

@@ -55,7 +55,8 @@ def test_sae_flows__train_resume_and_rank_with_the_random_model_control(tmp_path
         control_store=twin,
         control_sae_root=str(tmp_path / "twin-sae"),
     )
-    assert set(r["summary"]) == {"none", "random-model"}
+    controls = {"none", "random-model", "beyond-random", "trained-minus-random"}
+    assert set(r["summary"]) == controls
     df = pd.read_csv(tmp_path / "rank" / "ranked.csv")
-    assert set(df["control"]) == {"none", "random-model"} and set(df["layer"]) == {2}
+    assert set(df["control"]) == controls and set(df["layer"]) == {2}
     assert isinstance(json.loads((tmp_path / "rank" / "candidates.json").read_text()), list)
