@@ -15,6 +15,11 @@ round, ``--repeats`` rounds, medians), on the same codes and text condition:
   output, kept in memory (float32, nothing written);
 - ``hidden_states``: ``output_hidden_states=True``, the arrays cast and written into the same store.
 
+Per option (so far one: float16, batch 1; int8 reduction and batches of equal-length clips are not built yet):
+bytes per clip, clips/s, GB/s written, the ratio to forward-only throughput, and to the device-to-host copy
+bandwidth measured in the same run (``copy_gb_per_s``; on the CPU a memcpy, since the activations already
+live in host memory).
+
 Ratios are ours over each: ``capture_ratio`` = capture / forward, ``nnsight_ratio`` = capture / nnsight,
 ``hidden_states_ratio`` = capture / hidden_states. Peak RSS is measured in fresh subprocesses that capture and
 write 2 and 20 clips (memory must not grow with the clip count). The store's codec is compared with the
@@ -137,7 +142,16 @@ def time_clip(loaded: LoadedModel, seconds: float, repeats: int) -> dict[str, An
         raw = (loaded.n_layers + 1) * t * loaded.hidden_size * 2
         on_disk = store_size_bytes(url)
     med = {k: statistics.median(v) for k, v in times.items()}
+    copy_gb_per_s = copy_bandwidth_gb_per_s(raw, next(loaded.model.parameters()).device)
     return {
+        "option": "float16, batch 1",
+        "bytes_per_clip": raw,
+        "clips_per_s": 1 / med["capture"],
+        "forward_clips_per_s": 1 / med["forward"],
+        "throughput_over_forward": med["forward"] / med["capture"],
+        "written_gb_per_s": raw / 1e9 / med["capture"],
+        "copy_gb_per_s": copy_gb_per_s,
+        "written_over_copy": raw / 1e9 / med["capture"] / copy_gb_per_s,
         "clip_seconds": seconds,
         "frames": t,
         "forward_s": med["forward"],
@@ -153,6 +167,24 @@ def time_clip(loaded: LoadedModel, seconds: float, repeats: int) -> dict[str, An
         "store_mb_for_all_clips": on_disk / 1e6,
         "compression_ratio": (2 * repeats * raw) / max(on_disk, 1),
     }
+
+
+def copy_bandwidth_gb_per_s(nbytes: int, device: torch.device, repeats: int = 5) -> float:
+    """Device-to-host copy bandwidth for one clip's float16 activations (median of ``repeats``).
+
+    On a GPU: a pinned host buffer, ``copy_(non_blocking=True)`` then a synchronise. On the CPU the model's
+    tensors are already in host memory, so this is a plain memcpy: the ceiling a host link cannot beat.
+    """
+    src = torch.empty(nbytes // 2, dtype=torch.float16, device=device).normal_()
+    dst = torch.empty(src.shape, dtype=src.dtype, pin_memory=device.type == "cuda")
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src, non_blocking=device.type == "cuda")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return nbytes / 1e9 / statistics.median(times)
 
 
 def codec_table(loaded: LoadedModel, seconds: float) -> list[dict[str, Any]]:
@@ -285,11 +317,13 @@ def main() -> None:
         return
     loaded = load_model(ModelSpec(source="offline", name=model))
     rows = [time_clip(loaded, s, repeats) for s in seconds]
+    device = next(loaded.model.parameters()).device.type
     result: dict[str, Any] = {
         **rows[0],
         "model": f"offline/{model}",
         "weights": "random",
         "torch_threads": torch.get_num_threads(),
+        "device": device,
         "repeats": repeats,
         "by_clip_length": rows,
         "peak_rss_mb_2_clips": peak_rss_mb(model, rss_seconds, 2),
@@ -310,6 +344,13 @@ def main() -> None:
             f"{r['clip_seconds']:7.1f}  {r['forward_s']:9.2f}  {r['capture_s']:9.2f}  {r['nnsight_s']:9.2f}  "
             f"{r['hidden_states_s']:8.2f}  {r['write_s']:7.2f}  {r['capture_ratio']:11.3f}  {r['nnsight_ratio']:8.3f}  "
             f"{r['hidden_states_ratio']:7.3f}  {r['write_mb_per_s']:10.0f}"
+        )
+    print("seconds  option            MB/clip  clips/s  GB/s written  throughput/forward  written/copy (copy GB/s)")
+    for r in rows:
+        print(
+            f"{r['clip_seconds']:7.1f}  {r['option']:<16}  {r['bytes_per_clip'] / 1e6:7.1f}  {r['clips_per_s']:7.3f}  "
+            f"{r['written_gb_per_s']:12.4f}  {r['throughput_over_forward']:18.3f}  "
+            f"{r['written_over_copy']:.5f} ({r['copy_gb_per_s']:.1f}{', memcpy' if device == 'cpu' else ''})"
         )
     print(
         f"peak RSS, {rss_seconds:g} s clips: 2 clips {result['peak_rss_mb_2_clips']:.0f} MB, "

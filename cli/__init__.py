@@ -8,6 +8,7 @@
 | ``toy.py`` | ``train-toy`` (the toy flow in this process) |
 | ``sae.py`` | ``sae train`` and ``sae rank`` (the SAE flows in this process) |
 | ``browse.py`` | ``browse`` (a run's feature browser, static HTML; ``--serve`` on 127.0.0.1) |
+| ``publish.py`` | ``publish`` (a run as a Hugging Face dataset repo; ``--dry-run``) |
 | ``generate.py`` | ``generate`` (the generation flow in this process) |
 | ``intervene.py`` | ``intervene`` (the intervene flow in this process; ``--write-directions``) |
 | ``server.py`` | ``server``; which server PREFECT_API_URL names and whether it answers |
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (run, replan, annotate, analyze, generate, intervene, sae, toy, server, deploy, worker, submit):
         module.add_commands(sub)
     importlib.import_module("cli.browse").add_commands(sub)
+    importlib.import_module("cli.publish").add_commands(sub)
     return parser
 
 

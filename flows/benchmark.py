@@ -31,6 +31,7 @@ from prefect.runtime import flow_run
 from flows.analysis import analysis
 from musicinterp.config import RunSpec
 from musicinterp.run import N_PLOTS, PreparedRun, RunPaths
+from musicinterp.run.summary import link_findings
 from musicinterp.store import completed_clips
 from tasks.annotate import annotate_clip
 from tasks.run import capture_shard, plan_run, shard_clips, summarise_run, summary_artifact
@@ -280,6 +281,7 @@ def benchmark(
     result = {"store": summary.store, "root": summary.root, "complete": summary.complete, "n_clips": summary.n_clips}
     if spec.analyze:
         result["analysis"] = _run_analysis(spec, summary.store, RunPaths(summary.root).analysis, dispatch)
+        link_findings(RunPaths(summary.root))
     return result
 
 

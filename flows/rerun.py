@@ -190,31 +190,30 @@ def failed_shards(client: SyncPrefectClient, run: FlowRun, progress: RunProgress
     return [s.shard for s in shard_states(client, run, progress) if s.failed]
 
 
-def _replanned_since(root: str, when: Any) -> bool:
-    """Whether the run's manifest was rewritten (``musicinterp replan``) after ``when`` (a datetime)."""
-    import fsspec
+def _inputs_changed(spec: RunSpec, root: str) -> bool:
+    """Whether the run's inputs still differ from its manifest (new, changed or removed files): a replan,
+    or the file put back, ends it. False when that cannot be told from here (the rerun checks again)."""
+    from musicinterp.run.inputs import compare_inputs
+    from musicinterp.run.plan import plan_inputs
+    from musicinterp.slice import Manifest
 
     try:
-        fs, path = fsspec.core.url_to_fs(RunPaths(root).manifest)
-        modified = fs.modified(path)
-    except Exception:  # noqa: BLE001 - cannot tell from here: assume not
+        return bool(compare_inputs(Manifest.from_json(RunPaths(root).manifest), plan_inputs(spec)[0]))
+    except Exception:  # noqa: BLE001 - inputs or run folder not reachable from this machine
         return False
-    if modified.tzinfo is None:
-        modified = modified.astimezone()
-    return when is not None and modified > when
 
 
 def check_rerunnable(client: SyncPrefectClient, bench: FlowRun, states: list[ShardState]) -> None:
     """Raise :class:`CannotRerun` when the failures are ones a rerun would repeat: the shards' and the run's
-    messages say the inputs changed (and the run was not replanned since) or the config is invalid; or the
+    messages say the inputs changed (and they still differ from the run's plan) or the config is invalid; or the
     run failed before any shard ran. The message names the command that helps, never ``rerun`` itself."""
     spec, out = run_parameters(bench)
     root = RunPaths.for_spec(spec, out).root
     failed = [s for s in states if s.failed]
     message = (bench.state.message or "") if bench.state else ""
     blocked = cannot_rerun([s.message for s in failed] + [message], root)
-    if blocked and "musicinterp replan" in blocked and _replanned_since(root, bench.end_time):
-        blocked = None  # replanned after the run ended: the rerun captures the new inputs
+    if blocked and "musicinterp replan" in blocked and not _inputs_changed(spec, root):
+        blocked = None  # replanned since (or the file put back): the rerun captures the inputs as they are
     if blocked:
         raise CannotRerun(f"benchmark run {bench.name!r} ({bench.id}): {blocked}")
     if not states and bench.state is not None and not bench.state.is_completed():

@@ -135,7 +135,12 @@ class Run:
 
 
 def open_run(path: str | Path) -> Run:
-    """A run folder (or its ``store.zarr``, or any store of the schema), local path or fsspec URL."""
+    """A run folder (or its ``store.zarr``, or any store of the schema), local path or fsspec URL; or a
+    published run, ``hf://ORG/NAME[@REVISION]`` (downloaded once into the Hub cache, musicinterp.publish)."""
+    if str(path).startswith("hf://"):
+        from musicinterp.publish import fetch
+
+        path = fetch(str(path))
     root, store = run_paths(path)
     return Run(root, store)
 

@@ -29,6 +29,12 @@ def test_capture_benchmark__quick_json_has_the_ratios_and_memory_stays_flat_in_c
         "peak_rss_mb_20_clips",
         "write_mb_per_s",
         "clip_seconds",
+        "bytes_per_clip",
+        "clips_per_s",
+        "written_gb_per_s",
+        "throughput_over_forward",
+        "copy_gb_per_s",
+        "written_over_copy",
     ):
         assert result[key] > 0, key
     assert result["weights"] == "random"

@@ -56,10 +56,23 @@ def waveform_png(path: Path, samples: np.ndarray, size: tuple[int, int] = WAVE_S
 
 
 def similarity_png(path: Path, ssm: np.ndarray, max_px: int = SSM_MAX_PX) -> Path:
-    """Self-similarity in [0, 1] as grey (dark = similar), time 0 at the bottom left like the run's plots."""
+    """Self-similarity as grey (dark = similar), time 0 at the bottom left like the run's plots; the contrast is
+    stretched between the matrix's own 1st and 99th percentiles off the diagonal (decoded audio of a random
+    codec is about equally (dis)similar everywhere and would otherwise draw as one flat square)."""
     step = max(1, int(np.ceil(len(ssm) / max_px)))
     s = np.clip(np.nan_to_num(np.asarray(ssm, np.float64)[::step, ::step]), 0, 1)
+    off = s[~np.eye(len(s), dtype=bool)]
+    lo, hi = np.percentile(off, (1, 99)) if off.size else (0.0, 1.0)
+    s = np.clip((s - lo) / (hi - lo), 0, 1) if hi > lo else s
     return write_png(path, (255 * (1 - s))[::-1].astype(np.uint8))
+
+
+def similarity_spread(ssm: np.ndarray, max_px: int = SSM_MAX_PX) -> float:
+    """Range between the 1st and 99th percentiles of the (strided) matrix off its diagonal."""
+    step = max(1, int(np.ceil(len(ssm) / max_px)))
+    s = np.nan_to_num(np.asarray(ssm, np.float64)[::step, ::step])
+    off = s[~np.eye(len(s), dtype=bool)]
+    return float(np.subtract(*np.percentile(off, (99, 1)))) if off.size else 0.0
 
 
 def _fmt(v: float) -> str:
@@ -101,7 +114,7 @@ def _polyline(y: np.ndarray, w: float, top: float, height: float, cls: str) -> s
     idx = np.arange(0, len(y), step)
     xs = idx / max(len(y) - 1, 1) * w
     ys = top + height - (np.nan_to_num(y[idx], nan=lo) - lo) / span * height
-    pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(xs, ys, strict=True))
+    pts = " ".join(np.rint(np.column_stack([xs, ys]).ravel()).astype(np.int32).astype(str))  # whole pixels
     return f'<polyline class="{cls}" points="{pts}"/>'
 
 

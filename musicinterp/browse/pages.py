@@ -15,6 +15,7 @@ h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #
 .weights.random{background:#fff1e6;color:#8a3b00}
 table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:2px 6px;text-align:left}
 .note{color:#8a5a00}.segment{display:flex;gap:1em;align-items:flex-start;margin:1em 0;flex-wrap:wrap}
+.segment>div{max-width:420px}
 .wave{position:relative;display:inline-block}
 .wave .marker{position:absolute;top:0;bottom:0;width:2px;background:#d62728}
 svg text{font-size:10px;fill:#555}svg.hist rect{fill:#1f4e8c}
@@ -86,7 +87,7 @@ class SegmentView:
     marker_pct: float
     curves_svg: str
     panel: str | None  # the clip's self-similarity (and tension) picture
-    panel_kind: str  # "run" (the run's plot) | "decoded" (from the decoded audio) | "no-tonal" | ""
+    panel_kind: str  # "run" (the run's plot) | "decoded" (from the decoded audio) | "flat" | ""
 
 
 def segment_html(s: SegmentView) -> str:
@@ -99,8 +100,11 @@ def segment_html(s: SegmentView) -> str:
         )
     else:
         audio = "<p class='note'>no audio (see the note at the top)</p>"
-    if s.panel_kind == "no-tonal":
-        panel = "<p class='note'>no tonal content in the decoded audio: no self-similarity to show</p>"
+    if s.panel_kind == "flat":
+        panel = (
+            "<p class='note'>the decoded audio's self-similarity is flat (no tonal content, or alike everywhere):"
+            " nothing to show</p>"
+        )
     elif s.panel is None:
         panel = "<p class='note'>no self-similarity picture for this clip</p>"
     elif s.panel_kind == "run":
@@ -111,7 +115,7 @@ def segment_html(s: SegmentView) -> str:
     else:
         panel = (
             f"<img class='ssm' src='{escape(s.panel)}' alt='self-similarity of the decoded clip'>"
-            "<br><small>self-similarity of the audio decoded from the stored codes</small>"
+            "<br><small>self-similarity of the audio decoded from the stored codes (contrast stretched)</small>"
         )
     return (
         f"<div class='segment'><div><b>{escape(s.clip_id)}</b>, peak {s.value:.4g} at {s.peak_s:.2f} s;"

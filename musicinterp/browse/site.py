@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 TOP_CLIPS = 5  # top-activating segments per page (one per clip: the clip's peak)
 SITE_DIR = "browse"  # default output folder inside the run
 SAMPLES_PER_FRAME = SAMPLE_RATE_HZ // FRAME_RATE_HZ
+MIN_SIMILARITY_SPREAD = 0.05  # 1st-99th percentile range below which a self-similarity matrix shows nothing
 
 
 @dataclass
@@ -106,8 +107,8 @@ def _clip_panels(
             except Exception as e:  # noqa: BLE001 - a missing picture is noted on the page
                 log.warning("browser: clip %r: no self-similarity (%s)", clip_ids[c], e)
                 continue
-            if not np.any(ann.rec.similarity > 0):
-                panels[c] = ("", "no-tonal")
+            if draw.similarity_spread(ann.rec.similarity) < MIN_SIMILARITY_SPREAD:
+                panels[c] = ("", "flat")  # no tonal content, or the same everywhere: nothing to see
                 continue
             rel = f"img/ssm/c{c:05d}.png"
             draw.similarity_png(out / rel, ann.rec.similarity)

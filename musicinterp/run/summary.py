@@ -232,3 +232,21 @@ def read_progress(paths: RunPaths, annotate: bool, verify: bool = False) -> RunP
         done &= annotated | unannotatable
     finished = {s for s in range(manifest.n_shards) if all(c.clip_id in done for c in manifest.shard(s))}
     return RunProgress(n_shards=manifest.n_shards, finished=frozenset(finished))
+
+
+def link_findings(paths: RunPaths) -> bool:
+    """Add the analysis's findings and results to ``summary.md`` once they exist (the analysis runs after the
+    summary is written). Returns whether it linked them; idempotent."""
+    import fsspec
+
+    names = ["findings.md", "results.csv"]
+    fs, _ = fsspec.core.url_to_fs(paths.analysis)
+    present = [n for n in names if fs.exists(fsspec.core.url_to_fs(f"{paths.analysis}/{n}")[1])]
+    if not present:
+        return False
+    with fsspec.open(paths.summary_md, "r") as f:
+        text = f.read()
+    section = "\n## Findings\n\n" + "".join(f"- [analysis/{n}](analysis/{n})\n" for n in present)
+    if section not in text:
+        write_text(paths.summary_md, text + section)
+    return True

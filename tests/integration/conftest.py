@@ -199,6 +199,9 @@ def stack(request, it_tmp):
         PREFECT_HOME=str(tmp / "prefect-home"),
         PREFECT_WORKER_QUERY_SECONDS="1",
         PREFECT_WORKER_HEARTBEAT_SECONDS="10",
+        # flow runs send a heartbeat every 30 s (Prefect's least): a shard whose process was killed is taken
+        # for dead by its parent after three missed ones (flows/benchmark.py's zombie rule)
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",
         PREFECT_LOGGING_LEVEL="INFO",
         MUSICINTERP_HOME=str(REPO),
         PYTHONUNBUFFERED="1",
