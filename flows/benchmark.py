@@ -260,13 +260,12 @@ def benchmark(
     create_table_artifact(table, key=artifact_key(spec.name, "shards"), description=f"{spec.name}: shards")
     failed_shards = sorted(s for s, info in states.items() if info["failed"])
     problems = {**summary.failed, **{r["item"]: r["problem"] for r in summary.rejected}}
-    extra = shards_markdown(table)
     messages = [states[s]["message"] for s in failed_shards] + list(problems.values())
     blocked = cannot_rerun(messages, summary.root)
-    if not summary.ok or failed_shards:
-        extra += rerun_markdown(str(flow_run.id), messages, summary.root)
+    # what to do first (a failed run's next step), then the summary, then the shards with their runs
+    todo = rerun_markdown(str(flow_run.id), messages, summary.root) if not summary.ok or failed_shards else ""
     create_markdown_artifact(
-        summary_artifact(summary) + extra,
+        todo + "\n" + summary_artifact(summary) + shards_markdown(table),
         key=artifact_key(spec.name, "summary"),
         description=f"{spec.name}: run summary",
     )

@@ -68,8 +68,6 @@ def dataset_card(run_dir: Path, repo_id: str) -> str:
     licences, config fingerprint and the whole config)."""
     import xarray as xr
 
-    from musicinterp import __version__
-
     ds = xr.open_zarr(str(run_dir / "store.zarr"), chunks=None)
     a = ds.attrs
     weights = str(a.get("weights", "unknown"))
@@ -95,7 +93,8 @@ def dataset_card(run_dir: Path, repo_id: str) -> str:
         "",
         "Residual-stream activations of a MusicGen-architecture decoder on music clips, per-frame recurrence and "
         "tension labels, probe results and (where present) SAEs and a feature browser (`browse/index.html`), "
-        f"written by musicinterp {__version__}. Open it with `musicinterp.open_run('hf://{repo_id}')` or plain "
+        f"written by musicinterp {a.get('musicinterp_version', '')}. "
+        f"Open it with `musicinterp.open_run('hf://{repo_id}')` or plain "
         "`xarray.open_zarr('store.zarr')`.",
         "",
         "## Provenance",
