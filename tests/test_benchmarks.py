@@ -93,3 +93,26 @@ def test_analysis_speed__quick_json_reports_the_grid_as_a_multiple_of_one_read()
     assert abs(ridge["grid_over_read"] - ridge["grid_s"] / result["read_s"]) < 1e-9
     assert 0 <= ridge["eigh_s"] <= ridge["grid_s"] and ridge["top_self_time"]
     assert ridge["within_10_reads"] == (ridge["with_reduce_over_read"] <= 10)
+
+
+def test_capture_benchmark__shard_mode_times_the_writer_thread_on_and_off():
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "capture.py"),
+            "--quick",
+            "--json",
+            "--shard",
+            "2",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["shard_clips"] == 2 and result["shard_overlapped_s"] > 0 and result["shard_inline_s"] > 0
+    assert abs(result["shard_overlap_ratio"] - result["shard_overlapped_s"] / result["shard_inline_s"]) < 1e-9
+    assert set(result["shard_stages_overlapped"]) == {"encode_s", "capture_s", "write_s"}

@@ -41,7 +41,7 @@ class ShardResult:
     elapsed_s: float = 0.0
     encode_s: float = 0.0  # loading and EnCodec-encoding the captured clips' audio
     capture_s: float = 0.0  # their teacher-forced forward passes with the capture hooks
-    write_s: float = 0.0  # writing them into the store (in a background thread: overlaps the next capture)
+    write_s: float = 0.0  # writing them into the store (in a writer thread where a core is free)
     attempt: int = 1  # capture attempts of this shard in this run folder, this one included
 
 

@@ -121,8 +121,8 @@ def summarise_run(prepared: PreparedRun, annotate: bool = True) -> RunSummary:
 def stage_times(results: list[ShardResult], annotations: list[AnnotationResult]) -> dict[str, dict[str, float]]:
     """Seconds and throughput of each stage, summed over the latest attempt of every shard and clip.
 
-    ``capture_wall`` is the shards' wall time: writes run in a background thread beside the next
-    clip's capture, so encode + capture + write exceeds it when the overlap hides the writes.
+    ``capture_wall`` is the shards' wall time: where writes run in a background thread beside the next
+    clip's capture (``writes_can_overlap``), encode + capture + write can exceed it.
     """
     clips = sum(len(r.captured) for r in results)
     audio_s = sum(r.audio_s for r in results)
@@ -178,7 +178,7 @@ def summary_markdown(s: RunSummary, images: dict[str, str] | None = None) -> str
                 f"| {name} | {t['seconds']} | {t['clips']} | {t['clips_per_s']} | {t.get('audio_s_per_s', '')} | "
                 f"{t.get('mb_per_s', '')} |"
             )
-        lines += ["", "Writes overlap the next clip's capture (one background thread); capture_wall: wall time."]
+        lines += ["", "Writes overlap the next capture where a core is free; capture_wall: wall time."]
     if s.failed:
         lines += ["", "## Failed clips", ""] + [f"- `{c}`: {r}" for c, r in s.failed.items()]
     if s.rejected:

@@ -19,6 +19,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import torch
 import xarray as xr
 
 log = logging.getLogger(__name__)
@@ -126,13 +127,13 @@ class ClipStream:
         return {
             "epoch": self.epoch,
             "pos": self.pos,
-            "buffer": self.buf[: self.fill].copy(),
+            "buffer": torch.from_numpy(self.buf[: self.fill].copy()),  # a tensor: checkpoints load weights_only
             "rng": self.rng.bit_generator.state,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
-        buf = np.asarray(state["buffer"], np.float16)
+        buf = state["buffer"].numpy().astype(np.float16)
         self.fill = len(buf)
         self.buf[: self.fill] = buf
         self.rng.bit_generator.state = state["rng"]

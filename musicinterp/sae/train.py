@@ -105,7 +105,7 @@ def train_layer(
     step, resumed = 0, False
     since_fired = torch.zeros(d_sae, dtype=torch.long)
     if ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors and plain values only
         if state["key"] != key:
             raise ValueError(
                 f"checkpoint {str(ckpt)!r} was written for other settings or another store ({state['key']} vs {key}); "
@@ -115,7 +115,7 @@ def train_layer(
         opt.load_state_dict(state["opt"])
         stream.restore(state["stream"])
         step, scale, since_fired = state["step"], state["scale"], state["since_fired"]
-        train_mean = state["mean"]
+        train_mean = state["mean"].numpy()
         resumed = True
         log.info("layer %d: resumed at step %d of %d", layer, step, total)
     else:
@@ -149,7 +149,7 @@ def train_layer(
                 "step": step,
                 "scale": scale,
                 "since_fired": since_fired.cpu(),
-                "mean": train_mean,
+                "mean": torch.from_numpy(np.asarray(train_mean)),
             },
         )
 

@@ -98,7 +98,7 @@ def test_failed_shard_is_named_and_rerun_alone_into_the_same_store(stack, worklo
     assert f"failed shards: [{victim.shard}]" in st["benchmark"]["message"]
     assert (
         victim.clip_id in st["benchmark"]["message"]
-        and "changed since the slice was planned" in st["benchmark"]["message"]
+        and "changed since the" in st["benchmark"]["message"]  # "... the slice/run was planned"
     )
     states = {s["shard"]: s["state"] for s in st["shards"]}
     assert states == {s: ("Failed" if s == victim.shard else "Completed") for s in range(N_CLIPS)}, states
