@@ -146,7 +146,7 @@ def _run_deployments(
                 if shard in out:
                     continue
                 fr = client.read_flow_run(run.id)
-                if check and fr.state is not None and fr.state.is_running():
+                if check and zombie_after_s is not None and fr.state is not None and fr.state.is_running():
                     fr = crash_if_silent(client, fr, zombie_after_s)
                 if fr.state is not None and fr.state.is_final():
                     worker = fr.work_pool_name or ""
@@ -165,12 +165,14 @@ def _run_deployments(
     return out
 
 
-def zombie_after() -> float:
+def zombie_after() -> float | None:
     """Seconds without a heartbeat after which a running shard is taken for dead: ``ZOMBIE_HEARTBEATS``
-    heartbeat intervals (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, 180 s by default, 30 s at least)."""
+    heartbeat intervals (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, 30 s at least). None when heartbeats are off
+    (Prefect's default): a healthy shard then sends none, and silence would say nothing about its process."""
     from prefect.settings import get_current_settings
 
-    return ZOMBIE_HEARTBEATS * float(get_current_settings().flows.heartbeat_frequency or 180)
+    frequency = get_current_settings().flows.heartbeat_frequency
+    return None if frequency is None else ZOMBIE_HEARTBEATS * float(frequency)
 
 
 def last_sign_of_life(client, fr) -> datetime:

@@ -276,7 +276,12 @@ def test_zombie_rule__a_running_shard_without_heartbeats_is_marked_crashed():
     def victim() -> None:  # never run: only its flow run's states matter
         pass
 
-    assert zombie_after() >= 90  # three heartbeats of at least 30 s
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        assert zombie_after() is None  # heartbeats off: silence is no sign of death
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
+        assert zombie_after() == 90  # three missed heartbeats
     with get_client(sync_client=True) as client:
         fr = client.create_flow_run(victim, name="zombie-shard-0")
         client.set_flow_run_state(fr.id, Running(), force=True)
