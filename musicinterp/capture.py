@@ -93,19 +93,17 @@ def text_condition(loaded: LoadedModel, spec: CaptureSpec) -> tuple[torch.Tensor
     return states, mask
 
 
-class _ResidualRecorder:
-    """Forward hooks that keep chosen layers of the residual stream, cast to float16 on the spot."""
+class LayerRecorder:
+    """Forward hooks that hand every layer's residual stream to ``_store(layer, hidden)``: a pre-hook on the
+    first decoder layer for layer 0 (the embeddings), a hook on each layer's output for layers 1..n."""
 
-    def __init__(self, decoder_layers, keep: tuple[int, ...], steps: slice, dtype: torch.dtype):
-        self.keep, self.steps, self.dtype = set(keep), steps, dtype
-        self.out: dict[int, torch.Tensor] = {}
+    def __init__(self, decoder_layers):
         self.handles = [decoder_layers[0].register_forward_pre_hook(self._pre, with_kwargs=True)]
         for i, layer in enumerate(decoder_layers):
             self.handles.append(layer.register_forward_hook(self._post(i + 1)))
 
     def _store(self, layer: int, hidden: torch.Tensor) -> None:
-        if layer in self.keep:
-            self.out[layer] = hidden[0, self.steps].to(self.dtype).cpu()
+        raise NotImplementedError
 
     def _pre(self, module, args, kwargs):
         self._store(0, args[0] if args else kwargs["hidden_states"])
@@ -119,6 +117,19 @@ class _ResidualRecorder:
     def close(self) -> None:
         for h in self.handles:
             h.remove()
+
+
+class _ResidualRecorder(LayerRecorder):
+    """Keeps chosen layers of one teacher-forced pass at ``steps``, cast to float16 on the spot."""
+
+    def __init__(self, decoder_layers, keep: tuple[int, ...], steps: slice, dtype: torch.dtype):
+        self.keep, self.steps, self.dtype = set(keep), steps, dtype
+        self.out: dict[int, torch.Tensor] = {}
+        super().__init__(decoder_layers)
+
+    def _store(self, layer: int, hidden: torch.Tensor) -> None:
+        if layer in self.keep:
+            self.out[layer] = hidden[0, self.steps].to(self.dtype).cpu()
 
 
 def select_layers(layers: list[int] | None, n_layers: int, model_id: str) -> tuple[int, ...]:

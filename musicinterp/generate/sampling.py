@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from musicinterp.capture import resolve_layers, text_condition
+from musicinterp.capture import LayerRecorder, resolve_layers, text_condition
 from musicinterp.config import CaptureSpec, GenerationSpec
 from musicinterp.frames import frames_of
 from musicinterp.models import PAD_TOKEN_ID, LoadedModel
@@ -63,16 +63,14 @@ def sampling_seed(seed: int, clip_id: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(clip_id.encode())) % (2**63 - 1)
 
 
-class _GeneratedStepRecorder:
-    """Forward hooks that keep one batch row of chosen layers at decoder steps ``[first, stop)``."""
+class _GeneratedStepRecorder(LayerRecorder):
+    """Keeps one batch row of chosen layers at decoder steps ``[first, stop)``, over the KV-cached calls."""
 
     def __init__(self, decoder_layers, keep: tuple[int, ...], row: int, first: int, stop: int, dtype: torch.dtype):
         self.keep, self.row, self.first, self.stop, self.dtype = set(keep), row, first, stop, dtype
         self.offset = 0  # decoder step of the current call's first position
         self.out: dict[int, list[torch.Tensor]] = {layer: [] for layer in keep}
-        self.handles = [decoder_layers[0].register_forward_pre_hook(self._pre, with_kwargs=True)]
-        for i, layer in enumerate(decoder_layers):
-            self.handles.append(layer.register_forward_hook(self._post(i + 1)))
+        super().__init__(decoder_layers)
 
     def _store(self, layer: int, hidden: torch.Tensor) -> None:
         if layer not in self.keep:
@@ -82,21 +80,8 @@ class _GeneratedStepRecorder:
         if hi > lo:
             self.out[layer].append(hidden[self.row, lo:hi].to(self.dtype).cpu())
 
-    def _pre(self, module, args, kwargs):
-        self._store(0, args[0] if args else kwargs["hidden_states"])
-
-    def _post(self, layer: int):
-        def hook(module, args, output):
-            self._store(layer, output[0] if isinstance(output, tuple) else output)
-
-        return hook
-
     def stacked(self, layers: tuple[int, ...]) -> np.ndarray:
         return torch.stack([torch.cat(self.out[layer]) for layer in layers]).numpy()
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
 
 
 def _guided_logits(logits: torch.Tensor, k: int, scale: float) -> torch.Tensor:
