@@ -17,8 +17,9 @@
 | ``submit.py`` | ``submit``, ``status``, ``rerun`` on the deployed flows |
 | ``common.py`` | console, exit codes, signals, settings files, pool names, the Prefect subprocess environment |
 
-Imports run ``cli -> flows -> tasks -> musicinterp``; nothing imports cli but the ``musicinterp``
-console script (and ``python -m cli``) and the tests.
+Imports run ``cli -> flows -> tasks -> musicinterp`` (installed as ``musicinterp_cli``, ``musicinterp_flows``,
+``musicinterp_tasks``); nothing imports cli but the ``musicinterp``
+console script (and ``python -m musicinterp_cli``) and the tests.
 
 The deployed picture on one machine (see deployments/README.md):
 
@@ -63,8 +64,21 @@ QUIET_ENV = {  # unless -v: Prefect's INFO logs, transformers' advisories
 
 def build_parser() -> argparse.ArgumentParser:
     # the command modules load here, not on ``import cli``: ``cli.common`` alone stays light
-    from cli import analyze, annotate, deploy, generate, intervene, replan, run, sae, server, submit, toy, worker
     from musicinterp import __version__
+    from musicinterp_cli import (
+        analyze,
+        annotate,
+        deploy,
+        generate,
+        intervene,
+        replan,
+        run,
+        sae,
+        server,
+        submit,
+        toy,
+        worker,
+    )
 
     parser = argparse.ArgumentParser(
         prog="musicinterp", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -76,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for module in (run, replan, annotate, analyze, generate, intervene, sae, toy, server, deploy, worker, submit):
         module.add_commands(sub)
-    importlib.import_module("cli.browse").add_commands(sub)
-    importlib.import_module("cli.publish").add_commands(sub)
+    importlib.import_module("musicinterp_cli.browse").add_commands(sub)
+    importlib.import_module("musicinterp_cli.publish").add_commands(sub)
     return parser
 
 
@@ -97,7 +111,7 @@ def quiet_environment(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cli.common import console, error, exit_now, interrupted_code, stop_on_signals
+    from musicinterp_cli.common import console, error, exit_now, interrupted_code, stop_on_signals
 
     args = build_parser().parse_args(argv)
     quiet_environment(args.verbose or argv is not None)

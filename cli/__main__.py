@@ -1,7 +1,7 @@
-"""``python -m cli``: the ``musicinterp`` command without its console script."""
+"""``python -m musicinterp_cli``: the ``musicinterp`` command without its console script."""
 
 import sys
 
-from cli import main
+from musicinterp_cli import main
 
 sys.exit(main())

@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
-from cli.common import EXIT_OK, console, error, is_terminal, progress_bar
+from musicinterp_cli.common import EXIT_OK, console, error, is_terminal, progress_bar
 
 HEADLINE_METRIC = "auroc"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cli.common import EXIT_FAILED, EXIT_OK, console, error, load_settings, progress_bar, quiet_essentia
 from musicinterp.annotate.labels import WINDOW_S
+from musicinterp_cli.common import EXIT_FAILED, EXIT_OK, console, error, load_settings, progress_bar, quiet_essentia
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import threading
 
-from cli.common import EXIT_OK, console, error
+from musicinterp_cli.common import EXIT_OK, console, error
 
 
 def cmd_browse(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from cli.common import (
+from musicinterp_cli.common import (
     CONTROL_POOL,
     EXIT_FAILED,
     EXIT_OK,
@@ -25,7 +25,7 @@ from cli.common import (
     prefect_command,
     prefect_env,
 )
-from cli.server import server_url, ui_url
+from musicinterp_cli.server import server_url, ui_url
 
 DEPLOYMENTS_DIR = REPO / "deployments"
 PREFECT_FILE = DEPLOYMENTS_DIR / "prefect.yaml"

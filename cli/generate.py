@@ -6,8 +6,8 @@ import argparse
 import threading
 from typing import Any
 
-from cli.common import EXIT_FAILED, EXIT_OK, console, error, progress_bar
 from musicinterp.config import ConfigError, load_run_spec
+from musicinterp_cli.common import EXIT_FAILED, EXIT_OK, console, error, progress_bar
 
 POLL_S = 1.0  # how often the progress bar reads the store
 
@@ -19,9 +19,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return error(e)
     if spec.generation is None:
         return error(f"config {args.config!r} has no 'generation' section (see README, Generation-time capture)")
-    from flows.generate import generate  # imports Prefect and torch: only when a flow is run
     from musicinterp.run import RunPaths
     from musicinterp.store import StoreError, open_store
+    from musicinterp_flows.generate import generate  # imports Prefect and torch: only when a flow is run
 
     paths = RunPaths.for_spec(spec, args.out)
     outcome: dict[str, Any] = {}

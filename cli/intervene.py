@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import EXIT_FAILED, EXIT_OK, error
+from musicinterp_cli.common import EXIT_FAILED, EXIT_OK, error
 
 
 def cmd_intervene(args: argparse.Namespace) -> int:
@@ -21,7 +21,7 @@ def cmd_intervene(args: argparse.Namespace) -> int:
         spec = load_intervention_spec(args.config)
     except ConfigError as e:
         return error(e)
-    from flows.intervene import intervene  # imports Prefect and torch: only when a flow is run
+    from musicinterp_flows.intervene import intervene  # imports Prefect and torch: only when a flow is run
 
     state = intervene(spec=spec, out=args.out, return_state=True)
     result = state.result(raise_on_failure=False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from cli.common import EXIT_FAILED, EXIT_OK, console, error
+from musicinterp_cli.common import EXIT_FAILED, EXIT_OK, console, error
 
 
 def cmd_publish(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import EXIT_OK, console, error
+from musicinterp_cli.common import EXIT_OK, console, error
 
 
 def cmd_replan(args: argparse.Namespace) -> int:

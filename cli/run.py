@@ -14,8 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cli.common import EXIT_FAILED, EXIT_OK, console, error, is_terminal, progress_bar, quiet_essentia
 from musicinterp.config import ConfigError, load_run_spec
+from musicinterp_cli.common import EXIT_FAILED, EXIT_OK, console, error, is_terminal, progress_bar, quiet_essentia
 
 POLL_S = 1.0  # how often the progress bar reads the store
 
@@ -101,8 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec = load_run_spec(args.config)
     except ConfigError as e:
         return error(e)
-    from flows.benchmark import benchmark  # imports Prefect and torch: only when a flow is run
     from musicinterp.run import RunPaths
+    from musicinterp_flows.benchmark import benchmark  # imports Prefect and torch: only when a flow is run
 
     paths = RunPaths.for_spec(spec, args.out)
     quiet_essentia(args.verbose)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cli.common import EXIT_FAILED, EXIT_OK, console, error, load_settings
+from musicinterp_cli.common import EXIT_FAILED, EXIT_OK, console, error, load_settings
 
 
 def cmd_sae_train(args: argparse.Namespace) -> int:
@@ -19,7 +19,7 @@ def cmd_sae_train(args: argparse.Namespace) -> int:
         open_store(spec.store)
     except (ConfigError, StoreError) as e:
         return error(e)
-    from flows.sae import default_out, sae_train
+    from musicinterp_flows.sae import default_out, sae_train
 
     out = args.out or default_out(spec)
     state = sae_train(spec=spec, out=out, with_loss=not args.no_loss, name=Path(args.config).stem, return_state=True)
@@ -47,7 +47,7 @@ def cmd_sae_rank(args: argparse.Namespace) -> int:
         return error(e)
     if (args.control_store is None) != (args.control_sae is None):
         return error("--control-store and --control-sae go together (the random twin's store and its SAEs)")
-    from flows.sae import sae_rank
+    from musicinterp_flows.sae import sae_rank
 
     out = args.out or str(Path(args.sae) / "rank")
     state = sae_rank(

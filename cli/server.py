@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from cli.common import (
+from musicinterp_cli.common import (
     CONTROL_POOL,
     EXIT_FAILED,
     EXIT_OK,

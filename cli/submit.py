@@ -16,8 +16,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, console, error
-from cli.server import server_url
+from musicinterp_cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, console, error
+from musicinterp_cli.server import server_url
 
 BENCHMARK_DEPLOYMENT = "benchmark/benchmark"
 RERUN_DEPLOYMENT = "rerun-failed-shards/rerun-failed-shards"
@@ -96,7 +96,7 @@ def _print_info(info: dict[str, Any], json_out: bool) -> None:
 
 def _wait(client, run_id: str, json_out: bool) -> int:
     """Follow a run to its final state, telling each shard's changes; EXIT_OK if it completed."""
-    from flows.rerun import NotABenchmark, describe
+    from musicinterp_flows.rerun import NotABenchmark, describe
 
     seen: dict[int, str] = {}
     while True:
@@ -159,7 +159,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from prefect.client.orchestration import get_client
 
-    from flows.rerun import NotABenchmark, RunNotFound, describe
+    from musicinterp_flows.rerun import NotABenchmark, RunNotFound, describe
 
     with get_client(sync_client=True) as client:
         try:
@@ -177,8 +177,15 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     from prefect.deployments import run_deployment
     from prefect.utilities.urls import url_for
 
-    from flows.rerun import CannotRerun, NotABenchmark, RunNotFound, benchmark_run, check_rerunnable, resolve_run
-    from flows.rerun import shard_states as read_shard_states
+    from musicinterp_flows.rerun import (
+        CannotRerun,
+        NotABenchmark,
+        RunNotFound,
+        benchmark_run,
+        check_rerunnable,
+        resolve_run,
+    )
+    from musicinterp_flows.rerun import shard_states as read_shard_states
 
     with get_client(sync_client=True) as client:
         try:

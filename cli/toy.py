@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from cli.common import EXIT_FAILED, EXIT_OK, error, load_settings
+from musicinterp_cli.common import EXIT_FAILED, EXIT_OK, error, load_settings
 
 if TYPE_CHECKING:
     from musicinterp.toy import ToySpec
@@ -31,8 +31,8 @@ def toy_spec_from_args(args: argparse.Namespace):
 
 def train_toy_cli(out: str, spec: ToySpec) -> int:
     """Run the toy flow in-process and print its report; 0 if the model learned the structure, 1 if not."""
-    from flows.toy import train_toy_flow  # imports Prefect and torch: only when a flow is run
     from musicinterp.toy import report_markdown
+    from musicinterp_flows.toy import train_toy_flow  # imports Prefect and torch: only when a flow is run
 
     state = train_toy_flow(spec=spec, out=out, return_state=True)
     report = state.result(raise_on_failure=False)  # the exception itself when the flow failed

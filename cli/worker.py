@@ -11,7 +11,7 @@ import argparse
 import signal
 import subprocess
 
-from cli.common import (
+from musicinterp_cli.common import (
     CONTROL_POOL,
     EXIT_USAGE,
     GPU_POOL,
@@ -22,7 +22,7 @@ from cli.common import (
     prefect_env,
     stop_process_group,
 )
-from cli.server import server_url
+from musicinterp_cli.server import server_url
 
 WORKER_GRACE_S = 8.0  # how long the worker's process group has to exit after the forwarded signal
 

@@ -23,7 +23,7 @@ from prefect.runtime import flow_run
 
 from musicinterp import analysis as lib
 from musicinterp.config import AnalysisSpec
-from tasks import analysis as t
+from musicinterp_tasks import analysis as t
 
 HEADLINE_METRIC = "auroc"
 

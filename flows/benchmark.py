@@ -28,13 +28,13 @@ from prefect.artifacts import (
 from prefect.futures import wait
 from prefect.runtime import flow_run
 
-from flows.analysis import analysis
 from musicinterp.config import RunSpec
 from musicinterp.run import N_PLOTS, PreparedRun, RunPaths
 from musicinterp.run.summary import link_findings
 from musicinterp.store import completed_clips
-from tasks.annotate import annotate_clip
-from tasks.run import capture_shard, plan_run, shard_clips, summarise_run, summary_artifact
+from musicinterp_flows.analysis import analysis
+from musicinterp_tasks.annotate import annotate_clip
+from musicinterp_tasks.run import capture_shard, plan_run, shard_clips, summarise_run, summary_artifact
 
 DEFAULT_OUT = "runs"
 SHARD_DEPLOYMENT = "benchmark-shard/benchmark-shard"

@@ -9,7 +9,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from tasks import browse as t
+from musicinterp_tasks import browse as t
 
 
 def artifact_key(run_dir: str, what: str) -> str:

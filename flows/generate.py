@@ -20,10 +20,10 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run
 
-from flows.benchmark import DEFAULT_OUT, _run_deployments, _run_local, artifact_key
 from musicinterp.config import RunSpec
 from musicinterp.generate.shard import PreparedGeneration
-from tasks.generate import generate_shard, generation_report, plan_generation, summarise_generation
+from musicinterp_flows.benchmark import DEFAULT_OUT, _run_deployments, _run_local, artifact_key
+from musicinterp_tasks.generate import generate_shard, generation_report, plan_generation, summarise_generation
 
 SHARD_DEPLOYMENT = "generate-shard/generate-shard"
 

@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from musicinterp.causal.spec import InterventionSpec, experiment_folder
-from tasks import causal as t
+from musicinterp_tasks import causal as t
 
 
 def _key(name: str, what: str) -> str:

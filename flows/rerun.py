@@ -27,10 +27,10 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.runtime import flow_run as current_run
 
-from flows.benchmark import DEFAULT_OUT, benchmark, cannot_rerun
 from musicinterp.config import RunSpec
 from musicinterp.run import RunPaths, RunProgress, read_progress
-from tasks.run import read_progress as read_progress_task
+from musicinterp_flows.benchmark import DEFAULT_OUT, benchmark, cannot_rerun
+from musicinterp_tasks.run import read_progress as read_progress_task
 
 BENCHMARK_FLOW = "benchmark"
 SHARD_FLOW = "benchmark-shard"

@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from musicinterp.sae import SAERankSpec, SAETrainSpec
-from tasks import sae as t
+from musicinterp_tasks import sae as t
 
 
 def artifact_key(name: str, what: str) -> str:

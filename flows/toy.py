@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from musicinterp.toy import ToySpec, report_markdown
-from tasks.toy import train_toy_task
+from musicinterp_tasks.toy import train_toy_task
 
 DEFAULT_OUT = "checkpoints/toy-cue"
 

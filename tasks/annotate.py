@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from musicinterp import run
 from musicinterp.config import AnnotationSpec
 from musicinterp.slice import ClipRecord
-from tasks.run import RESULTS, retry_unless_permanent
+from musicinterp_tasks.run import RESULTS, retry_unless_permanent
 
 ANNOTATE_RETRIES = 1
 RETRY_DELAY_S = 2

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from musicinterp.config import AnnotationSpec, CaptureSpec, GenerationSpec, ModelSpec, RunSpec
 from musicinterp.generate import shard as gen
 from musicinterp.generate.report import generation_markdown
-from tasks.run import RESULTS, retry_unless_permanent
+from musicinterp_tasks.run import RESULTS, retry_unless_permanent
 
 SHARD_RETRIES = 1
 RETRY_DELAY_S = 2

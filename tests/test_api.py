@@ -84,8 +84,8 @@ def test_capture__any_rate_and_channels_on_the_frame_grid(tiny_model):
 def test_annotate__the_rows_the_cli_writes(tmp_path):
     import soundfile as sf
 
-    from cli import main
     from musicinterp.sources.synthetic import compose
+    from musicinterp_cli import main
 
     x, _ = compose({"seed": 4, "index": 0, "duration_s": 6.0, "hard": False, "returns": True})
     df = mi.annotate(np.repeat(x[:, None], 2, axis=1), 32_000)

@@ -207,7 +207,7 @@ def test_serve__answers_on_localhost_only():
 
 
 def test_cli_browse__bad_folder_is_a_usage_error(tmp_path):
-    from cli import main
+    from musicinterp_cli import main
 
     assert main(["browse", str(tmp_path / "nothing")]) == 2
 

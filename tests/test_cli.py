@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from cli import main
 from musicinterp.store import ClipLayout, StoreLayout, init_store, mark_complete, store_attrs, write_clip
+from musicinterp_cli import main
 
 
 def test_run__invalid_config_exits_2_naming_the_field(tmp_path, capsys):
@@ -115,7 +115,7 @@ def _start_analysis(tmp_path):
     store = make_store(tmp_path / "s.zarr")  # defaults: ~40 s of probing on this machine
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "analyze", store, "--out", str(tmp_path / "out")],
+        [sys.executable, "-m", "musicinterp_cli", "analyze", store, "--out", str(tmp_path / "out")],
         cwd=Path(__file__).resolve().parents[1],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,

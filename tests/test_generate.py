@@ -204,7 +204,7 @@ def test_toy_return__window_matches_against_both_versions():
     ],
 )
 def test_generate_cli__bad_or_missing_generation_section_exits_2(tmp_path, capsys, yaml_text, message):
-    from cli import main
+    from musicinterp_cli import main
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml_text)

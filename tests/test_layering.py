@@ -1,4 +1,7 @@
-"""Imports run one way: cli -> flows -> tasks -> musicinterp. The library never imports Prefect."""
+"""Imports run one way: cli -> flows -> tasks -> musicinterp. The library never imports Prefect.
+
+The folders cli/, flows/ and tasks/ install as ``musicinterp_cli``, ``musicinterp_flows`` and
+``musicinterp_tasks`` (pyproject's package-dir): generic top-level names would collide in site-packages."""
 
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ def test_musicinterp__never_imports_prefect_flows_or_cli():
         "import sys\n"
         + "".join(f"import {m}\n" for m in modules)
         + (
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'prefect', 'flows', 'tasks', 'cli'})\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "{'prefect', 'musicinterp_flows', 'musicinterp_tasks', 'musicinterp_cli'})\n"
             "print(bad); sys.exit(1 if bad else 0)\n"
         )
     )
@@ -40,15 +44,15 @@ def _imports(path: Path) -> set[str]:
 
 def test_tasks__do_not_import_flows():
     for path in (ROOT / "tasks").glob("*.py"):
-        assert "flows" not in _imports(path), path
+        assert "musicinterp_flows" not in _imports(path), path
     for path in (ROOT / "musicinterp").rglob("*.py"):
-        assert not _imports(path) & {"prefect", "flows", "tasks", "cli"}, path
+        assert not _imports(path) & {"prefect", "musicinterp_flows", "musicinterp_tasks", "musicinterp_cli"}, path
 
 
 def test_cli__is_imported_by_nothing_but_the_entry_point_and_tests():
     for package in ("musicinterp", "tasks", "flows"):
         for path in (ROOT / package).rglob("*.py"):
-            assert "cli" not in _imports(path), path
+            assert "musicinterp_cli" not in _imports(path), path
 
 
 def _module_name(path: Path) -> str:
@@ -132,3 +136,18 @@ def test_musicinterp__has_no_import_cycles():
         if m not in state:
             dfs(m)
     assert not cycles, "\n".join(cycles)
+
+
+def test_packaging__every_package_folder_installs_and_none_under_a_generic_name():
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {"musicinterp_cli": "cli", "musicinterp_flows": "flows", "musicinterp_tasks": "tasks"}
+    assert setuptools["package-dir"] == folders
+    on_disk = {
+        ".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "musicinterp").rglob("__init__.py")
+    } | set(folders)
+    assert set(setuptools["packages"]) == on_disk
+    import musicinterp_flows  # the installed name resolves to the layout's folder
+
+    assert Path(musicinterp_flows.__file__).resolve().parent == ROOT / "flows"

@@ -20,7 +20,7 @@ def test_publish_dry_run__folder_card_and_the_same_store_back(tmp_path, monkeypa
     (run / "sae-x" / "checkpoints" / "layer1.pt").write_bytes(b"optimiser state")
     (run / "sae-x" / "layer1").mkdir()
     (run / "sae-x" / "layer1" / "cfg.json").write_text("{}")
-    from cli import main
+    from musicinterp_cli import main
 
     out = tmp_path / "published"
     assert main(["publish", str(run), "--repo-id", "someone/demo-run", "--dry-run", "--out", str(out)]) == 0

@@ -137,7 +137,7 @@ def test_damaged_store__missing_and_truncated_chunks_named_and_repaired_by_a_rer
     assert set(damaged) == {clips[0], clips[2]}
     assert "resid: a chunk is missing" in damaged[clips[0]] and "codes: a chunk cannot be read" in damaged[clips[2]]
 
-    from cli import main
+    from musicinterp_cli import main
 
     assert main(["inspect", first.store, "--verify"]) == 1
     out = capsys.readouterr().out
@@ -238,7 +238,7 @@ def test_plan_task__config_and_store_errors_are_not_retried():
     from prefect.states import Failed
 
     from musicinterp.config import ConfigError
-    from tasks.run import retry_unless_permanent
+    from musicinterp_tasks.run import retry_unless_permanent
 
     assert not retry_unless_permanent(None, None, Failed(data=ConfigError("capture.layers: [99] out of range")))
     assert not retry_unless_permanent(None, None, Failed(data=StoreError("store 'x' holds config 'a', not 'b'")))
@@ -249,7 +249,7 @@ def test_plan_task__config_and_store_errors_are_not_retried():
 
 
 def test_audio_folder__new_and_changed_files_flagged_then_replan_redoes_only_them(tmp_path, capsys):
-    from cli import main
+    from musicinterp_cli import main
 
     audio = tmp_path / "audio"
     _tones(audio, n=3, seconds=2.5)
@@ -307,10 +307,10 @@ def test_no_pickle_is_ever_loaded__torch_load_and_np_load_calls():
                 offenders.append(f"{path.relative_to(root)}:{node.lineno}")
     assert offenders == []
 
-    from flows.benchmark import benchmark, benchmark_shard
-    from flows.rerun import rerun_failed_shards
-    from tasks.annotate import annotate_clip
-    from tasks.run import capture_shard, plan_run
+    from musicinterp_flows.benchmark import benchmark, benchmark_shard
+    from musicinterp_flows.rerun import rerun_failed_shards
+    from musicinterp_tasks.annotate import annotate_clip
+    from musicinterp_tasks.run import capture_shard, plan_run
 
     for f in (benchmark, benchmark_shard, rerun_failed_shards, plan_run, capture_shard, annotate_clip):
         assert f.result_serializer == "json", f.name
@@ -384,7 +384,7 @@ def test_config__bad_values_name_the_field(config, field):
 
 @pytest.mark.parametrize("value", ["0", "nan", "-1", "inf", "ten"])
 def test_annotate_command__window_s_must_be_positive_seconds(value, tmp_path, capsys):
-    from cli import main
+    from musicinterp_cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["annotate", str(tmp_path / "x.wav"), "--out", str(tmp_path / "x.csv"), "--window-s", value])

@@ -280,7 +280,7 @@ def test_rank__finds_a_planted_feature_and_none_on_the_null_store(planted_store,
 
 
 def test_cli_sae__bad_config_and_half_a_control_are_refused_before_anything_runs(tmp_path, capsys):
-    from cli import main
+    from musicinterp_cli import main
 
     assert main(["sae", "train", str(tmp_path / "missing.yaml")]) == 2
     bad = tmp_path / "bad.yaml"

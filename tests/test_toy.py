@@ -427,8 +427,8 @@ def test_toy_pair__shipped_checkpoint_learned_equality_on_unseen_pieces(pair, pa
 
 
 def test_toy_pair__training_settings_file_is_the_shipped_spec():
-    from cli import build_parser
-    from cli.toy import toy_spec_from_args
+    from musicinterp_cli import build_parser
+    from musicinterp_cli.toy import toy_spec_from_args
 
     args = build_parser().parse_args(["train-toy", "--settings", str(PAIR / "train.yaml")])
     meta = json.loads((PAIR / "musicinterp.json").read_text())
@@ -441,7 +441,7 @@ def test_toy_pair__training_settings_file_is_the_shipped_spec():
 
 
 def test_train_toy_cli__bad_flags_exit_2_naming_the_field(capsys):
-    from cli import main
+    from musicinterp_cli import main
 
     assert main(["train-toy", "--device", "gpu0"]) == 2
     assert "device" in capsys.readouterr().err

@@ -10,8 +10,8 @@ import pytest
 import xarray as xr
 from analysis_factories import make_store
 
-from flows.analysis import analysis
 from musicinterp.config import AnalysisSpec
+from musicinterp_flows.analysis import analysis
 
 pytestmark = pytest.mark.flow
 

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from analysis_factories import make_store
 
-from flows.analysis import analysis
 from musicinterp.config import AnalysisSpec
+from musicinterp_flows.analysis import analysis
 
 pytestmark = pytest.mark.flow
 

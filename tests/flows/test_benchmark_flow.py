@@ -14,9 +14,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
-from flows.benchmark import RunIncomplete, benchmark
 from musicinterp.config import RunSpec
 from musicinterp.slice import Manifest
+from musicinterp_flows.benchmark import RunIncomplete, benchmark
 
 pytestmark = pytest.mark.flow
 
@@ -162,7 +162,7 @@ def test_benchmark_flow__rerun_of_the_failed_shard_completes_the_store(tmp_path)
     assert "A rerun cannot fix this" in summary and f"musicinterp replan {prepared.root}" in summary
     assert "musicinterp rerun" not in summary  # never the command that would fail the same way
     # the rerun refuses it too while the input differs from the plan (until a replan, or the file put back)
-    from flows.rerun import CannotRerun, check_rerunnable, shard_states
+    from musicinterp_flows.rerun import CannotRerun, check_rerunnable, shard_states
 
     with get_client(sync_client=True) as client:
         bench = client.read_flow_run(state.state_details.flow_run_id)
@@ -213,7 +213,7 @@ def test_benchmark_flow__completion_flags_not_the_cache_decide_what_is_captured(
 def test_run_command__layers_the_model_lacks_exit_2_naming_the_field_without_retry(tmp_path, capsys):
     import yaml
 
-    from cli import main
+    from musicinterp_cli import main
 
     config = tmp_path / "bad.yaml"
     config.write_text(
@@ -270,7 +270,7 @@ def test_zombie_rule__a_running_shard_without_heartbeats_is_marked_crashed():
     from prefect import flow as prefect_flow
     from prefect.states import Running
 
-    from flows.benchmark import crash_if_silent, zombie_after
+    from musicinterp_flows.benchmark import crash_if_silent, zombie_after
 
     @prefect_flow(name="benchmark-shard-zombie-test")
     def victim() -> None:  # never run: only its flow run's states matter
@@ -297,8 +297,8 @@ def test_rerun_markdown__links_the_prefilled_rerun_form_and_the_command():
     reads the ``parameters`` query, JSON encoded twice, as its own links are) and gives the CLI command."""
     from urllib.parse import unquote
 
-    from flows.benchmark import rerun_markdown
-    from flows.rerun import rerun_failed_shards
+    from musicinterp_flows.benchmark import rerun_markdown
+    from musicinterp_flows.rerun import rerun_failed_shards
 
     run_id = "0b7e6c2c-0000-4000-8000-000000000001"
     message = "shard 1: worker killed"

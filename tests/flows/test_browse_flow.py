@@ -19,7 +19,7 @@ async def _artifact(key: str):
 
 
 def test_browse_flow__builds_the_site_and_publishes_its_link(tmp_path):
-    from flows.browse import artifact_key, browse
+    from musicinterp_flows.browse import artifact_key, browse
 
     run = tmp_path / "demo-run"
     shutil.copytree(small_run(), run)

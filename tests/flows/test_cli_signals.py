@@ -19,7 +19,7 @@ def test_worker__sigterm_stops_the_worker_and_its_child_within_seconds(tmp_path)
 
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_HOME": str(tmp_path)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "worker", "--pool", "signal-test", "--type", "process"],
+        [sys.executable, "-m", "musicinterp_cli", "worker", "--pool", "signal-test", "--type", "process"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -48,7 +48,7 @@ def test_server__announces_its_url_only_once_it_answers_and_stops_on_sigterm(tmp
     port = 4590 + os.getpid() % 300
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "server", "--port", str(port)],
+        [sys.executable, "-m", "musicinterp_cli", "server", "--port", str(port)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -92,7 +92,7 @@ def test_run__sigterm_mid_capture_stops_the_run_and_its_temporary_server(tmp_pat
     )
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "home")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "run", str(config), "--out", str(tmp_path / "runs")],
+        [sys.executable, "-m", "musicinterp_cli", "run", str(config), "--out", str(tmp_path / "runs")],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,

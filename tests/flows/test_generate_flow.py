@@ -10,8 +10,8 @@ from factories import write_tone
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from flows.generate import GenerationIncomplete, generate
 from musicinterp.config import RunSpec
+from musicinterp_flows.generate import GenerationIncomplete, generate
 
 pytestmark = pytest.mark.flow
 

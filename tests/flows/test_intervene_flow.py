@@ -9,9 +9,9 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from flows.intervene import intervene
 from musicinterp.causal.spec import CandidateSpec, InterventionSpec, experiment_folder
 from musicinterp.config import ModelSpec
+from musicinterp_flows.intervene import intervene
 
 pytestmark = pytest.mark.flow
 

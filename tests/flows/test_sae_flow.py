@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from analysis_factories import make_store
 
-from flows.sae import sae_rank, sae_train
 from musicinterp.sae import SAERankSpec, SAETrainSpec, load_sae
+from musicinterp_flows.sae import sae_rank, sae_train
 
 pytestmark = pytest.mark.flow
 

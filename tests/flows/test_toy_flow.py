@@ -9,8 +9,8 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from flows.toy import ToyNotLearned, train_toy_flow
 from musicinterp.toy import ToySpec
+from musicinterp_flows.toy import ToyNotLearned, train_toy_flow
 
 pytestmark = pytest.mark.flow
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.common import prefect_env
+from musicinterp_cli.common import prefect_env
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PG_URL = "postgresql+asyncpg://musicinterp:musicinterp@127.0.0.1:5432/postgres"
@@ -41,9 +41,10 @@ def pytest_configure(config):
 
 
 def cli_prefix() -> list[str]:
-    """The ``musicinterp`` console script of this interpreter; ``python -m cli`` where it is not installed."""
+    """The ``musicinterp`` console script of this interpreter; ``python -m musicinterp_cli`` where it is not
+    installed."""
     exe = Path(sys.executable).parent / "musicinterp"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "musicinterp_cli"]
 
 
 def free_port() -> int:

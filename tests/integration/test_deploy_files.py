@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cli import build_parser
-from cli.common import CONTROL_POOL, GPU_POOL, POOL_TYPES, REPO
-from cli.deploy import PREFECT_FILE, deployable
+from musicinterp_cli import build_parser
+from musicinterp_cli.common import CONTROL_POOL, GPU_POOL, POOL_TYPES, REPO
+from musicinterp_cli.deploy import PREFECT_FILE, deployable
 
 PLACEHOLDER = re.compile(r"\{\{\s*([\w.$-]+)\s*\}\}")
 
@@ -70,8 +70,8 @@ def test_gpu_pool_templates__ask_for_a_gpu():
 def test_benchmark_parameters__are_a_form_of_the_run_config():
     from prefect.utilities.callables import parameter_schema
 
-    from flows.benchmark import benchmark
-    from flows.rerun import rerun_failed_shards
+    from musicinterp_flows.benchmark import benchmark
+    from musicinterp_flows.rerun import rerun_failed_shards
 
     schema = parameter_schema(benchmark).model_dump()
     assert {"spec", "out", "dispatch", "only_shards"} <= set(schema["properties"])
@@ -94,7 +94,7 @@ def test_submit__without_a_server_says_how_to_get_one_and_starts_none(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PREFECT_HOME"] = str(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "cli", "submit", str(REPO / "configs/demo.yaml")],
+        [sys.executable, "-m", "musicinterp_cli", "submit", str(REPO / "configs/demo.yaml")],
         cwd=REPO,
         env=env,
         capture_output=True,
