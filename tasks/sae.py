@@ -58,7 +58,7 @@ def rank(
         logger.info("%d/%d %s", done, total, message)
 
     df = lib.rank_features(store, sae_root, spec, out, control, progress=on_cell, baseline_store=baseline_store)
-    path = f"{out}/work/{control}/rows.parquet"
+    path = str(lib.intermediate_dir(out, control) / "rows.parquet")
     df.to_parquet(path, index=False)
     return path
 

@@ -14,7 +14,14 @@ from musicinterp.sae.evaluate import evaluate_sae, next_code_loss, reconstructio
 from musicinterp.sae.features import encode_frames, feature_matrix, write_feature_store
 from musicinterp.sae.model import TopKSAE
 from musicinterp.sae.pipeline import evaluate_layer, store_model, train_saes, write_metrics
-from musicinterp.sae.rank import finalize_ranking, rank_features, rank_store, store_candidate_features, summary
+from musicinterp.sae.rank import (
+    finalize_ranking,
+    intermediate_dir,
+    rank_features,
+    rank_store,
+    store_candidate_features,
+    summary,
+)
 from musicinterp.sae.saelens import (
     LoadedSAE,
     SAELoadError,
@@ -45,6 +52,7 @@ __all__ = [
     "layer_for_hook_name",
     "load_sae",
     "next_code_loss",
+    "intermediate_dir",
     "rank_features",
     "rank_store",
     "reconstruct",

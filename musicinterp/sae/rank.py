@@ -127,6 +127,11 @@ def screen_scores(acts: sp.csr_matrix, y: np.ndarray, design: np.ndarray) -> tup
     return score, active
 
 
+def intermediate_dir(out: str | Path, control: str) -> Path:
+    """Where one control's labels, reduced layers and rows of a ranking are kept (``rows.parquet``)."""
+    return Path(out) / "intermediate" / control
+
+
 def rank_features(
     store: str,
     sae_root: str | Path,
@@ -143,7 +148,7 @@ def rank_features(
     ('trained-minus-random' rows), as the analysis does for whole layers.
     """
     out = Path(out)
-    work = out / "work" / control
+    work = intermediate_dir(out, control)
     aspec = spec.analysis.model_copy(update={"targets": list(spec.targets)})
     labels = load_labels(store, aspec, work / "labels.npz")
     lab = load_reduced(labels)
