@@ -16,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from musicinterp.analysis.stats import ar1_noise
+from musicinterp.config import AnalysisSpec
 
 FRAME_RATE_HZ = 50
 HORIZONS_S = (2, 4, 8)
@@ -27,6 +28,20 @@ TENSION = (
     "tension_flatness_db",
     "tension_key_unclarity",
     "tension_tensile_strain",
+)
+
+
+# the analysis flow's smallest real grid: one layer, one target, 19 draws (the flow tests share it)
+FLOW_TEST_SPEC = AnalysisSpec(
+    targets=["rec_within_2s"],
+    layers=[1],
+    frame_stride=10,
+    n_folds=3,
+    inner_folds=2,
+    n_permutations=19,
+    max_permutations=19,
+    n_bootstrap=20,
+    shifted_labels_control=False,
 )
 
 

@@ -8,24 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from analysis_factories import make_store
+from analysis_factories import FLOW_TEST_SPEC, make_store
 
-from musicinterp.config import AnalysisSpec
 from musicinterp_flows.analysis import analysis
 
 pytestmark = pytest.mark.flow
 
-SPEC = AnalysisSpec(
-    targets=["rec_within_2s"],
-    layers=[1],
-    frame_stride=10,
-    n_folds=3,
-    inner_folds=2,
-    n_permutations=19,
-    max_permutations=19,
-    n_bootstrap=20,
-    shifted_labels_control=False,
-)
+SPEC = FLOW_TEST_SPEC
 KW = {"n_clips": 12, "n_sources": 6, "n_frames": 300, "layers": 1, "hidden": 8, "seed": 4}
 
 

@@ -11,24 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from analysis_factories import make_store
+from analysis_factories import FLOW_TEST_SPEC, make_store
 
-from musicinterp.config import AnalysisSpec
 from musicinterp_flows.analysis import analysis
 
 pytestmark = pytest.mark.flow
 
-SPEC = AnalysisSpec(
-    targets=["rec_within_2s"],
-    layers=[1],
-    frame_stride=10,
-    n_folds=3,
-    inner_folds=2,
-    n_permutations=19,
-    max_permutations=19,
-    n_bootstrap=20,
-    shifted_labels_control=False,
-)
+SPEC = FLOW_TEST_SPEC
 
 
 def test_analysis_flow__results_persist_as_json_and_nothing_fails_to_serialize(tmp_path, caplog):
