@@ -15,10 +15,10 @@ round, ``--repeats`` rounds, medians), on the same codes and text condition:
   output, kept in memory (float32, nothing written);
 - ``hidden_states``: ``output_hidden_states=True``, the arrays cast and written into the same store.
 
-Per option (so far one: float16, batch 1; int8 reduction and batches of equal-length clips are not built yet):
-bytes per clip, clips/s, GB/s written, the ratio to forward-only throughput, and to the device-to-host copy
-bandwidth measured in the same run (``copy_gb_per_s``; on the CPU a memcpy, since the activations already
-live in host memory).
+Per option (float16 at batch 1, and float16 with ``--batch`` clips of equal length per forward pass,
+``capture.batch_size``; on-device int8 reduction is not built): bytes per clip, clips/s, GB/s written, the
+ratio to forward-only throughput at the same batch, and to the device-to-host copy bandwidth measured in the
+same run (``copy_gb_per_s``; on the CPU a memcpy, since the activations already live in host memory).
 
 Ratios are ours over each: ``capture_ratio`` = capture / forward, ``nnsight_ratio`` = capture / nnsight,
 ``hidden_states_ratio`` = capture / hidden_states. Peak RSS is measured in fresh subprocesses that capture and
@@ -44,7 +44,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from musicinterp.capture import capture_codes, delayed_decoder_input, encode_audio, text_condition
+from musicinterp.capture import (
+    capture_codes,
+    capture_codes_batch,
+    delayed_decoder_input,
+    encode_audio,
+    text_condition,
+)
 from musicinterp.config import CaptureSpec, ModelSpec
 from musicinterp.frames import SAMPLE_RATE_HZ
 from musicinterp.models import LoadedModel, load_model
@@ -166,6 +172,53 @@ def time_clip(loaded: LoadedModel, seconds: float, repeats: int) -> dict[str, An
         "resid_mb_per_clip": raw / 1e6,
         "store_mb_for_all_clips": on_disk / 1e6,
         "compression_ratio": (2 * repeats * raw) / max(on_disk, 1),
+    }
+
+
+def time_batch(loaded: LoadedModel, seconds: float, batch: int, repeats: int) -> dict[str, Any]:
+    """Clips per second of ``batch`` equal-length clips per forward pass: the forward pass alone against
+    ``capture_codes_batch`` plus the clips' writes, interleaved, medians."""
+    spec = CaptureSpec()
+    codes = [encode_audio(loaded, _audio(seconds, seed)) for seed in range(batch)]
+    t = codes[0].shape[-1]
+    states, mask = text_condition(loaded, spec)
+    kwargs = dict(
+        encoder_outputs=(states.expand(batch, -1, -1),),
+        attention_mask=mask.expand(batch, -1),
+        decoder_input_ids=torch.cat([delayed_decoder_input(loaded, c) for c in codes]),
+        use_cache=False,
+    )
+    layers = tuple(range(loaded.n_layers + 1))
+    times: dict[str, list[float]] = {"forward": [], "capture": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"{tmp}/bench.zarr"
+        _store(url, loaded, layers, t, batch * repeats)
+
+        def forward() -> None:
+            with torch.no_grad():
+                loaded.model(**kwargs)
+
+        forward()  # warm-up
+        for r in range(repeats):
+            t0 = time.perf_counter()
+            forward()
+            times["forward"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for j, cap in enumerate(capture_codes_batch(loaded, codes, spec)):
+                write_clip(url, f"c{r * batch + j}", cap.resid, cap.codes)
+                mark_complete(url, f"c{r * batch + j}")
+            times["capture"].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    raw = (loaded.n_layers + 1) * t * loaded.hidden_size * 2
+    return {
+        "option": f"float16, batch {batch}",
+        "batch": batch,
+        "clip_seconds": seconds,
+        "bytes_per_clip": raw,
+        "clips_per_s": batch / med["capture"],
+        "forward_clips_per_s": batch / med["forward"],
+        "throughput_over_forward": med["forward"] / med["capture"],
+        "written_gb_per_s": batch * raw / 1e9 / med["capture"],
     }
 
 
@@ -311,11 +364,13 @@ def main() -> None:
         metavar="N",
         help="only time a shard of N clips (of the first --seconds) with and without the background writer",
     )
+    ap.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes to time (default 1 4; --quick 1 2)")
     args = ap.parse_args()
     model = args.model or ("tiny" if args.quick else "musicgen-small")
     seconds = args.seconds or ([2.0] if args.quick else [10.0, 30.0])
     repeats = args.repeats or (2 if args.quick else 4)
     rss_seconds = args.rss_seconds or 2.0
+    batches = args.batch or ([1, 2] if args.quick else [1, 4])
     torch.set_num_threads(args.threads)
     if args.shard:
         shard = {"model": f"offline/{model}", "weights": "random", "torch_threads": torch.get_num_threads()}
@@ -337,6 +392,7 @@ def main() -> None:
         "peak_rss_mb_20_clips": peak_rss_mb(model, rss_seconds, 20),
         "rss_clip_seconds": rss_seconds,
         "codecs": codec_table(loaded, seconds[0]),
+        "batches": [time_batch(loaded, seconds[0], b, repeats) for b in batches],
     }
     if args.json:
         print(json.dumps(result))
@@ -358,6 +414,12 @@ def main() -> None:
             f"{r['clip_seconds']:7.1f}  {r['option']:<16}  {r['bytes_per_clip'] / 1e6:7.1f}  {r['clips_per_s']:7.3f}  "
             f"{r['written_gb_per_s']:12.4f}  {r['throughput_over_forward']:18.3f}  "
             f"{r['written_over_copy']:.5f} ({r['copy_gb_per_s']:.1f}{', memcpy' if device == 'cpu' else ''})"
+        )
+    print("seconds  batched option    clips/s  forward clips/s  throughput/forward  GB/s written")
+    for r in result["batches"]:
+        print(
+            f"{r['clip_seconds']:7.1f}  {r['option']:<16}  {r['clips_per_s']:7.3f}  {r['forward_clips_per_s']:15.3f}  "
+            f"{r['throughput_over_forward']:18.3f}  {r['written_gb_per_s']:12.4f}"
         )
     print(
         f"peak RSS, {rss_seconds:g} s clips: 2 clips {result['peak_rss_mb_2_clips']:.0f} MB, "

@@ -148,6 +148,8 @@ def _run_deployments(
                 fr = client.read_flow_run(run.id)
                 if check and zombie_after_s is not None and fr.state is not None and fr.state.is_running():
                     fr = crash_if_silent(client, fr, zombie_after_s)
+                if check and fr.state is not None and fr.state.is_pending():
+                    fr = crash_if_orphaned(client, fr)
                 if fr.state is not None and fr.state.is_final():
                     worker = fr.work_pool_name or ""
                     if fr.infrastructure_pid:
@@ -202,6 +204,38 @@ def crash_if_silent(client, fr, after_s: float):
     message = (
         f"no heartbeat from shard run {fr.name!r} for {silent_s:.0f} s (over {after_s:.0f} s): its process "
         "died (worker killed?); marked crashed, `musicinterp rerun` reruns it"
+    )
+    client.set_flow_run_state(fr.id, Crashed(message=message), force=True)
+    return client.read_flow_run(fr.id)
+
+
+def crash_if_orphaned(client, fr):
+    """The zombie rule for a shard run that never started: a worker claimed it (Pending, e.g. Submitting)
+    and then died before the run's own process reached Running. Such a run sends no heartbeats and would
+    stay Pending forever, so the worker's heartbeats speak for it: once the claiming worker (the run's
+    ``prefect.worker.name`` label) has been silent for ``ZOMBIE_HEARTBEATS`` of its own heartbeat
+    intervals, and the run has been Pending at least as long, mark it Crashed, naming why. A run whose
+    worker is alive is left alone however long its infrastructure takes to start. Returns the flow run as
+    it now is."""
+    from prefect.states import Crashed
+
+    name = (fr.labels or {}).get("prefect.worker.name")
+    if not name or not fr.work_pool_name:
+        return fr
+    workers = [w for w in client.read_workers_for_work_pool(fr.work_pool_name) if w.name == name]
+    if not workers or workers[0].last_heartbeat_time is None:
+        return fr
+    worker = workers[0]
+    after_s = ZOMBIE_HEARTBEATS * float(worker.heartbeat_interval_seconds or 30)
+    now = datetime.now(UTC)
+    silent_s = (now - worker.last_heartbeat_time).total_seconds()
+    pending_s = (now - fr.state.timestamp).total_seconds()
+    if min(silent_s, pending_s) <= after_s:
+        return fr
+    message = (
+        f"shard run {fr.name!r} was claimed by worker {name!r}, which has sent no heartbeat for {silent_s:.0f} s "
+        f"(over {after_s:.0f} s) while the run was still {fr.state.name}: the worker died before the run "
+        "started; marked crashed, `musicinterp rerun` reruns it"
     )
     client.set_flow_run_state(fr.id, Crashed(message=message), force=True)
     return client.read_flow_run(fr.id)

@@ -201,6 +201,14 @@ class CaptureSpec(Spec):
     )
     layers: list[int] | None = Field(None, description="Layers to store (0 = embeddings); default: all.")
     device: str = Field("cpu", description="torch device for the model, e.g. 'cpu' or 'cuda'.")
+    batch_size: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Clips of equal length captured in one forward pass (an accelerator's throughput). "
+        "Above 1, values may differ from clip-by-clip capture in float16's last bit, so it is part of the "
+        "run's identity; 1 (the default) is not.",
+    )
 
     @field_validator("device")
     @classmethod
@@ -515,6 +523,9 @@ class GenerationSpec(Spec):
     def _seeds(cls, v: list[int]) -> list[int]:
         if not v or len(set(v)) != len(v):
             raise ValueError(f"generation.seeds: give distinct seeds, got {v}")
+        bad = [s for s in v if not 0 <= s <= SEED_MAX]
+        if bad:
+            raise ValueError(f"generation.seeds: each seed must be in 0..{SEED_MAX} (2**32 - 1), got {bad}")
         return v
 
     @model_validator(mode="after")
@@ -560,6 +571,8 @@ class RunSpec(Spec):
 
     def canonical_json(self) -> str:
         data = {k: v for k, v in self.model_dump(mode="json").items() if k not in self.STORE_EXCLUDES}
+        if data["capture"]["batch_size"] == 1:  # clip by clip, as before the field existed: same runs, same names
+            del data["capture"]["batch_size"]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @field_validator("name")

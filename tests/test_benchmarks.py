@@ -43,6 +43,8 @@ def test_capture_benchmark__quick_json_has_the_ratios_and_memory_stays_flat_in_c
     assert result["peak_rss_mb_20_clips"] - result["peak_rss_mb_2_clips"] < 100
     codecs = {c["codec"] for c in result["codecs"]}
     assert "uncompressed" in codecs and len(codecs) >= 3
+    assert [b["batch"] for b in result["batches"]] == [1, 2]
+    assert all(b["clips_per_s"] > 0 and b["throughput_over_forward"] > 0 for b in result["batches"])
 
 
 def test_capture__equals_nnsight_on_every_layer(tiny_model):

@@ -153,3 +153,22 @@ def test_capture__description_needs_tokenizer(tiny_model):
     codes = torch.zeros((4, 5), dtype=torch.long)
     with pytest.raises(RuntimeError, match="has no tokenizer"):
         capture_codes(tiny_model, codes, CaptureSpec(description="calm piano"))
+
+
+def test_capture_batch__equals_each_clip_captured_alone(tiny_model):
+    """Clips of one length in one forward pass (``capture.batch_size``) give each clip's own residual stream:
+    the batch never mixes clips (a known answer: different audio per clip), to float32 rounding."""
+    from musicinterp.capture import capture_codes_batch
+
+    rng = np.random.default_rng(0)
+    codes = [encode_audio(tiny_model, 0.1 * rng.standard_normal(HOP_SAMPLES * 40)) for _ in range(3)]
+    spec = CaptureSpec()
+    alone = [capture_codes(tiny_model, c, spec, dtype=torch.float32) for c in codes]
+    batched = capture_codes_batch(tiny_model, codes, spec, dtype=torch.float32)
+    for a, b in zip(alone, batched, strict=True):
+        assert b.layers == a.layers and b.resid.shape == a.resid.shape
+        np.testing.assert_allclose(b.resid, a.resid, atol=1e-5, rtol=1e-5)
+        np.testing.assert_array_equal(b.codes, a.codes)
+    assert not np.allclose(batched[0].resid, batched[1].resid)  # the clips stayed apart
+    with pytest.raises(ValueError, match="one frame count"):
+        capture_codes_batch(tiny_model, [codes[0], codes[1][:, :30]], spec)

@@ -245,3 +245,26 @@ def test_model_cache__holds_one_model_at_a_time(monkeypatch):
         assert loads == [0, 1, 0]
     finally:
         run.clear_model_cache()
+
+
+def test_run__batched_capture_equals_clip_by_clip_and_a_bad_clip_fails_alone(tmp_path):
+    """``capture.batch_size: 3`` over clips of two lengths with a bad file among them: every good clip is
+    captured (batches split where the length changes and around the bad clip), the bad one fails naming
+    itself, and the store equals a clip-by-clip run's to float16 rounding."""
+    data = tmp_path / "audio"
+    data.mkdir()
+    for i in range(7):
+        write_tone(data / f"{i}.wav", 2.0 if i < 4 else 3.0, freq_hz=200 + 50 * i)
+    (data / "2.wav").write_bytes(b"RIFF not a wav")
+    stores = {}
+    for batch_size in (1, 3):
+        spec = _audio_spec(data, name=f"b{batch_size}", n_shards=1, batch_size=batch_size)
+        prepared = run.prepare_run(spec, str(tmp_path / f"out{batch_size}"))
+        result = run.capture_shard(spec.model, spec.capture, prepared.paths, 0)
+        assert len(result.captured) == 6 and list(result.failed) == [c for c in result.clips if "2" in c.split(":")[-1]]
+        stores[batch_size] = xr.open_zarr(prepared.paths.store)
+    a, b = stores[1], stores[3]
+    np.testing.assert_array_equal(a["complete"].values, b["complete"].values)
+    np.testing.assert_array_equal(a["codes"].values, b["codes"].values)
+    np.testing.assert_allclose(b["resid"].values.astype(np.float32), a["resid"].values.astype(np.float32), atol=2e-2)
+    assert RunSpec(capture={"batch_size": 3}).fingerprint() != RunSpec().fingerprint()

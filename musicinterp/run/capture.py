@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from musicinterp.capture import Capture, capture_codes, encode_audio
+from musicinterp.capture import Capture, capture_codes, capture_codes_batch, encode_audio
 from musicinterp.config import CaptureSpec, ModelSpec
 from musicinterp.models import LoadedModel, load_model
 from musicinterp.run.inputs import check_locator
@@ -159,40 +159,94 @@ def capture_shard(
         if on_clip is not None:
             on_clip(i + 1, len(clips), clip.clip_id)
 
+    def fail(clip: ClipRecord, e: Exception) -> None:
+        reason = str(e) if isinstance(e, ClipError) else f"{type(e).__name__}: {e}"
+        log.error("clip %s failed: %s", clip.clip_id, reason)
+        result.failed[clip.clip_id] = reason
+
+    def submit(i: int, clip: ClipRecord, cap: Capture | None) -> None:
+        """Queue clip i's write (None: nothing to write), then settle what has landed, in clip order."""
+        outcome: Future[tuple[int, float]] | None = None
+        if cap is not None and writer is not None:
+            outcome = writer.submit(write, clip.clip_id, cap)
+        elif cap is not None:
+            outcome = Future()
+            try:
+                outcome.set_result(write(clip.clip_id, cap))
+            except Exception as e:  # noqa: BLE001 - booked as the clip's failure by settle
+                outcome.set_exception(e)
+        pending.append((i, clip, outcome))
+        # clip i is written while clip i + 1 is encoded and captured: at most WRITE_QUEUE_CLIPS writes wait
+        while pending and (
+            pending[0][2] is None
+            or pending[0][2].done()
+            or sum(p[2] is not None for p in pending) > WRITE_QUEUE_CLIPS * batch_size
+        ):
+            settle(pending.popleft())
+
+    batch_size = capture.batch_size
+    batch: list[tuple[int, ClipRecord, torch.Tensor]] = []  # encoded clips of one length awaiting one forward pass
+
+    def flush() -> None:
+        """Capture the waiting clips in one forward pass; should the batch fail, each clip alone, so that an
+        error names its clip and the others are still captured."""
+        if not batch:
+            return
+        items = batch[:]
+        batch.clear()
+        t0 = time.perf_counter()
+        try:
+            with lock:
+                caps = capture_codes_batch(loaded, [codes for _, _, codes in items], capture)
+        except Exception as e:  # noqa: BLE001 - retried clip by clip below
+            log.warning("batch of %d clips failed (%s: %s); capturing them one by one", len(items), type(e).__name__, e)
+            caps = []
+            for _, clip, codes in items:
+                try:
+                    with lock:
+                        caps.append(capture_codes(loaded, codes, capture))
+                except Exception as e1:  # noqa: BLE001 - one bad clip must not sink the shard
+                    fail(clip, e1)
+                    caps.append(None)
+        result.capture_s += time.perf_counter() - t0
+        for (i, clip, _), cap in zip(items, caps, strict=True):
+            submit(i, clip, cap)
+
     try:
         for i, clip in enumerate(clips):
-            outcome: Future[tuple[int, float]] | None = None
             if clip.clip_id in done:
+                flush()
                 (result.captured_earlier if clip.clip_id in earlier else result.skipped).append(clip.clip_id)
-            else:
-                try:
-                    if roots is not None:
-                        check_locator(clip, roots)
+                submit(i, clip, None)
+                continue
+            try:
+                if roots is not None:
+                    check_locator(clip, roots)
+                if batch_size == 1:
                     with lock:
                         cap, encode_s, capture_s = encode_and_capture(loaded, capture, clip)
                     result.encode_s += encode_s
                     result.capture_s += capture_s
-                    if writer is not None:
-                        outcome = writer.submit(write, clip.clip_id, cap)
-                    else:
-                        outcome = Future()
-                        try:
-                            outcome.set_result(write(clip.clip_id, cap))
-                        except Exception as e:  # noqa: BLE001 - booked as the clip's failure by settle
-                            outcome.set_exception(e)
-                    del cap  # the writer holds the only reference: freed once written
-                except Exception as e:  # noqa: BLE001 - one bad clip must not sink the shard
-                    reason = str(e) if isinstance(e, ClipError) else f"{type(e).__name__}: {e}"
-                    log.error("clip %s failed: %s", clip.clip_id, reason)
-                    result.failed[clip.clip_id] = reason
-            pending.append((i, clip, outcome))
-            # clip i is written while clip i + 1 is encoded and captured: at most WRITE_QUEUE_CLIPS writes wait
-            while pending and (
-                pending[0][2] is None
-                or pending[0][2].done()
-                or sum(p[2] is not None for p in pending) > WRITE_QUEUE_CLIPS
-            ):
-                settle(pending.popleft())
+                else:
+                    t0_encode = time.perf_counter()
+                    with lock:
+                        codes = encode_clip(loaded, clip)
+                    result.encode_s += time.perf_counter() - t0_encode
+            except Exception as e:  # noqa: BLE001 - one bad clip must not sink the shard
+                flush()
+                fail(clip, e)
+                submit(i, clip, None)
+                continue
+            if batch_size == 1:
+                submit(i, clip, cap)
+                del cap  # the writer holds the only reference: freed once written
+                continue
+            if batch and batch[0][2].shape[-1] != codes.shape[-1]:
+                flush()  # a batch holds one length: a clip of another length starts the next
+            batch.append((i, clip, codes))
+            if len(batch) == batch_size:
+                flush()
+        flush()
         while pending:  # the shard finishes only once every write has landed (or failed, naming its clip)
             settle(pending.popleft())
     except BaseException:  # stopped midway: a write in flight finishes (flag last), and the record says so
@@ -224,13 +278,18 @@ def writes_can_overlap(device: str) -> bool:
     return not device.startswith("cpu") or torch.get_num_threads() < (os.cpu_count() or 1)
 
 
-def encode_and_capture(loaded: LoadedModel, capture: CaptureSpec, clip: ClipRecord) -> tuple[Capture, float, float]:
-    """Load and encode one clip, then capture its residual stream; returns it with encode and capture seconds."""
-    t0 = time.perf_counter()
+def encode_clip(loaded: LoadedModel, clip: ClipRecord) -> torch.Tensor:
+    """Load one clip's audio and encode it: EnCodec codes ``(codebook, frame)``."""
     samples = load_clip_audio(clip)
     if samples.shape[0] < 1:
         raise ValueError("empty clip")
-    codes = encode_audio(loaded, samples)
+    return encode_audio(loaded, samples)
+
+
+def encode_and_capture(loaded: LoadedModel, capture: CaptureSpec, clip: ClipRecord) -> tuple[Capture, float, float]:
+    """Load and encode one clip, then capture its residual stream; returns it with encode and capture seconds."""
+    t0 = time.perf_counter()
+    codes = encode_clip(loaded, clip)
     t1 = time.perf_counter()
     cap = capture_codes(loaded, codes, capture)
     return cap, t1 - t0, time.perf_counter() - t1

@@ -292,6 +292,45 @@ def test_zombie_rule__a_running_shard_without_heartbeats_is_marked_crashed():
     assert crashed.state.is_crashed() and "no heartbeat from shard run 'zombie-shard-0'" in crashed.state.message
 
 
+def test_zombie_rule__a_pending_shard_whose_worker_died_is_marked_crashed():
+    """A worker killed after claiming a shard but before the shard's process reached Running leaves the run
+    Pending (Submitting) forever, with no heartbeats of its own (seen in CI). Its worker's heartbeats decide:
+    silent for three of its intervals -> Crashed, naming the worker; a live worker's pending run is left alone."""
+    import time
+
+    from prefect import flow as prefect_flow
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.states import Pending
+
+    from musicinterp_flows.benchmark import crash_if_orphaned
+
+    @prefect_flow(name="benchmark-shard-orphan-test")
+    def victim() -> None:  # never run: only its flow run's states matter
+        pass
+
+    pool = "orphan-test-pool"
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        deployment = client.create_deployment(flow_id=client.create_flow(victim), name="orphan", work_pool_name=pool)
+        runs = {}
+        for worker in ("dead-worker", "live-worker"):
+            client.send_worker_heartbeat(pool, worker, heartbeat_interval_seconds=1)
+            fr = client.create_flow_run_from_deployment(deployment, name=f"shard-of-{worker}")
+            client.update_flow_run_labels(fr.id, {"prefect.worker.name": worker})
+            client.set_flow_run_state(fr.id, Pending(name="Submitting"), force=True)
+            runs[worker] = fr.id
+        fresh = crash_if_orphaned(client, client.read_flow_run(runs["dead-worker"]))
+        assert fresh.state.is_pending()  # just claimed: left alone
+        for _ in range(10):  # the live worker keeps beating; the dead one does not
+            time.sleep(0.5)
+            client.send_worker_heartbeat(pool, "live-worker", heartbeat_interval_seconds=1)
+        dead = crash_if_orphaned(client, client.read_flow_run(runs["dead-worker"]))
+        live = crash_if_orphaned(client, client.read_flow_run(runs["live-worker"]))
+    assert dead.state.is_crashed(), dead.state
+    assert "claimed by worker 'dead-worker'" in dead.state.message and "Submitting" in dead.state.message
+    assert live.state.is_pending(), live.state
+
+
 def test_rerun_markdown__links_the_prefilled_rerun_form_and_the_command():
     """A failure a rerun can fix: the summary links the rerun deployment's form with the run filled in (the UI
     reads the ``parameters`` query, JSON encoded twice, as its own links are) and gives the CLI command."""
