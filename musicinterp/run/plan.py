@@ -23,6 +23,7 @@ from musicinterp.models import describe_model
 from musicinterp.run.inputs import compare_inputs, data_roots, inputs_digest
 from musicinterp.run.paths import RunPaths
 from musicinterp.run.records import atomic_write, write_json
+from musicinterp.run.swap import finish_interrupted_swap, store_is_ready
 from musicinterp.slice import ClipRecord, Manifest, plan_slice
 from musicinterp.sources.base import ClipError
 from musicinterp.store import ClipLayout, StoreError, StoreLayout, init_store, open_store, store_attrs
@@ -120,9 +121,10 @@ def prepare_run(spec: RunSpec, out: str) -> PreparedRun:
     paths = RunPaths.for_spec(spec, out)
     fs, root = fsspec.core.url_to_fs(paths.root)
     fs.makedirs(root, exist_ok=True)
+    finish_interrupted_swap(paths)  # a replan killed between its renames left no store.zarr: finish it first
     manifest, rejected = plan_inputs(spec)
     template = store_template(spec, manifest)
-    if fs.exists(fsspec.core.url_to_fs(paths.manifest)[1]) and _is_ready(paths.store):
+    if fs.exists(fsspec.core.url_to_fs(paths.manifest)[1]) and store_is_ready(paths.store):
         planned = Manifest.from_json(paths.manifest)
         held = open_store(paths.store).attrs.get("inputs_digest")
         if held is not None and held != inputs_digest(planned):
@@ -153,14 +155,6 @@ def prepare_run(spec: RunSpec, out: str) -> PreparedRun:
     )
     write_json(paths.run_file, {"spec": spec.model_dump(mode="json"), "prepared": prepared.model_dump(mode="json")})
     return prepared
-
-
-def _is_ready(store: str) -> bool:
-    try:
-        open_store(store)
-    except StoreError:
-        return False
-    return True
 
 
 def run_clips(paths: RunPaths) -> list[tuple[int, ClipRecord]]:

@@ -23,12 +23,11 @@ from musicinterp.run.inputs import InputChanges
 from musicinterp.run.paths import RunPaths
 from musicinterp.run.plan import plan_inputs, store_template
 from musicinterp.run.records import atomic_write
+from musicinterp.run.swap import RETIRED_DIR, STAGING_DIR, finish_interrupted_swap, swap_store
 from musicinterp.store import StoreError, init_store, label_names, mark_complete, open_store, write_clip, write_labels
 
 log = logging.getLogger(__name__)
 
-STAGING_DIR = "store.replan.zarr"  # the new store while it is being built
-RETIRED_DIR = "store.pre-replan.zarr"  # the old store between the two renames
 STALE_FOLDERS = ("shards", "annotations", "plots")  # records numbered by the old store's rows
 
 
@@ -52,6 +51,7 @@ def replan_run(root: str) -> ReplanResult:
     """Replan the run in ``root`` (a run folder: ``{out}/{name}-{fingerprint}``) against its inputs now."""
     paths = RunPaths(root.rstrip("/"))
     spec = _read_spec(paths)
+    finish_interrupted_swap(paths)
     manifest, rejected = plan_inputs(spec)
     old = open_store(paths.store)
     held = {str(c): str(h) for c, h in zip(old["clip"].values, old["sha256"].values)}
@@ -74,9 +74,7 @@ def replan_run(root: str) -> ReplanResult:
     init_store(staging, t.layout, t.clip_vars, t.attrs, labels=t.labels)
     result.kept = _copy_unchanged(old, staging, [c for c in now if c in held and held[c] == now[c]])
     atomic_write(paths.manifest, manifest.to_json)
-    fs.mv(fsspec.core.url_to_fs(paths.store)[1], fsspec.core.url_to_fs(retired)[1], recursive=True)
-    fs.mv(fsspec.core.url_to_fs(staging)[1], fsspec.core.url_to_fs(paths.store)[1], recursive=True)
-    fs.rm(fsspec.core.url_to_fs(retired)[1], recursive=True)
+    swap_store(paths)
     for folder in STALE_FOLDERS:
         path = fsspec.core.url_to_fs(f"{paths.root}/{folder}")[1]
         if fs.exists(path):
