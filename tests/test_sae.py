@@ -13,6 +13,7 @@ import xarray as xr
 
 from musicinterp.config import CaptureSpec
 from musicinterp.sae import (
+    BatchTopKSAE,
     SAELoadError,
     SAERankSpec,
     SAETrainSpec,
@@ -88,8 +89,8 @@ def test_saelens__refuses_wrong_width_layer_and_architecture(tmp_path):
     with pytest.raises(SAELoadError, match=r"model has layers 0..2"):
         load_sae(tmp_path / "s", n_layers=2)
     cfg = json.loads((tmp_path / "s" / "cfg.json").read_text())
-    (tmp_path / "s" / "cfg.json").write_text(json.dumps({**cfg, "architecture": "jumprelu"}))
-    with pytest.raises(SAELoadError, match="architecture 'jumprelu' is not supported"):
+    (tmp_path / "s" / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
+    with pytest.raises(SAELoadError, match="architecture 'gated' is not supported"):
         load_sae(tmp_path / "s")
     with pytest.raises(SAELoadError, match="is not an SAELens folder"):
         load_sae(tmp_path / "nothing")
@@ -129,6 +130,77 @@ def test_saelens__sae_lens_itself_loads_ours_with_the_same_outputs(tmp_path):
         torch.testing.assert_close(theirs.decode(theirs.encode(x)), sae(x))
     theirs.save_model(str(tmp_path / "t"))  # and theirs back through our loader
     torch.testing.assert_close(load_sae(tmp_path / "t", layer=3).sae(x), sae(x))
+
+
+# ---- BatchTopK -------------------------------------------------------------------------------------------
+def random_batchtopk(d_in: int = 16, d_sae: int = 48, k: int = 5, seed: int = 0) -> BatchTopKSAE:
+    sae = BatchTopKSAE(d_in, d_sae, k)
+    sae.load_state_dict({**random_sae(d_in, d_sae, k, seed).state_dict(), **dict(sae.named_buffers())})
+    return sae
+
+
+def test_batchtopk__k_per_frame_on_average_in_training_and_a_threshold_at_inference():
+    sae = random_batchtopk()
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        pre = sae.pre_acts(x)
+        acts = sae.topk(pre)
+    per_frame = (acts > 0).sum(-1)
+    assert int(per_frame.sum()) == 5 * 64  # k x batch kept over the whole batch ...
+    assert int(per_frame.min()) < 5 < int(per_frame.max())  # ... not k on every frame
+    kept = acts[acts > 0]
+    assert float(kept.min()) >= float(torch.relu(pre).flatten().topk(5 * 64).values.min())
+    sae.update_threshold(acts, lr=0.01)  # the first estimate is this batch's smallest kept activation
+    torch.testing.assert_close(sae.threshold, torch.full((48,), float(kept.min())))
+    with torch.no_grad():
+        got = sae.encode(x)
+        torch.testing.assert_close(got, torch.relu(pre) * (pre > sae.threshold))
+        torch.testing.assert_close(sae.encode(x[:3]), got[:3])  # a frame's features do not depend on its batch
+        # on the batch the threshold came from, the same features fire, but for the smallest (pre > threshold)
+        assert torch.equal(got > 0, acts > float(kept.min())) and int((got > 0).sum()) == 5 * 64 - 1
+    sae.update_threshold(acts * 2, lr=0.25)  # later batches move it at the rate given
+    torch.testing.assert_close(sae.threshold, torch.full((48,), 1.25 * float(kept.min())))
+
+
+def test_batchtopk__trains_saves_as_saelens_jumprelu_and_loads_back(null_store, tmp_path):
+    spec = small_spec(null_store, kind="batchtopk", train_frames=40 * 256)
+    assert spec.fingerprint() != small_spec(null_store).fingerprint()
+    train_layer(spec, 2, tmp_path)
+    cfg = json.loads((tmp_path / "layer2" / "cfg.json").read_text())
+    assert cfg["architecture"] == "jumprelu" and cfg["k"] == 4
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "layer2" / "sae_weights.safetensors"))
+    assert sorted(weights) == ["W_dec", "W_enc", "b_dec", "b_enc", "threshold"]
+    sl = load_sae(tmp_path / "layer2", d_model=16, layer=2)
+    assert isinstance(sl.sae, BatchTopKSAE) and sl.meta["kind"] == "batchtopk"
+    thr = float(sl.sae.threshold[0])
+    assert thr > 0 and torch.equal(sl.sae.threshold, weights["threshold"])
+    assert sl.meta["threshold"] == pytest.approx(thr)
+    ds = xr.open_zarr(null_store, chunks=None, consolidated=False)
+    x = torch.from_numpy(np.asarray(ds["resid"].values[0, 2, :200], np.float32))
+    with torch.no_grad():
+        pre = sl.sae.pre_acts(x)
+        torch.testing.assert_close(sl.sae.encode(x), torch.relu(pre) * (pre > thr))
+        l0 = float((sl.sae.encode(x) > 0).sum(-1).float().mean())
+    assert 1.0 <= l0 <= 16.0, l0  # the threshold learned in training keeps about k = 4 per frame
+    save_sae(sl.sae, tmp_path / "again", layer=2, model_name="m")  # round trip: same outputs
+    torch.testing.assert_close(load_sae(tmp_path / "again").sae(x), sl.sae(x))
+
+
+def test_batchtopk__sae_lens_itself_loads_ours_as_jumprelu_with_the_same_outputs(tmp_path):
+    """Runs where SAELens is importable (see test_saelens__sae_lens_itself_loads_ours_with_the_same_outputs)."""
+    sae_lens = pytest.importorskip("sae_lens")
+    sae = random_batchtopk()
+    with torch.no_grad():
+        sae.threshold.fill_(0.4)
+    save_sae(sae, tmp_path / "s", layer=3, model_name="m")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "s"), device="cpu")
+    assert type(theirs).__name__ == "JumpReLUSAE"
+    x = torch.randn(40, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.encode(x), sae.encode(x))
+        torch.testing.assert_close(theirs.decode(theirs.encode(x)), sae(x))
 
 
 # ---- streaming and training ----------------------------------------------------------------------------
@@ -181,18 +253,19 @@ def small_spec(store: str, **kw) -> SAETrainSpec:
     return SAETrainSpec(**{**base, **kw})
 
 
-def test_sae_train__resume_after_kill_gives_the_uninterrupted_weights(null_store, tmp_path):
-    spec = small_spec(null_store)
+@pytest.mark.parametrize("kind", ["topk", "batchtopk"])
+def test_sae_train__resume_after_kill_gives_the_uninterrupted_weights(null_store, tmp_path, kind):
+    spec = small_spec(null_store, kind=kind)
     whole = train_layer(spec, 2, tmp_path / "a")
     killed = train_layer(spec, 2, tmp_path / "b", stop_after_steps=3)
     assert killed["stopped_at"] == 3 and not (tmp_path / "b" / "layer2").exists()
     resumed = train_layer(spec, 2, tmp_path / "b")
     assert resumed["resumed"] and whole["steps"] == resumed["steps"] == 8
     a, b = load_sae(tmp_path / "a" / "layer2").sae, load_sae(tmp_path / "b" / "layer2").sae
-    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec") + (("threshold",) if kind == "batchtopk" else ()):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=0)
     with pytest.raises(ValueError, match="written for other settings"):
-        train_layer(small_spec(null_store, k=3), 2, tmp_path / "b")
+        train_layer(small_spec(null_store, k=3, kind=kind), 2, tmp_path / "b")
 
 
 def test_sae_train__metrics_on_held_out_clips(null_store, tmp_path):
@@ -273,7 +346,8 @@ def test_rank__finds_a_planted_feature_and_none_on_the_null_store(planted_store,
     assert s["beyond-random"]["significant"] >= 1 and s["beyond-random"]["layers"] == [2], s
     cands = json.loads((tmp_path / "r" / "candidates.json").read_text())
     assert cands and all(c["layer"] == 2 and c["hook_name"] == "blocks.1.hook_resid_post" for c in cands)
-    assert all(c["q_beyond_random"] is not None for c in cands)
+    assert all(c["q_beyond_random"] is not None and c["q_trained_minus_random"] is not None for c in cands)
+    assert all(c["direction"] in (-1, 1) for c in cands)
     assert (tmp_path / "r" / "ranked.parquet").exists()
     stored = xr.open_zarr(tmp_path / "r" / "features_layer2.zarr")
     assert sorted(stored["sae_feature"].values.tolist()) == sorted({c["feature"] for c in cands})
@@ -297,6 +371,6 @@ def test_spec__shipped_sae_configs_validate():
     from musicinterp.sae.spec import SAETrainSpec, load_spec
 
     paths = sorted((Path(__file__).parent.parent / "configs" / "sae").glob("*.yaml"))
-    assert len(paths) == 2
+    assert len(paths) == 3
     for path in paths:
         assert isinstance(load_spec(path, SAETrainSpec), SAETrainSpec)

@@ -2,7 +2,7 @@
 compute its activation from one layer's residual stream".
 
 Activation of a probe direction = projection of the stored ``resid`` at its layer onto the direction's unit
-vector (residual-stream units). Activation of an SAE feature = its TopK encoding of the stored ``resid``.
+vector (residual-stream units). Activation of an SAE feature = its SAE encoding of the stored ``resid``.
 """
 
 from __future__ import annotations

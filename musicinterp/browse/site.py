@@ -143,7 +143,7 @@ def _item_page(k: int, itemset: ItemSet, res: ScanResult, sh: _Shared) -> str:
         "fraction of frames > 0": float(res.active_fraction[k]),
     }
     how = (
-        "TopK encoding of the stored resid at this layer"
+        "SAE encoding (TopK, or BatchTopK's threshold) of the stored resid at this layer"
         if item.kind == KIND_SAE
         else "projection of the stored resid at this layer onto the direction's unit vector"
     )

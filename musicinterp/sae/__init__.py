@@ -12,7 +12,7 @@ memory bound and the known-answer run.
 
 from musicinterp.sae.evaluate import evaluate_sae, next_code_loss, reconstruction_metrics
 from musicinterp.sae.features import encode_frames, feature_matrix, write_feature_store
-from musicinterp.sae.model import TopKSAE
+from musicinterp.sae.model import BatchTopKSAE, TopKSAE, make_sae
 from musicinterp.sae.pipeline import evaluate_layer, store_model, train_saes, write_metrics
 from musicinterp.sae.rank import (
     finalize_ranking,
@@ -35,6 +35,7 @@ from musicinterp.sae.splice import ablate_features, ablation, edit_layer, recons
 from musicinterp.sae.train import train_layer
 
 __all__ = [
+    "BatchTopKSAE",
     "LoadedSAE",
     "SAELoadError",
     "SAERankSpec",
@@ -51,6 +52,7 @@ __all__ = [
     "hook_name_for_layer",
     "layer_for_hook_name",
     "load_sae",
+    "make_sae",
     "next_code_loss",
     "intermediate_dir",
     "rank_features",

@@ -3,7 +3,7 @@
 ``feature_matrix`` encodes the frames the analysis keeps (complete and annotated clips, every
 ``frame_stride``-th frame, the layer read ``codec_lookahead`` frames before the label: the same rows as
 ``musicinterp.analysis.load_labels``) one clip at a time into a scipy CSR matrix (rows x d_sae, float32):
-at most k non-zeros per row, so 32,768 features cost no more than k.
+at most k non-zeros per row (k on average for BatchTopK), so 32,768 features cost no more than k.
 
 ``write_feature_store`` stores chosen features like ``resid``: a Zarr store with
 ``feature_acts(clip, time, sae_feature)`` float16 (dense; NaN past each clip's ``n_frames``), the clip and
@@ -29,14 +29,12 @@ from musicinterp.sae.stream import layer_position
 
 @torch.no_grad()
 def encode_frames(sae: TopKSAE, a: np.ndarray) -> sp.csr_matrix:
-    """Feature activations of ``a`` (n, d_in) as a CSR matrix (n, d_sae)."""
+    """Feature activations of ``a`` (n, d_in) as a CSR matrix (n, d_sae): the non-zero ones (at most k per frame
+    for TopK; for BatchTopK at inference, those above the threshold, k per frame on average)."""
     acts = sae.encode(torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(sae.W_enc.device)).cpu()
-    top = torch.topk(acts, sae.k, dim=-1)
-    rows = np.repeat(np.arange(len(a)), sae.k)
-    vals = top.values.numpy().ravel()
-    keep = vals > 0
+    rows, cols = torch.nonzero(acts > 0, as_tuple=True)
     return sp.csr_matrix(
-        (vals[keep], (rows[keep], top.indices.numpy().ravel()[keep])), shape=(len(a), sae.d_sae), dtype=np.float32
+        (acts[rows, cols].numpy(), (rows.numpy(), cols.numpy())), shape=(len(a), sae.d_sae), dtype=np.float32
     )
 
 

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = (
     "layer",
+    "kind",
     "d_in",
     "d_sae",
     "k",
@@ -70,7 +71,8 @@ def evaluate_layer(spec: SAETrainSpec, layer: int, out: str | Path, loaded: Load
         spec.loss_clips,
         spec.dense_threshold,
     )
-    row.update(d_in=sl.sae.d_in, d_sae=sl.sae.d_sae, k=sl.sae.k, weights=meta.get("weights", "unknown"))
+    sae = sl.sae
+    row.update(kind=sae.kind, d_in=sae.d_in, d_sae=sae.d_sae, k=sae.k, weights=meta.get("weights", "unknown"))
     meta["metrics"] = row
     (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     return row

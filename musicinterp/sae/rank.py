@@ -15,13 +15,19 @@ is small enough that BH's smallest attainable q stays below alpha. BH over all 3
 need p < alpha / 200,000 per discovery, i.e. millions of permutations per cell, for no gain in validity.
 
 **Random-model control.** The same procedure on the random-weight twin's store with an SAE trained on it
-(``control='random-model'`` rows, their own BH family): features of an untrained network should predict nothing
-beyond the controls.
+(``control='random-model'`` rows, their own BH family). An SAE is itself a trained non-linear read-out, so the
+twin's SAE can find what an untrained network's states hold but a linear probe cannot read (on the pair toy: ANDs
+of the two cue chords right after the cue, see the package README); a trained feature's claim therefore rests on
+its ``beyond-random`` and ``trained-minus-random`` rows (``q_beyond_random``, ``q_trained_minus_random`` in
+``candidates.json``), which test it against the twin's same layer.
 
 Outputs: ``ranked.parquet`` / ``ranked.csv`` (one row per tested (layer, feature, target, metric), sorted by q
 then gain) and ``candidates.json`` (AUROC rows with q < alpha and a positive gain: SAE folder, layer, hook,
-feature, target, gain, q), the intervention targets for musicinterp.sae.splice.ablation; and the candidates'
-activations on every clip of the store, ``features_layer<l>.zarr`` (clip, time, sae_feature) float16.
+feature, target, gain, q, the q of its random-twin rows, and ``direction``: +1 when the feature fires before the
+event, -1 when it fires before its absence, the sign of its correlation with the target beyond the controls on
+the test sources; the probe's gain is blind to it, since a ridge weight can take either sign), the intervention
+targets for musicinterp.sae.splice.ablation; and the candidates' activations on every clip of the store,
+``features_layer<l>.zarr`` (clip, time, sae_feature) float16.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ RANK_COLUMNS = [
     "q_value",
     "screen_score",
     "screen_active_frames",
+    "direction",
     "n_clips",
     "n_frames",
     "n_sources",
@@ -111,8 +118,11 @@ def subset_labels(lab: dict[str, Any], clips: np.ndarray, out: str | Path) -> tu
     return Path(out), rows
 
 
-def screen_scores(acts: sp.csr_matrix, y: np.ndarray, design: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """|corr(feature, residual of y on design)| for every feature, and each feature's active-frame count."""
+def screen_scores(
+    acts: sp.csr_matrix, y: np.ndarray, design: np.ndarray, signed: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """|corr(feature, residual of y on design)| for every feature (the correlation itself with ``signed``),
+    and each feature's active-frame count."""
     Z = np.column_stack([design, np.ones(len(y))])
     beta = np.linalg.lstsq(Z, y.astype(float), rcond=None)[0]
     r = y - Z @ beta
@@ -122,7 +132,7 @@ def screen_scores(acts: sp.csr_matrix, y: np.ndarray, design: np.ndarray) -> tup
     s2 = np.asarray(acts.multiply(acts).sum(axis=0)).ravel()
     var = np.maximum(s2 - s1**2 / n, 0.0)
     den = np.sqrt(var) * math.sqrt(float(r @ r))
-    score = np.where(den > 0, np.abs(num) / np.where(den > 0, den, 1.0), 0.0)
+    score = np.where(den > 0, (num if signed else np.abs(num)) / np.where(den > 0, den, 1.0), 0.0)
     active = np.asarray((acts > 0).sum(axis=0)).ravel()
     return score, active
 
@@ -200,8 +210,14 @@ def rank_features(
             score, active = screen_scores(acts[rs], lab[f"y__{target}"][rs].astype(float), design)
             score[active < spec.min_active_frames] = -1.0
             chosen = [int(f) for f in np.argsort(-score, kind="stable")[: spec.top_n] if score[f] >= 0]
+            rt = test_rows[valid[test_rows]]
+            test_design = np.column_stack(
+                [lab["controls"][rt], lab[f"lag__{target}"][rt], lab[f"lagvalid__{target}"][rt]]
+            )
             for f in chosen:
                 X = acts[test_rows][:, [f]].toarray()
+                # which way the feature points on the test sources: +1 fires before the event, -1 before its absence
+                corr, _ = screen_scores(acts[rt][:, [f]], lab[f"y__{target}"][rt].astype(float), test_design, True)
                 red = save_reduced(
                     work / f"layer{layer}_f{f}.npz",
                     X,
@@ -228,6 +244,7 @@ def rank_features(
                         feature=f,
                         screen_score=float(score[f]),
                         screen_active_frames=int(active[f]),
+                        direction=int(np.sign(corr[0])),
                         sae=str(Path(sae_root) / f"layer{layer}"),
                         hook_name=sl.hook_name,
                     )
@@ -267,6 +284,8 @@ def finalize_ranking(frames: list[pd.DataFrame], out: str | Path, alpha: float) 
     hits = df[(df["control"] == "none") & (df["metric"] == "auroc") & (df["q_value"] < alpha) & (df["gain"] > 0)]
     beyond = df[(df["control"] == "beyond-random") & (df["metric"] == "auroc")]
     beyond_q = {(int(r.layer), int(r.feature), r.label): float(r.q_value) for r in beyond.itertuples()}
+    paired = df[(df["control"] == "trained-minus-random") & (df["metric"] == "auroc")]
+    paired_q = {(int(r.layer), int(r.feature), r.label): float(r.q_value) for r in paired.itertuples()}
     cands = [
         {
             "sae": r.sae,
@@ -277,6 +296,9 @@ def finalize_ranking(frames: list[pd.DataFrame], out: str | Path, alpha: float) 
             "gain": float(r.gain),
             "q_value": float(r.q_value),
             "q_beyond_random": beyond_q.get((int(r.layer), int(r.feature), r.label)),
+            "q_trained_minus_random": paired_q.get((int(r.layer), int(r.feature), r.label)),
+            "direction": int(r.direction),
+            "fires_before": "the event" if int(r.direction) > 0 else "its absence",
             "how_to_ablate": "musicinterp.sae.splice.edit_layer(loaded, layer, ablation(sae, [feature]))",
         }
         for r in hits.itertuples()

@@ -7,6 +7,12 @@ SAELens version the layout matches); for readers of the older layout it also car
 ``W_enc`` (d_in, d_sae), ``W_dec`` (d_sae, d_in), ``b_enc``, ``b_dec``. musicinterp's own provenance (store,
 layer, weights kind, metrics) goes in ``musicinterp_sae.json`` beside them, which SAELens ignores.
 
+A BatchTopK SAE is written the way SAELens writes one for inference: ``architecture: "jumprelu"`` and a
+``threshold`` (d_sae) tensor beside the four weights (SAELens turns its training buffer ``topk_threshold`` into
+that tensor when it saves); ``k`` stays in cfg.json for the record (SAELens' JumpReLU config ignores it).
+``load_sae`` reads such folders, ours or JumpReLU SAEs trained elsewhere, as a :class:`BatchTopKSAE` (encode =
+``ReLU(pre) * (pre > threshold)``).
+
 **Hook names.** musicinterp's layer l is the residual stream after decoder block l (l = 0: the embeddings,
 the input of block 0), before the final layer norm. In TransformerLens' names for a decoder of n blocks:
 
@@ -30,7 +36,7 @@ from typing import Any
 
 import torch
 
-from musicinterp.sae.model import TopKSAE
+from musicinterp.sae.model import BatchTopKSAE, TopKSAE
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -88,8 +94,9 @@ def save_sae(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     hook = hook_name_for_layer(layer)
+    jump = isinstance(sae, BatchTopKSAE)
     cfg = {
-        "architecture": "topk",
+        "architecture": "jumprelu" if jump else "topk",
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
         "k": sae.k,
@@ -111,10 +118,12 @@ def save_sae(
         "hook_name": hook,
         "hook_layer": layer,
         "model_name": model_name,
-        "activation_fn": "topk",
-        "activation_fn_kwargs": {"k": sae.k},
+        "activation_fn": "relu" if jump else "topk",
+        "activation_fn_kwargs": {} if jump else {"k": sae.k},
     }
     state = {n: p.detach().to("cpu", torch.float32).contiguous() for n, p in sae.named_parameters()}
+    if isinstance(sae, BatchTopKSAE):
+        state["threshold"] = sae.threshold.detach().to("cpu", torch.float32).contiguous()
     save_file(state, str(path / WEIGHTS_FILE))
     (path / CFG_FILE).write_text(json.dumps(cfg, indent=2))
     if meta is not None:
@@ -144,11 +153,12 @@ def load_sae(
     layer: int | None = None,
     device: str = "cpu",
 ) -> LoadedSAE:
-    """Read an SAELens-layout TopK SAE (ours, or one trained elsewhere) and check it fits.
+    """Read an SAELens-layout TopK or BatchTopK/JumpReLU SAE (ours, or one trained elsewhere) and check it fits.
 
     ``d_model``: the model's width (the SAE's ``d_in`` must equal it); ``n_layers``: decoder blocks (the hook
     must name a layer in 0..n_layers); ``layer``: the layer it will be applied to (its hook must map to it).
-    Only TopK SAEs without run-time normalisation are supported; other architectures are refused by name.
+    Only TopK and JumpReLU (BatchTopK as saved) SAEs without run-time normalisation are supported; other
+    architectures are refused by name.
     """
     from safetensors.torch import load_file
 
@@ -162,15 +172,20 @@ def load_sae(
     arch = cfg.get("architecture") or (
         "topk" if cfg.get("activation_fn", cfg.get("activation_fn_str")) == "topk" else None
     )
-    if arch != "topk":
-        raise SAELoadError(f"{str(path)!r}: architecture {arch!r} is not supported (only 'topk')")
+    if arch not in ("topk", "jumprelu"):
+        raise SAELoadError(
+            f"{str(path)!r}: architecture {arch!r} is not supported (only 'topk', and 'jumprelu' as SAELens saves "
+            "a BatchTopK SAE)"
+        )
     norm = cfg.get("normalize_activations") or "none"
     if norm not in ("none", False):
         raise SAELoadError(
             f"{str(path)!r}: normalize_activations {norm!r} needs a scaling factor that is not in the folder; fold it "
             "into the weights first (SAELens' fold_activation_norm_scaling_factor) and save with 'none'"
         )
-    d_in, d_sae, k = int(cfg["d_in"]), int(cfg["d_sae"]), _cfg_k(cfg, path)
+    d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+    # a JumpReLU SAE needs no k to encode; without one (trained elsewhere as JumpReLU) k = d_sae, no cap
+    k = _cfg_k(cfg, path) if arch == "topk" or cfg.get("k") is not None else d_sae
     hook = _cfg_hook(cfg)
     if hook is None:
         raise SAELoadError(f"{str(path)!r}: cfg.json names no hook_name (metadata.hook_name or hook_name)")
@@ -191,6 +206,8 @@ def load_sae(
         )
     state = load_file(str(path / WEIGHTS_FILE))
     expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
+    if arch == "jumprelu":
+        expected["threshold"] = (d_sae,)
     for name, shape in expected.items():
         if name not in state:
             raise SAELoadError(f"{str(path / WEIGHTS_FILE)!r} has no {name!r} (it holds {sorted(state)})")
@@ -198,8 +215,11 @@ def load_sae(
             raise SAELoadError(
                 f"{str(path / WEIGHTS_FILE)!r}: {name} has shape {tuple(state[name].shape)}, cfg.json implies {shape}"
             )
-    sae = TopKSAE(d_in, d_sae, k)
-    sae.load_state_dict({n: state[n].float() for n in expected})
+    sae = BatchTopKSAE(d_in, d_sae, k) if arch == "jumprelu" else TopKSAE(d_in, d_sae, k)
+    weights = {n: state[n].float() for n in expected}
+    if isinstance(sae, BatchTopKSAE):
+        weights["threshold_updates"] = torch.ones((), dtype=torch.long)  # a saved threshold is an estimate
+    sae.load_state_dict(weights)
     if not cfg.get("apply_b_dec_to_input", True):  # x is not centred by b_dec before encoding: fold it away
         with torch.no_grad():
             sae.b_enc.add_(sae.b_dec @ sae.W_enc)

@@ -6,6 +6,7 @@ SAE folders and caches): every field has a description, so the Prefect UI render
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -27,7 +28,20 @@ class SAETrainSpec(Spec):
     )
     d_sae: int | None = Field(None, ge=1, description="Features per SAE; None = expansion x the layer's width.")
     expansion: int = Field(8, ge=1, description="d_sae = expansion x d_in when d_sae is not given.")
-    k: int = Field(16, ge=1, description="Active features per frame (TopK).")
+    kind: Literal["topk", "batchtopk"] = Field(
+        "topk",
+        description="'topk': k active features on every frame; 'batchtopk' (Bussmann et al. 2024): the k x batch "
+        "largest activations of each training batch (k per frame on average), and at inference a threshold "
+        "estimated in training (saved as SAELens saves BatchTopK SAEs: architecture 'jumprelu' + 'threshold').",
+    )
+    k: int = Field(16, ge=1, description="Active features per frame (TopK; for BatchTopK the mean per frame).")
+    topk_threshold_lr: float = Field(
+        0.01,
+        gt=0,
+        le=1,
+        description="BatchTopK only: rate of the running mean of each batch's smallest kept activation that "
+        "becomes the inference threshold (SAELens' name).",
+    )
     train_frames: int = Field(
         1_000_000, ge=1, description="Frames (tokens) to train on; the store's training clips are cycled in epochs."
     )
@@ -64,6 +78,15 @@ class SAETrainSpec(Spec):
     device: str = Field("cpu", description="torch device for training and evaluation ('cpu', 'cuda', 'cuda:1').")
     checkpoint_every_steps: int = Field(200, ge=1, description="Steps between checkpoints a rerun resumes from.")
     seed: int = Field(0, description="Seeds the initialisation, the clip order and the batches.")
+
+    def canonical_json(self) -> str:
+        """As Spec's, without the BatchTopK fields at their defaults, so TopK settings written before BatchTopK
+        existed keep their fingerprint (and their checkpoints)."""
+        data = self.model_dump(mode="json")
+        for name in ("kind", "topk_threshold_lr"):
+            if data[name] == type(self).model_fields[name].default:
+                del data[name]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def d_sae_for(self, d_in: int) -> int:
         return self.d_sae or self.expansion * d_in

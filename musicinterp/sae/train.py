@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from musicinterp.sae.model import TopKSAE
+from musicinterp.sae.model import BatchTopKSAE, TopKSAE, make_sae
 from musicinterp.sae.saelens import save_sae
 from musicinterp.sae.spec import SAETrainSpec
 from musicinterp.sae.stream import ClipStream, complete_clips, open_store, split_sources
@@ -100,7 +100,7 @@ def train_layer(
     key = {"spec": spec.fingerprint(), "layer": layer, "store": store_key(ds)}
     ckpt = checkpoint_path(out, layer)
     stream = ClipStream(ds, layer, train_clips, spec.shuffle_buffer_frames, spec.seed)
-    sae = TopKSAE(d_in, d_sae, spec.k)
+    sae = make_sae(spec.kind, d_in, d_sae, spec.k)
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
     step, resumed = 0, False
     since_fired = torch.zeros(d_sae, dtype=torch.long)
@@ -177,13 +177,15 @@ def train_layer(
         with torch.no_grad():
             since_fired += x.shape[0]
             since_fired[(acts > 0).any(0)] = 0
+        if isinstance(sae, BatchTopKSAE):
+            sae.update_threshold(acts.detach(), spec.topk_threshold_lr)
         step += 1
         last_mse = float(err.detach()) / d_in
         if step % spec.checkpoint_every_steps == 0 or step == total:
             save()
             if progress:
                 progress(step, total, f"layer {layer}: step {step}/{total}, mse/d_in {last_mse:.4g}")
-    final = TopKSAE(d_in, d_sae, spec.k)
+    final = make_sae(spec.kind, d_in, d_sae, spec.k)
     final.load_state_dict({n: p.detach().cpu() for n, p in sae.state_dict().items()})
     final.fold_input_scale(scale)
     meta = {
@@ -200,6 +202,8 @@ def train_layer(
         "input_scale_folded": scale,
         "train_clips": len(train_clips),
         "eval_clips": [str(c) for c in ds["clip"].values[eval_clips]],
+        "kind": spec.kind,
+        "threshold": float(final.threshold.mean()) if isinstance(final, BatchTopKSAE) else None,
         "dead_at_end": float((since_fired >= spec.dead_after_frames).float().mean()),
         "final_train_mse_per_dim_scaled": last_mse,
         "buffer_rows_max": stream.max_rows_held,
