@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -85,14 +84,16 @@ def summary(df: Any, plan: Any) -> dict[str, Any]:
     alpha = plan.spec.alpha
     head = df[(df["metric"] == HEADLINE_METRIC) & (df["control"] == "none")]
     sig = head[head["q_value"] < alpha]
-    out = Path(plan.out)
+    from musicinterp import files
+
+    out = str(plan.out)
     return {
         "store": plan.store,
-        "out": str(out),
-        "results": str(out / "results.parquet"),
-        "results_csv": str(out / "results.csv"),
-        "findings": str(out / "findings.md"),
-        "figures": sorted(str(p) for p in out.glob("gain_*.png")),
+        "out": out,
+        "results": files.join(out, "results.parquet"),
+        "results_csv": files.join(out, "results.csv"),
+        "findings": files.join(out, "findings.md"),
+        "figures": files.glob(out, "gain_*.png"),
         "settings_from": plan.settings_from,
         "weights": str(df["weights"].iloc[0]) if len(df) else "unknown",
         "n_rows": len(df),
@@ -106,6 +107,7 @@ def summary(df: Any, plan: Any) -> dict[str, Any]:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from musicinterp import files
     from musicinterp.analysis.data import AnalysisError, open_analysis_store, store_layers
     from musicinterp.analysis.progress import on_draws
     from musicinterp.api import RunNotFound, analysis_plan, run_analysis
@@ -146,7 +148,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return EXIT_OK
-    Console().print((Path(plan.out) / "findings.md").read_text())
+    Console().print(files.read_text(files.join(str(plan.out), "findings.md")))
     console.print(f"results: {info['results']}, {info['results_csv']}; figures and findings.md in {plan.out}")
     console.print(f"{info['significant']} significant cells (q < {spec.alpha:g}); weights: {info['weights']}")
     return EXIT_OK

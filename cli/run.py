@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import threading
+import time
 from typing import Any
 
 from rich.console import Console
@@ -18,6 +19,7 @@ from musicinterp.config import ConfigError, load_run_spec
 from musicinterp_cli.common import EXIT_FAILED, EXIT_OK, console, error, is_terminal, progress_bar, quiet_essentia
 
 POLL_S = 1.0  # how often the progress bar reads the store
+SERVER_CHECK_S = 10.0  # how often a run that reports to a Prefect server checks that it answers
 
 
 def _exists(url: str) -> bool:
@@ -55,12 +57,25 @@ def run_report(paths: Any, state: Any) -> dict[str, Any]:
     }
 
 
-def _watch(spec: Any, paths: Any, worker: threading.Thread) -> None:
-    """Bars with an ETA on a terminal; piped, one line per stage (planned, captured, annotated)."""
+def _server_lost(api: str, err: Exception) -> str:
+    return (
+        f"the Prefect server at PREFECT_API_URL={api} does not answer ({type(err).__name__}: {err}); "
+        "this run reports its states there: it goes on only as long as Prefect's client keeps retrying. "
+        "Every clip captured so far stays in the store. Start the server again (on the same database), "
+        "or unset PREFECT_API_URL to run without one, and run the same command: it resumes from the store"
+    )
+
+
+def _watch(spec: Any, paths: Any, worker: threading.Thread, api: str | None = None) -> None:
+    """Bars with an ETA on a terminal; piped, one line per stage (planned, captured, annotated). With a
+    server (``api``), says within ``SERVER_CHECK_S`` when it stops answering, and when it answers again."""
     from musicinterp.store import StoreError, open_store
+    from musicinterp_cli.server import _healthcheck
 
     live = is_terminal()
     said: set[str] = set()
+    lost = False
+    checked = time.monotonic()
 
     def say(stage: str, text: str) -> None:
         if not live and stage not in said:
@@ -85,6 +100,14 @@ def _watch(spec: Any, paths: Any, worker: threading.Thread) -> None:
                     bar.update(labels, total=total, completed=annotated)
             except (StoreError, OSError, KeyError, ValueError):
                 pass  # the store does not exist yet, or is being created
+            if api and time.monotonic() - checked >= SERVER_CHECK_S:
+                checked = time.monotonic()
+                err = _healthcheck(api)
+                if err is not None and not lost:
+                    console.print(f"[yellow]{_server_lost(api, err)}[/yellow]")
+                elif err is None and lost:
+                    console.print(f"the Prefect server at {api} answers again")
+                lost = err is not None
 
 
 def _failure(state: Any) -> BaseException | None:
@@ -101,6 +124,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec = load_run_spec(args.config)
     except ConfigError as e:
         return error(e)
+    from musicinterp_cli.server import _healthcheck, configured_api_url
+
+    api = configured_api_url()  # None: Prefect runs a temporary server of its own for this command
+    if api and (down := _healthcheck(api)) is not None:
+        return error(
+            f"the Prefect server at PREFECT_API_URL={api} does not answer ({type(down).__name__}: {down}); "
+            "start it (`musicinterp server`), or unset PREFECT_API_URL to run without a server"
+        )
     from musicinterp.run import RunPaths
     from musicinterp_flows.benchmark import benchmark  # imports Prefect and torch: only when a flow is run
 
@@ -109,12 +140,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome: dict[str, Any] = {}
 
     def target() -> None:
-        outcome["state"] = benchmark(spec=spec, out=args.out, return_state=True)
+        try:
+            outcome["state"] = benchmark(spec=spec, out=args.out, return_state=True)
+        except Exception as e:  # noqa: BLE001 - said below, with what to do (a lost server, most often)
+            outcome["error"] = e
 
     worker = threading.Thread(target=target, name="benchmark-flow", daemon=True)
     worker.start()
-    _watch(spec, paths, worker)
+    _watch(spec, paths, worker, api)
     state = outcome.get("state")
+    if (state is None or not state.is_completed()) and api and (err := _healthcheck(api)) is not None:
+        return error(_server_lost(api, err), EXIT_FAILED)  # once "run did not complete: no state"
+    if state is None and "error" in outcome:
+        e = outcome["error"]
+        return error(f"run did not complete: {type(e).__name__}: {e}", EXIT_FAILED)
     report = run_report(paths, state)
     if args.json:
         print(json.dumps(report, indent=2, default=str))

@@ -17,11 +17,12 @@ from rich.console import Console
 from rich.table import Table
 
 from musicinterp_cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, console, error
-from musicinterp_cli.server import server_url
+from musicinterp_cli.server import _healthcheck, configured_api_url, server_url
 
 BENCHMARK_DEPLOYMENT = "benchmark/benchmark"
 RERUN_DEPLOYMENT = "rerun-failed-shards/rerun-failed-shards"
 POLL_S = 2.0  # how often --wait asks the server
+SERVER_LOST_S = 600.0  # how long --wait waits for a server that stopped answering before it gives up
 
 
 def _absolute_out(out: str) -> str:
@@ -94,21 +95,61 @@ def _print_info(info: dict[str, Any], json_out: bool) -> None:
     out.print(f"UI: {run['url']}")
 
 
+def _server_lost(run_id: str, since: float, err: Exception) -> str:
+    return (
+        f"the Prefect server at {configured_api_url()} is unreachable ({type(err).__name__}: {err}) since "
+        f"{time.strftime('%H:%M:%S', time.localtime(since))}. The run's shards keep capturing into the store on "
+        "their workers meanwhile. Start the server again on the same database (`musicinterp server`, or your "
+        f"team's server); then `musicinterp status {run_id}` tells the run's state, and `musicinterp rerun "
+        f"{run_id}` reruns any shard that did not finish"
+    )
+
+
 def _wait(client, run_id: str, json_out: bool) -> int:
-    """Follow a run to its final state, telling each shard's changes; EXIT_OK if it completed."""
+    """Follow a run to its final state, telling each shard's changes; EXIT_OK if it completed.
+
+    A server that stops answering is said at once, and waited for up to ``SERVER_LOST_S``; the run is
+    followed again once it answers (its runs went on meanwhile), or the command exits 1 saying what to do.
+    """
+    import httpx
+
     from musicinterp_flows.rerun import NotABenchmark, describe
 
     seen: dict[int, str] = {}
+    lost_since: float | None = None
+    url = configured_api_url()
     while True:
-        fr = client.read_flow_run(run_id)
-        try:
-            info = describe(client, run_id)
-            for s in info["shards"]:
-                if seen.get(s["shard"]) != s["state"]:
-                    seen[s["shard"]] = s["state"]
-                    console.print(f"  shard {s['shard']}: {s['state']}")
-        except NotABenchmark:
-            pass  # not (yet) a benchmark's run: nothing to tell until it is final
+        # one quick question first: the client's own retries would hide a lost server for a minute
+        err: Exception | None = _healthcheck(url) if url else None
+        if err is None:
+            try:
+                fr = client.read_flow_run(run_id)
+                try:
+                    info = describe(client, run_id)
+                    for s in info["shards"]:
+                        if seen.get(s["shard"]) != s["state"]:
+                            seen[s["shard"]] = s["state"]
+                            console.print(f"  shard {s['shard']}: {s['state']}")
+                except NotABenchmark:
+                    pass  # not (yet) a benchmark's run: nothing to tell until it is final
+            except httpx.TransportError as e:  # refused, reset, timed out (after the client's own retries)
+                err = e
+        if err is not None:
+            now = time.time()
+            if lost_since is None:
+                lost_since = now
+                console.print(f"[yellow]{_server_lost(run_id, lost_since, err)}[/yellow]")
+                console.print(f"waiting up to {SERVER_LOST_S:.0f} s for the server to answer again")
+            elif now - lost_since > SERVER_LOST_S:
+                return error(
+                    f"gave up waiting: {_server_lost(run_id, lost_since, err)}; no answer for {now - lost_since:.0f} s",
+                    EXIT_FAILED,
+                )
+            time.sleep(POLL_S)
+            continue
+        if lost_since is not None:
+            console.print(f"the Prefect server answers again after {time.time() - lost_since:.0f} s; following the run")
+            lost_since = None
         if fr.state is not None and fr.state.is_final():
             break
         time.sleep(POLL_S)

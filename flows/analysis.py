@@ -22,6 +22,7 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from musicinterp import analysis as lib
+from musicinterp import files
 from musicinterp.config import AnalysisSpec
 from musicinterp_tasks import analysis as t
 
@@ -38,8 +39,8 @@ def _run_name() -> str:
 
 
 def default_out(store: str) -> str:
-    """``{run folder}/analysis`` beside ``store.zarr``."""
-    return str(Path(store.rstrip("/")).parent / "analysis")
+    """``{run folder}/analysis`` beside ``store.zarr`` (an fsspec URL stays one: ``s3://b/r/analysis``)."""
+    return files.join(files.parent(store), "analysis")
 
 
 @flow(name="analysis", flow_run_name=_run_name, persist_result=True, result_serializer="json")
@@ -59,8 +60,7 @@ def analysis(
     """
     logger = get_run_logger()
     out = out or default_out(store)
-    work = f"{out}/work"
-    Path(work).mkdir(parents=True, exist_ok=True)
+    work = f"{out}/work"  # made by its writers, locally or in the run's object store
     controls = ["none"] + (["shifted-labels"] if spec.shifted_labels_control else [])
     main = t.plan_store.submit(store, spec)
     ctrl = t.plan_store.submit(control_store, spec) if control_store else None

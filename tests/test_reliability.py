@@ -270,6 +270,8 @@ def test_audio_folder__new_and_changed_files_flagged_then_replan_redoes_only_the
     assert "1 new, 1 changed, 0 gone; 2 complete clips kept" in " ".join(out.split())
     again = run.run_inline(spec, str(tmp_path / "out"))
     assert again.ok and again.complete == 4 and again.annotated == 4
+    plots = Path(again.root) / "plots"  # the kept clips' plots, dropped with the old rows, are drawn again
+    assert sorted(f.name for f in plots.glob("*.png")) == [f"{i:05d}.png" for i in range(run.N_PLOTS)]
     assert sorted(c for s in read_shard_records(run.RunPaths(again.root)) for c in s.captured) == [
         "audio_dir:1.wav@0s",
         "audio_dir:3.wav@0s",
@@ -279,6 +281,36 @@ def test_audio_folder__new_and_changed_files_flagged_then_replan_redoes_only_the
     for var in ("resid", "codes", "complete", "annotated", "sha256", "rec_within_4s", "tension"):
         np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=var)
     assert main(["replan", first.root]) == 0 and "nothing to do" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("staged", ["whole", "half-made"])
+def test_replan_killed_between_its_renames__the_next_command_finishes_the_swap(tmp_path, staged):
+    """A replan killed after moving the old store aside but before moving the new one in leaves no store.zarr
+    (the on-disk state is made here by hand: the kill's exact moment). The next run puts the staged store in
+    place when it is whole, or the old store back when it is not: nothing complete is captured again."""
+    import shutil
+
+    from musicinterp.run.swap import RETIRED_DIR, STAGING_DIR
+
+    audio = tmp_path / "audio"
+    _tones(audio, n=3, seconds=1.5)
+    spec = _audio_spec(audio, n_shards=1)
+    first = run.run_inline(spec, str(tmp_path / "out"))
+    assert first.ok
+    root = Path(first.root)
+    before = xr.open_zarr(first.store)["resid"].values
+    if staged == "whole":
+        shutil.copytree(root / "store.zarr", root / STAGING_DIR)
+    else:  # the new store had only begun: no ready flag
+        (root / STAGING_DIR).mkdir()
+        (root / STAGING_DIR / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    (root / "store.zarr").rename(root / RETIRED_DIR)
+
+    again = run.run_inline(spec, str(tmp_path / "out"))
+    assert again.ok and again.complete == 3
+    assert not (root / RETIRED_DIR).exists()
+    assert [c for s in read_shard_records(run.RunPaths(again.root)) for c in s.captured] == []  # nothing recaptured
+    np.testing.assert_array_equal(xr.open_zarr(again.store)["resid"].values, before)
 
 
 # 6. Safety -----------------------------------------------------------------------------------------
@@ -373,6 +405,8 @@ def test_manifest__a_path_outside_the_data_roots_is_refused_naming_the_clip(tmp_
         ({"analysis": {"seed": -1}}, "analysis.seed"),
         ({"capture": {"device": "gpu9"}}, "capture.device"),
         ({"capture": {"layers": [-1, 99]}}, "capture.layers"),
+        ({"generation": {"seeds": [0, -1]}}, "generation.seeds"),
+        ({"generation": {"seeds": [2**32]}}, "generation.seeds"),
     ],
 )
 def test_config__bad_values_name_the_field(config, field):
@@ -382,6 +416,49 @@ def test_config__bad_values_name_the_field(config, field):
         parse_run_spec(config)
 
 
+def test_config__generation_seeds_out_of_range_exit_2_naming_the_field(tmp_path, capsys):
+    """A negative or too large sampling seed once reached numpy as raw text; the edges are accepted."""
+    import yaml
+
+    from musicinterp.config import SEED_MAX, parse_run_spec
+    from musicinterp_cli import main
+
+    assert parse_run_spec({"generation": {"seeds": [0, SEED_MAX]}}).generation.seeds == [0, SEED_MAX]
+    config = tmp_path / "bad-seeds.yaml"
+    config.write_text(yaml.safe_dump({"generation": {"seeds": [3, SEED_MAX + 1]}}))
+    assert main(["generate", str(config), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "generation.seeds" in err and str(SEED_MAX + 1) in err and str(config) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_command__a_server_that_does_not_answer_is_named_before_anything_runs(tmp_path):
+    """``musicinterp run`` reports to the server PREFECT_API_URL names: one that does not answer is said at once
+    (exit 2), not after a traceback and "run did not complete: the flow did not start"."""
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/api"
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"name": "dead", "annotate": False, "analyze": False}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {"PREFECT_API_URL": dead}
+    proc = subprocess.run(
+        [sys.executable, "-m", "musicinterp_cli", "run", str(config), "--out", str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"the Prefect server at PREFECT_API_URL={dead} does not answer" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("value", ["0", "nan", "-1", "inf", "ten"])
 def test_annotate_command__window_s_must_be_positive_seconds(value, tmp_path, capsys):
     from musicinterp_cli import main
@@ -389,6 +466,184 @@ def test_annotate_command__window_s_must_be_positive_seconds(value, tmp_path, ca
     with pytest.raises(SystemExit) as e:
         main(["annotate", str(tmp_path / "x.wav"), "--out", str(tmp_path / "x.csv"), "--window-s", value])
     assert e.value.code == 2 and "--window-s" in capsys.readouterr().err
+
+
+# Transient errors ----------------------------------------------------------------------------------
+
+
+class _FlakyDisk:
+    """A local disk whose chunk writes fail: the fsspec filesystem of ``flaky://`` URLs (fsspec's documented
+    seam for storage backends; the store takes any fsspec URL). Real files, real Zarr; ``faults`` maps a
+    path fragment (``/resid/c/1/``: clip 1's residual chunks) to [writes still to fail, errno]."""
+
+    faults: dict[str, list[int]] = {}
+
+    @classmethod
+    def register(cls) -> str:
+        import fsspec
+        from fsspec.implementations.local import LocalFileSystem
+
+        class Flaky(LocalFileSystem):
+            protocol = "flaky"
+
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **{**kwargs, "auto_mkdir": True})
+
+            @classmethod
+            def _strip_protocol(cls_, path):
+                return LocalFileSystem._strip_protocol(str(path).removeprefix("flaky://"))
+
+            def open(self, path, mode="rb", **kwargs):
+                for fragment, fault in cls.faults.items():
+                    if "w" in mode and fragment in str(path) and fault[0] > 0:
+                        fault[0] -= 1
+                        raise OSError(fault[1], os.strerror(fault[1]), str(path))
+                return super().open(path, mode, **kwargs)
+
+        fsspec.register_implementation("flaky", Flaky, clobber=True)
+        return "flaky://"
+
+
+@pytest.fixture
+def flaky_disk():
+    prefix = _FlakyDisk.register()
+    yield _FlakyDisk.faults
+    _FlakyDisk.faults.clear()
+    assert prefix
+
+
+def _retries(caplog, what: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "trying again" in r.getMessage() and what in r.getMessage()]
+
+
+def test_transient_write_errors__retried_with_backoff_and_the_store_equals_a_clean_one(tmp_path, flaky_disk, caplog):
+    """An I/O error (EIO) on a clip's chunk writes passes on the third try; one that never passes fails
+    only its clip, naming it; a permanent one (read-only) fails its clip at once; a rerun completes it."""
+    import logging
+
+    from musicinterp.run.retry import Backoff
+    from musicinterp.slice import Manifest
+
+    _tones(tmp_path / "audio", n=4)
+    spec = _audio_spec(tmp_path / "audio", n_shards=1)
+    clean = run.run_inline(spec, str(tmp_path / "clean"))
+    prepared = run.prepare_run(spec, str(tmp_path / "out"))
+    ids = [c.clip_id for c in Manifest.from_json(prepared.paths.manifest).clips]
+    paths = run.RunPaths("flaky://" + prepared.root)
+    fast = Backoff(attempts=3, first_delay_s=0.01)
+    flaky_disk["/resid/c/0/"] = [2, errno.EIO]  # clip 0: fails twice, then writes
+    flaky_disk["/resid/c/1/"] = [99, errno.EIO]  # clip 1: never writes
+    flaky_disk["/complete/c/2"] = [1, errno.ETIMEDOUT]  # clip 2: its flag times out once
+    flaky_disk["/resid/c/3/"] = [99, errno.EROFS]  # clip 3: a read-only store, not worth a retry
+    with caplog.at_level(logging.WARNING, logger="musicinterp.run.retry"):
+        t0 = time.perf_counter()
+        result = run.capture_shard(spec.model, spec.capture, paths, 0, overlap_writes=False, write_backoff=fast)
+        took_s = time.perf_counter() - t0
+    assert sorted(result.captured) == sorted([ids[0], ids[2]]) and sorted(result.failed) == [ids[1], ids[3]]
+    assert len(_retries(caplog, f"writing clip {ids[0]!r}")) == 2  # two failures, each logged with the error
+    assert "Input/output error" in _retries(caplog, f"writing clip {ids[0]!r}")[0]
+    assert len(_retries(caplog, f"setting the completion flag of clip {ids[2]!r}")) == 1
+    assert len(_retries(caplog, f"clip {ids[1]!r}")) == 2 and _retries(caplog, f"clip {ids[3]!r}") == []
+    assert f"writing clip {ids[1]!r} into store" in result.failed[ids[1]] and "failed 3 times" in result.failed[ids[1]]
+    assert result.failed[ids[1]].startswith("RetriesExhausted") and "Input/output error" in result.failed[ids[1]]
+    assert result.failed[ids[3]].startswith("StoreError") and f"clip {ids[3]!r}" in result.failed[ids[3]]
+    assert "Read-only file system" in result.failed[ids[3]]
+    assert took_s < 15  # small delays: 0.01 s, then 0.02 s
+    record = read_shard_records(prepared.paths)[0]
+    assert record.failed == result.failed  # the shard table's reasons
+    flaky_disk.clear()
+    again = run.capture_shard(spec.model, spec.capture, paths, 0, write_backoff=fast)  # the rerun
+    assert sorted(again.captured) == sorted([ids[1], ids[3]]) and not again.failed
+    a, b = xr.open_zarr(clean.store, consolidated=False), xr.open_zarr(prepared.paths.store, consolidated=False)
+    for var in ("resid", "codes", "complete", "sha256", "n_frames"):
+        np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=var)
+
+
+def test_backoff__delays_grow_exponentially_and_only_transient_errors_are_retried():
+    from musicinterp.models import ModelLoadError
+    from musicinterp.run.retry import Backoff, RetriesExhausted, is_transient, with_retries
+
+    b = Backoff(attempts=5, first_delay_s=0.5, factor=2, max_delay_s=3)
+    assert [b.delay_s(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 3.0]
+    slept: list[float] = []
+    calls = {"n": 0}
+
+    def io_error_twice() -> str:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return "ok"
+
+    assert with_retries(io_error_twice, "reading x", b, sleep=slept.append) == "ok" and slept == [0.5, 1.0]
+    try:
+        raise OSError(errno.ECONNRESET, "Connection reset by peer")
+    except OSError as cause:
+        wrapped = ModelLoadError("could not load MusicGen 'm'")
+        wrapped.__cause__ = cause
+    assert is_transient(wrapped) and is_transient(TimeoutError()) and is_transient(OSError("no errno"))
+    assert not is_transient(ModelLoadError("model directory 'x' does not exist"))
+    assert not is_transient(OSError(errno.ENOSPC, "No space left on device")) and not is_transient(ValueError())
+    with pytest.raises(RetriesExhausted, match="reading y: failed 5 times, the last with ConnectionResetError"):
+        with_retries(lambda: (_ for _ in ()).throw(ConnectionResetError("reset")), "reading y", b, sleep=slept.append)
+    with pytest.raises(ValueError, match="attempts >= 1"):
+        Backoff(attempts=0)
+
+
+def test_model_load__a_failed_load_is_retried_and_a_permanent_failure_fails_the_shard_naming_the_model(
+    tmp_path, caplog
+):
+    """A local checkpoint whose weights file is missing at the first try (a mount not yet there) loads on
+    the retry; a checkpoint folder that is gone fails the shard at once, naming the model, clips untouched."""
+    import logging
+    import shutil
+
+    from musicinterp.models import ModelLoadError, build_offline, save_checkpoint
+    from musicinterp.run.retry import Backoff
+
+    ckpt = save_checkpoint(build_offline("tiny", 0), tmp_path / "ckpt", "test/tiny", "random")
+    _tones(tmp_path / "audio", n=2)
+    spec = RunSpec(
+        name="load",
+        model={"source": "local", "name": str(ckpt)},
+        slice={"name": "load", "sources": [{"kind": "audio_dir", "path": str(tmp_path / "audio")}], "n_shards": 1},
+        annotate=False,
+    )
+    clean = run.run_inline(spec, str(tmp_path / "clean"))
+    prepared = run.prepare_run(spec, str(tmp_path / "out"))
+    weights = ckpt / "model.safetensors"
+    aside = tmp_path / "model.safetensors"
+    weights.rename(aside)
+
+    class PutBackOnRetry(logging.Handler):  # the file comes back while the loader waits to try again
+        def emit(self, record):
+            if "trying again" in record.getMessage() and aside.exists():
+                aside.rename(weights)
+
+    handler = PutBackOnRetry()
+    logging.getLogger("musicinterp.run.retry").addHandler(handler)
+    run.capture.clear_model_cache()
+    try:
+        with caplog.at_level(logging.WARNING, logger="musicinterp.run.retry"):
+            result = run.capture_shard(
+                spec.model, spec.capture, prepared.paths, 0, load_backoff=Backoff(attempts=3, first_delay_s=0.01)
+            )
+    finally:
+        logging.getLogger("musicinterp.run.retry").removeHandler(handler)
+    retries = _retries(caplog, f"loading local model {str(ckpt)!r}")
+    assert len(retries) == 1 and "for shard 0" in retries[0] and "model.safetensors" in retries[0]
+    assert len(result.captured) == 2 and not result.failed
+    a, b = xr.open_zarr(clean.store, consolidated=False), xr.open_zarr(prepared.paths.store, consolidated=False)
+    for var in ("resid", "codes", "complete"):
+        np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=var)
+
+    gone = run.prepare_run(spec.model_copy(update={"name": "gone"}), str(tmp_path / "gone"))
+    run.capture.clear_model_cache()
+    shutil.rmtree(ckpt)
+    caplog.clear()
+    with pytest.raises(ModelLoadError, match=f"model directory {str(ckpt)!r} does not exist"):
+        run.capture_shard(spec.model, spec.capture, gone.paths, 0, load_backoff=Backoff(first_delay_s=5.0))
+    assert _retries(caplog, "loading") == []  # permanent: no retry, no waiting
+    assert not xr.open_zarr(gone.paths.store, consolidated=False)["complete"].values.any()
 
 
 # Concurrency ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import xarray as xr
 
+from musicinterp import files
 from musicinterp.analysis.data import (
     AnalysisError,
     load_labels,
@@ -77,29 +78,27 @@ def finalize(rows: list[dict[str, Any]], spec: AnalysisSpec, out: str | Path, we
 def _grid(
     store: str | Path | xr.Dataset,
     spec: AnalysisSpec,
-    out: Path,
+    out: str,
     tag: str,
     controls: list[str],
     progress: Progress | None,
     done: list[int],
     total: int,
     n_cells: int,
-    baselines: dict[int, Path] | None = None,
-) -> tuple[list[dict[str, Any]], dict[int, Path]]:
+    baselines: dict[int, str] | None = None,
+) -> tuple[list[dict[str, Any]], dict[int, str]]:
     ds = open_analysis_store(store)
     layers = store_layers(ds, spec)
-    labels = load_labels(ds, spec, out / f"{tag}labels.npz")
+    labels = load_labels(ds, spec, files.join(out, f"{tag}labels.npz"))
     rows: list[dict[str, Any]] = []
-    reduced_files: dict[int, Path] = {}
+    reduced_files: dict[int, str] = {}
     for layer in layers:
-        reduced = reduce_layer(ds, layer, spec, out / f"{tag}layer{layer}.npz")
+        reduced = reduce_layer(ds, layer, spec, files.join(out, f"{tag}layer{layer}.npz"))
         reduced_files[layer] = reduced
         for target in spec.targets:
             for control in controls:
                 base = str(baselines[layer]) if control == "beyond-random" else None
-                rows += probe_layer_target(
-                    str(reduced), str(labels), target, spec, control, baseline_npz=base, n_cells=n_cells
-                )
+                rows += probe_layer_target(reduced, labels, target, spec, control, baseline_npz=base, n_cells=n_cells)
                 done[0] += 1
                 if progress:
                     progress(done[0], total, f"{control}: layer {layer} {target}")
@@ -118,10 +117,10 @@ def analyze_store(
     ``control_store``: a store of the same clips from a random-weight model of the same architecture; it is
     analysed on its own (rows ``control='random-model'``) and its layers join the controls of the trained
     store's (``'beyond-random'``, with ``'trained-minus-random'``). Writes results, figures and findings.md
-    under ``out`` and returns the results table (:data:`COLUMNS`).
+    under ``out`` (a local folder or an fsspec URL such as the run's ``s3://.../analysis``) and returns the
+    results table (:data:`COLUMNS`).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    files.makedirs(out)
     ds = open_analysis_store(store)
     weights = str(ds.attrs.get("weights", "unknown"))
     controls = ["none"] + (["shifted-labels"] if spec.shifted_labels_control else [])
@@ -143,10 +142,11 @@ def analyze_store(
     total = n_cells * (len(controls) + (2 if cds is not None else 0))
     done = [0]
     rows: list[dict[str, Any]] = []
+    work = files.join(out, "work")
     if cds is not None:
-        rows, baselines = _grid(cds, spec, out / "work", "control_", ["random-model"], progress, done, total, n_cells)
+        rows, baselines = _grid(cds, spec, work, "control_", ["random-model"], progress, done, total, n_cells)
         controls = [*controls, "beyond-random"]
     else:
         baselines = None
-    main, _ = _grid(ds, spec, out / "work", "", controls, progress, done, total, n_cells, baselines)
+    main, _ = _grid(ds, spec, work, "", controls, progress, done, total, n_cells, baselines)
     return finalize(rows + main, spec, out, weights)

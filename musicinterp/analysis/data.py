@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from musicinterp import files
 from musicinterp.config import AnalysisSpec
 from musicinterp.frames import CLIP_MAX_S, FRAME_RATE_HZ
 
@@ -142,11 +143,10 @@ def save_reduced(
     clips: list[str],
     layer: int,
     meta: dict[str, Any] | None = None,
-) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+) -> str:
+    """Write a reduced layer (.npz) to ``path`` (local or an fsspec URL); returns it as a string."""
     meta = meta or {}
-    np.savez(
+    return files.save_npz(
         path,
         X=X.astype(np.float32),
         clip=clip.astype(np.int32),
@@ -155,7 +155,6 @@ def save_reduced(
         layer=np.int32(layer),
         **{f"meta_{k}": np.asarray(v) for k, v in meta.items()},
     )
-    return path
 
 
 def reduce_layer(
@@ -164,7 +163,7 @@ def reduce_layer(
     spec: AnalysisSpec,
     out_path: str | Path,
     progress: Callable[[int, int, str], None] | None = None,
-) -> Path:
+) -> str:
     """Read one layer clip by clip, project to ``reduced_width``, keep every ``frame_stride``-th frame.
 
     Writes ``out_path`` (.npz: ``X`` (N, k) float32, ``clip`` and ``frame`` (N,), ``clips``, ``layer``,
@@ -228,8 +227,7 @@ def reduce_layer(
 
 
 def load_reduced(path: str | Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    return files.load_npz(path)
 
 
 def own_lag(y: np.ndarray, valid: np.ndarray, h_frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -314,10 +312,9 @@ def save_labels(
     targets: dict[str, dict[str, np.ndarray]],
     weights: str,
     meta: dict[str, Any] | None = None,
-) -> Path:
-    """Write the labels file. ``targets[name]`` holds ``y``, ``valid``, ``lag``, ``lag_valid`` (N,) each."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+) -> str:
+    """Write the labels file (local or an fsspec URL; returned as a string). ``targets[name]`` holds ``y``,
+    ``valid``, ``lag``, ``lag_valid`` (N,) each."""
     arrays: dict[str, Any] = {
         "clip": clip.astype(np.int32),
         "frame": frame.astype(np.int32),
@@ -336,11 +333,10 @@ def save_labels(
         arrays[f"lagvalid__{name}"] = t["lag_valid"].astype(bool)
     for k, v in (meta or {}).items():
         arrays[f"meta_{k}"] = np.asarray(v)
-    np.savez(path, **arrays)
-    return path
+    return files.save_npz(path, **arrays)
 
 
-def load_labels(store: str | Path | xr.Dataset, spec: AnalysisSpec, out_path: str | Path) -> Path:
+def load_labels(store: str | Path | xr.Dataset, spec: AnalysisSpec, out_path: str | Path) -> str:
     """Targets, valid masks, own-lag values, controls, clip index, source ids and time for the kept frames.
 
     Frames are those of :func:`reduce_layer` (complete & annotated clips, every ``frame_stride``-th frame

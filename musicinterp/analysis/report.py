@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from musicinterp import files
 from musicinterp.analysis import stats
 from musicinterp.config import AnalysisSpec
 from musicinterp.figures import png_data_uri
@@ -69,7 +70,7 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     return df[COLUMNS].copy()
 
 
-def heatmaps(df: pd.DataFrame, out: Path, alpha: float = 0.05, metric: str = "auroc") -> list[Path]:
+def heatmaps(df: pd.DataFrame, out: str | Path, alpha: float = 0.05, metric: str = "auroc") -> list[str]:
     """Per target: layer x horizon heatmap of the gain, one panel per control, the gain written in each cell
     ('*' where q < alpha), on a symmetric colour scale of at least +-GAIN_SCALE_MIN."""
     from matplotlib.figure import Figure  # no pyplot: drawing never switches a notebook's backend
@@ -121,8 +122,9 @@ def heatmaps(df: pd.DataFrame, out: Path, alpha: float = 0.05, metric: str = "au
         fig.suptitle(f"{target}: {metric} gain of the layer over controls (* q < {alpha:g})", fontsize=10)
         if im is not None:
             fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=f"{metric} gain")
-        path = out / f"gain_{target}_{metric}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        path = files.join(out, f"gain_{target}_{metric}.png")
+        with files.open_write(path) as f:
+            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
         paths.append(path)
     return paths
 
@@ -242,28 +244,31 @@ def findings_markdown(df: pd.DataFrame, weights: str, alpha: float = 0.05) -> st
 
 def findings_artifact(out: str | Path, metric: str = "auroc") -> str:
     """``findings.md`` with the heatmaps of ``metric`` inline (the flow's artifact)."""
-    out = Path(out)
-    figs = sorted(out.glob(f"gain_*_{metric}.png"))
-    lines = [(out / "findings.md").read_text()] + (["", "## Figures", ""] if figs else [])
+    figs = files.glob(out, f"gain_*_{metric}.png")
+    lines = [files.read_text(files.join(out, "findings.md"))] + (["", "## Figures", ""] if figs else [])
     for fig in figs:
-        lines += [f"![{fig.stem}]({png_data_uri(str(fig))})", ""]
+        stem = fig.rsplit("/", 1)[-1].removesuffix(".png")
+        lines += [f"![{stem}]({png_data_uri(fig)})", ""]
     return "\n".join(lines)
 
 
 def write_results(df: pd.DataFrame, spec: AnalysisSpec, out: str | Path, weights: str) -> pd.DataFrame:
-    """Write results.{parquet,csv} (documented columns), results_detail.csv, figures and findings.md."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write results.{parquet,csv} (documented columns), results_detail.csv, figures and findings.md under
+    ``out`` (a local folder or an fsspec URL)."""
+    files.makedirs(out)
     t = table(df)
-    t.to_parquet(out / "results.parquet", index=False)
-    t.to_csv(out / "results.csv", index=False)
-    df.to_csv(out / "results_detail.csv", index=False)
-    (out / "analysis_spec.json").write_text(spec.canonical_json())
+    with files.open_write(files.join(out, "results.parquet")) as f:
+        t.to_parquet(f, index=False)
+    with files.open_write(files.join(out, "results.csv"), "w") as f:
+        t.to_csv(f, index=False)
+    with files.open_write(files.join(out, "results_detail.csv"), "w") as f:
+        df.to_csv(f, index=False)
+    files.write_text(files.join(out, "analysis_spec.json"), spec.canonical_json())
     try:
         heatmaps(df, out, spec.alpha)
     except Exception as e:  # noqa: BLE001 - a figure must not lose the table already written
         log.warning("figures failed: %s", e)
-    (out / "findings.md").write_text(findings_markdown(df, weights, spec.alpha))
+    files.write_text(files.join(out, "findings.md"), findings_markdown(df, weights, spec.alpha))
     from musicinterp.causal.directions import write_directions  # here, not at the top: causal imports analysis
 
     write_directions(out, spec)

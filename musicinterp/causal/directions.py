@@ -27,8 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 
+from musicinterp import files
 from musicinterp.config import AnalysisSpec
 
 log = logging.getLogger(__name__)
@@ -57,16 +59,16 @@ class Direction:
         return self.vector / np.linalg.norm(self.vector)
 
 
-def save_directions(directions: list[Direction], out: str | Path, about: dict[str, Any] | None = None) -> Path:
-    """Write ``directions.safetensors`` + ``directions.json`` under ``out``; returns the json's path."""
-    from safetensors.numpy import save_file
+def save_directions(directions: list[Direction], out: str | Path, about: dict[str, Any] | None = None) -> str:
+    """Write ``directions.safetensors`` + ``directions.json`` under ``out`` (a local folder or an fsspec URL);
+    returns the json's path."""
+    from safetensors.numpy import save
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     names = [d.name for d in directions]
     if len(set(names)) != len(names):
         raise ValueError(f"direction names must be unique, got {names}")
-    save_file({d.name: np.ascontiguousarray(d.vector, np.float32) for d in directions}, str(out / DIRECTIONS_FILE))
+    with files.open_write(files.join(out, DIRECTIONS_FILE)) as f:
+        f.write(save({d.name: np.ascontiguousarray(d.vector, np.float32) for d in directions}))
     meta = {
         "about": "probe / difference-of-means directions in the model's residual basis (the store's resid: "
         "layer 0 = embeddings, layer l = output of block l); vectors in directions.safetensors keyed by name",
@@ -76,8 +78,8 @@ def save_directions(directions: list[Direction], out: str | Path, about: dict[st
             for d in directions
         ],
     }
-    path = out / DIRECTIONS_META_FILE
-    path.write_text(json.dumps(meta, indent=2, default=_jsonable))
+    path = files.join(out, DIRECTIONS_META_FILE)
+    files.write_text(path, json.dumps(meta, indent=2, default=_jsonable))
     return path
 
 
@@ -89,18 +91,18 @@ def _jsonable(v: Any) -> Any:
 
 def load_directions(folder: str | Path) -> list[Direction]:
     """The directions saved under ``folder`` (an analysis folder)."""
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load
 
-    folder = Path(folder)
-    meta_path, tensor_path = folder / DIRECTIONS_META_FILE, folder / DIRECTIONS_FILE
-    if not meta_path.exists() or not tensor_path.exists():
+    meta_path, tensor_path = files.join(folder, DIRECTIONS_META_FILE), files.join(folder, DIRECTIONS_FILE)
+    if not files.exists(meta_path) or not files.exists(tensor_path):
         raise FileNotFoundError(
             f"{folder} holds no saved directions ({DIRECTIONS_META_FILE} + {DIRECTIONS_FILE}); run the analysis "
             "with analysis.save_directions 'significant' or 'all', or musicinterp.causal.write_directions on it"
         )
-    tensors = load_file(str(tensor_path))
+    with fsspec.open(tensor_path, "rb") as f:
+        tensors = load(f.read())
     out = []
-    for m in json.loads(meta_path.read_text())["directions"]:
+    for m in json.loads(files.read_text(meta_path))["directions"]:
         m = dict(m)
         m.pop("norm", None)
         out.append(Direction(vector=tensors[m["name"]].astype(np.float64), **m))
@@ -151,7 +153,7 @@ def _folds(groups: np.ndarray, n_folds: int):
     return GroupKFold(n_splits=n_folds).split(np.zeros(len(groups)), groups=groups)
 
 
-def write_directions(out: str | Path, spec: AnalysisSpec, which: str | None = None) -> Path | None:
+def write_directions(out: str | Path, spec: AnalysisSpec, which: str | None = None) -> str | None:
     """Save the probe directions of an analysis folder (``results.parquet`` and ``work/``): every significant
     cell (control 'none', AUROC q < alpha) or, with ``which='all'``, every cell of the trained store and of
     the random-model control. Returns the json's path (None when there is nothing to save or ``'none'``)."""
@@ -162,8 +164,8 @@ def write_directions(out: str | Path, spec: AnalysisSpec, which: str | None = No
         raise ValueError(f"save_directions must be one of {WHICH}, got {which!r}")
     if which == "none":
         return None
-    out = Path(out)
-    df = pd.read_parquet(out / "results.parquet")
+    with fsspec.open(files.join(out, "results.parquet"), "rb") as f:
+        df = pd.read_parquet(f)
     cells = df[(df["metric"] == "auroc") & df["control"].isin(["none", "random-model"])]
     if which == "significant":
         cells = cells[(cells["control"] == "none") & (cells["q_value"] < spec.alpha)]
@@ -171,8 +173,9 @@ def write_directions(out: str | Path, spec: AnalysisSpec, which: str | None = No
     for _, r in cells.iterrows():
         tag = "control_" if r["control"] == "random-model" else ""
         label = _label(r)
-        reduced, labels = out / "work" / f"{tag}layer{int(r['layer'])}.npz", out / "work" / f"{tag}labels.npz"
-        if not reduced.exists() or not labels.exists():
+        reduced = files.join(out, "work", f"{tag}layer{int(r['layer'])}.npz")
+        labels = files.join(out, "work", f"{tag}labels.npz")
+        if not files.exists(reduced) or not files.exists(labels):
             missing.append(f"{label} layer {int(r['layer'])} ({r['control']})")
             continue
         vec = probe_direction(reduced, labels, label, spec)

@@ -53,7 +53,8 @@ def annotate_one(
 
     A clip that cannot be annotated (silent, shorter than ``annotation.min_duration_s``) is recorded
     with the reason and left unannotated; it is not an error. Other exceptions propagate (the task
-    retries). Idempotent: an annotated clip is skipped. ``roots``: as for ``capture_shard``.
+    retries). Idempotent: an annotated clip is skipped (its plot drawn again if asked for and missing).
+    ``roots``: as for ``capture_shard``.
     """
     if roots is not None:
         check_locator(clip, roots)
@@ -63,6 +64,10 @@ def annotate_one(
     result = AnnotationResult(clip_id=clip.clip_id, index=index)
     if bool(ds["annotated"].values[index]):
         result.skipped = True
+        if plot and not _exists(paths.plot_file(index)):  # e.g. a clip a replan kept: its plot was dropped
+            result.plot = _save_plot(
+                annotate_full(load_clip_audio(clip), annotation, clip_id=clip.clip_id), paths.plot_file(index), clip
+            )
         return result
     t0 = time.perf_counter()
     samples = load_clip_audio(clip)
@@ -90,6 +95,11 @@ def annotate_one(
     result.elapsed_s = round(time.perf_counter() - t0, 3)
     write_annotation_record(paths, result)
     return result
+
+
+def _exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(path)
 
 
 def _save_plot(ann, url: str, clip: ClipRecord) -> str:

@@ -24,6 +24,7 @@ from musicinterp.run.inputs import check_locator
 from musicinterp.run.paths import RunPaths
 from musicinterp.run.plan import shard_clips
 from musicinterp.run.records import ShardResult, read_shard_record, write_shard_record
+from musicinterp.run.retry import MODEL_LOAD_BACKOFF, WRITE_BACKOFF, Backoff, with_retries
 from musicinterp.slice import ClipRecord, load_clip_audio
 from musicinterp.sources.base import ClipError
 from musicinterp.store import StoreError, mark_complete, open_store, reset_damaged, verify_clips, write_clip
@@ -82,6 +83,8 @@ def capture_shard(
     on_clip: ProgressFn | None = None,
     roots: list[str] | None = None,
     overlap_writes: bool | None = None,
+    write_backoff: Backoff = WRITE_BACKOFF,
+    load_backoff: Backoff = MODEL_LOAD_BACKOFF,
 ) -> ShardResult:
     """Capture every unfinished clip of one shard into the store; bad clips never stop the others.
 
@@ -98,6 +101,10 @@ def capture_shard(
     captured. The queue holds ``WRITE_QUEUE_CLIPS`` clip, so memory stays at two clips' activations;
     the completion flag is still set last, after the clip's arrays, and a failed write fails that clip
     by its id. False: write in the capturing thread. None (default): ``writes_can_overlap``.
+
+    Transient failures (``musicinterp.run.retry``) are tried again with backoff: writing a clip (its arrays
+    and its flag, ``write_backoff``; then the clip fails, naming it) and loading the model
+    (``load_backoff``; then the shard fails, naming the model). A permanent one fails at once.
     """
     clips = [clip for _, clip in shard_clips(paths, shard)]
     result = ShardResult(shard=shard, clips=[c.clip_id for c in clips])
@@ -110,7 +117,12 @@ def capture_shard(
     ds = open_store(paths.store)
     done = {str(c) for c, flag in zip(ds["clip"].values, ds["complete"].values) if flag}
     t0 = time.perf_counter()
-    loaded, lock = cached_model(model, capture.device)
+    what = f"loading {model.source} model {model.name!r} on {capture.device} for shard {shard}"
+    try:
+        loaded, lock = with_retries(lambda: cached_model(model, capture.device), what, load_backoff)
+    except Exception as e:
+        log.error("shard %d failed: %s: %s: %s", shard, what, type(e).__name__, e)
+        raise
     if loaded.revision != ds.attrs["model_revision"]:
         raise StoreError(
             f"store {paths.store!r} holds activations of model revision {ds.attrs['model_revision']!r}, but "
@@ -128,7 +140,7 @@ def capture_shard(
         if stopped.is_set():
             raise InterruptedError(f"clip {clip_id!r} not written: an earlier write of the shard was interrupted")
         try:
-            return write_one(paths.store, clip_id, cap)
+            return write_one(paths.store, clip_id, cap, write_backoff)
         except BaseException as e:
             if not isinstance(e, Exception):
                 stopped.set()
@@ -195,9 +207,10 @@ def capture_shard(
         items = batch[:]
         batch.clear()
         t0 = time.perf_counter()
+        caps: list[Capture | None]
         try:
             with lock:
-                caps = capture_codes_batch(loaded, [codes for _, _, codes in items], capture)
+                caps = list(capture_codes_batch(loaded, [codes for _, _, codes in items], capture))
         except Exception as e:  # noqa: BLE001 - retried clip by clip below
             log.warning("batch of %d clips failed (%s: %s); capturing them one by one", len(items), type(e).__name__, e)
             caps = []
@@ -295,9 +308,13 @@ def encode_and_capture(loaded: LoadedModel, capture: CaptureSpec, clip: ClipReco
     return cap, t1 - t0, time.perf_counter() - t1
 
 
-def write_one(store: str, clip_id: str, cap: Capture) -> tuple[int, float]:
-    """Write one clip's arrays, then (last) set its completion flag; returns bytes written and seconds taken."""
+def write_one(store: str, clip_id: str, cap: Capture, backoff: Backoff = WRITE_BACKOFF) -> tuple[int, float]:
+    """Write one clip's arrays, then (last) set its completion flag; returns bytes written and seconds taken.
+
+    Each of the two writes is tried again after a transient failure (``backoff``); both are idempotent
+    (whole chunks of the clip's own region)."""
     t0 = time.perf_counter()
-    written = write_clip(store, clip_id, cap.resid, cap.codes)
-    mark_complete(store, clip_id)
+    where = f"clip {clip_id!r} into store {store!r}"
+    written = with_retries(lambda: write_clip(store, clip_id, cap.resid, cap.codes), f"writing {where}", backoff)
+    with_retries(lambda: mark_complete(store, clip_id), f"setting the completion flag of {where}", backoff)
     return written, time.perf_counter() - t0

@@ -6,6 +6,8 @@ One stack per database backend, session-scoped (``stack`` is parametrized over "
 workers: the control pool runs the benchmark parents and reruns, the GPU pool the shards).
 Everything started here is stopped in ``finally`` (and by atexit if the interpreter exits first),
 also when a test fails; its logs go to the test's tmp folder and their tails into failure messages.
+A pytest killed from outside (SIGKILL) leaves nothing running either: the processes are started by
+``harness_procs.Launcher`` (parent-death signal, and a reaper that kills everything below them).
 
 PostgreSQL: ``.ci/run`` installs Debian's postgresql, starts the cluster and exports
 MUSICINTERP_TEST_PG_URL (a role that may create databases); each session creates a fresh database
@@ -17,7 +19,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from harness_procs import Launcher
 
 from musicinterp_cli.common import prefect_env
 
@@ -66,16 +68,23 @@ class Stack:
     api_url: str
     env: dict[str, str]
     logs: Path
-    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    port: int
+    launcher: Launcher = field(default_factory=Launcher)
     outputs: list[str] = field(default_factory=list)  # everything the CLI printed, for the wording checks
 
+    @property
+    def procs(self) -> list[tuple[str, subprocess.Popen]]:
+        return self.launcher.procs
+
     def start(self, name: str, *args: str) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "w")
-        proc = subprocess.Popen(
-            [*cli_prefix(), *args], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )  # its own process group: stopping it stops its children
-        self.procs.append((name, proc))
-        return proc
+        """``musicinterp ARGS`` in its own process group (stopping it stops its children), dying with this process."""
+        return self.launcher.start(name, [*cli_prefix(), *args], self.logs / f"{name}.log", cwd=REPO, env=self.env)
+
+    def start_server(self, name: str = "server") -> subprocess.Popen:
+        """``musicinterp server`` on the stack's port and database; returns once it answers."""
+        server = self.start(name, "server", "--host", "127.0.0.1", "--port", str(self.port))
+        _wait_healthy(self.api_url, server, self.logs / f"{name}.log")
+        return server
 
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         proc = subprocess.run(
@@ -89,24 +98,7 @@ class Stack:
 
     def stop(self) -> None:
         # workers first (SIGINT is their graceful stop), the server last
-        for _name, proc in reversed(self.procs):
-            _stop(proc)
-        self.procs.clear()
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    for sig, wait_s in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)  # the group this test started (start_new_session), nothing else
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        self.launcher.stop()
 
 
 def _wait_healthy(api_url: str, proc: subprocess.Popen, log: Path) -> None:
@@ -211,7 +203,7 @@ def stack(request, it_tmp):
     if backend == "postgres":
         url, pg_db = _fresh_pg_database(tmp)
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = url
-    st = Stack(backend=backend, api_url=api_url, env=env, logs=logs)
+    st = Stack(backend=backend, api_url=api_url, env=env, logs=logs, port=port)
 
     def cleanup():
         st.stop()
@@ -220,8 +212,7 @@ def stack(request, it_tmp):
 
     atexit.register(cleanup)
     try:
-        server = st.start("server", "server", "--host", "127.0.0.1", "--port", str(port))
-        _wait_healthy(api_url, server, logs / "server.log")
+        st.start_server()
         deploy = st.cli("deploy", "--gpu-slots", "2", timeout=300)
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         st.start("worker-control", "worker", "--pool", "musicinterp", "--name", f"control-{backend}")
