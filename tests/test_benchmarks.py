@@ -83,7 +83,15 @@ def test_capture__equals_nnsight_on_every_layer(tiny_model):
 
 def test_analysis_speed__quick_json_reports_the_grid_as_a_multiple_of_one_read():
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "analysis_speed.py"), "--quick", "--json", "--estimators", "ridge"],
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "analysis_speed.py"),
+            "--quick",
+            "--json",
+            "--estimators",
+            "ridge",
+            "ridge-direct",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -95,6 +103,8 @@ def test_analysis_speed__quick_json_reports_the_grid_as_a_multiple_of_one_read()
     assert abs(ridge["grid_over_read"] - ridge["grid_s"] / result["read_s"]) < 1e-9
     assert 0 <= ridge["eigh_s"] <= ridge["grid_s"] and ridge["top_self_time"]
     assert ridge["within_10_reads"] == (ridge["with_reduce_over_read"] <= 10)
+    same = result["ridge_vs_direct"]  # the fast path's table against the previous path's, same permutations
+    assert max(v for k, v in same.items() if k.startswith("max_abs_diff")) < 1e-9 and same["speedup"] > 0
 
 
 def test_capture_benchmark__shard_mode_times_the_writer_thread_on_and_off():
@@ -118,3 +128,31 @@ def test_capture_benchmark__shard_mode_times_the_writer_thread_on_and_off():
     assert result["shard_clips"] == 2 and result["shard_overlapped_s"] > 0 and result["shard_inline_s"] > 0
     assert abs(result["shard_overlap_ratio"] - result["shard_overlapped_s"] / result["shard_inline_s"]) < 1e-9
     assert set(result["shard_stages_overlapped"]) == {"encode_s", "capture_s", "write_s"}
+
+
+def test_causal_speed__quick_json_has_finite_ratios():
+    """A smoke check of benchmarks/causal_speed.py (the causal known answers are in tests/test_causal.py)."""
+    import math
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "causal_speed.py"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["weights"] == "trained-here" and result["pieces"] == 2 and result["forward_s"] > 0
+    for key in (
+        "hooks_idle_ratio",
+        "ablate_k1_ratio",
+        "ablate_k4_ratio",
+        "patch_k4_ratio",
+        "patch_whole_ratio",
+        "per_control_ratio",
+        "candidate_ratio",
+        "generation_hooks_ratio",
+        "generation_over_forward",
+    ):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert abs(result["ablate_k1_ratio"] - result["ablate_k1_s"] / result["forward_s"]) < 1e-9

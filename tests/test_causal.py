@@ -377,3 +377,98 @@ def test_intervening__during_generation_acts_on_the_stated_generated_step(tiny_m
     )
     np.testing.assert_array_equal(same.codes, base.codes)
     np.testing.assert_allclose(same.resid, base.resid, atol=0)
+
+
+# --- interventions during generation on the pair toy ------------------------------------------------------------
+
+
+def _first(pairs, n):
+    from musicinterp.causal.toy import TwinPairs
+
+    return TwinPairs(pairs.ids[:n], pairs.swapped_ids[:n], pairs.seed, pairs.indices[:n])
+
+
+def test_generation__embedding_patch_of_the_prompt_is_the_other_cue_prompt_and_a_same_run_patch_changes_nothing(
+    toy, pairs
+):
+    """Patching the embeddings over the prompt's frames with the other-cue run's is generating from the other-cue
+    prompt (the same codes, seed for seed); a patch from the same run changes nothing; a middle-layer patch from
+    the other-cue run reaches the generated steps (through attention to the patched prompt)."""
+    from musicinterp.causal.generation import codes_of, prompt_patch, prompt_streams
+    from musicinterp.config import GenerationSpec
+    from musicinterp.generate.sampling import generate_continuation
+
+    two, p = _first(pairs, 2), 425
+    gen = GenerationSpec(prompt_s=8.5, continuation_s=0.2, seeds=[0], guidance_scale=1.0, write_audio=False)
+    other = prompt_streams(toy, two.swapped_ids, [0, 2], p)
+    same = prompt_streams(toy, two.ids, [2], p)
+    capture = CaptureSpec(layers=[3])
+
+    def run(ids, i, seed, patch=None):
+        factory = (lambda: intervening(toy.model, patch(i), guided=True)) if patch else None
+        return generate_continuation(toy, codes_of(ids[i])[:, :p], capture, gen, seed, factory, torch.float32)
+
+    for i, seed in ((0, 5), (1, 6)):
+        base = run(two.ids, i, seed)
+        np.testing.assert_array_equal(
+            run(two.ids, i, seed, prompt_patch(0, other[0], p)).codes, run(two.swapped_ids, i, seed).codes
+        )
+        unchanged = run(two.ids, i, seed, prompt_patch(2, same[2], p))
+        np.testing.assert_array_equal(unchanged.codes, base.codes)
+        np.testing.assert_allclose(unchanged.resid, base.resid, atol=1e-5)
+        moved = run(two.ids, i, seed, prompt_patch(2, other[2], p))
+        assert np.abs(moved.resid[0, 0] - base.resid[0, 0]).max() > 1e-3
+
+
+def test_generation__other_cue_patch_moves_the_generated_return_towards_c_on_the_trained_toy(toy, pairs):
+    """Greedy continuations (no sampling noise) of 2 return pieces: the return score (A-match - C-match over the
+    return window) falls under the cue swap and under a whole-stream patch of layer 2 from the other-cue run."""
+    from musicinterp.causal.generation import generation_outcomes, prompt_patch, prompt_streams, return_references
+    from musicinterp.config import GenerationSpec
+
+    two = _first(pairs, 2)
+    gen = GenerationSpec(prompt_s=8.5, continuation_s=2.5, seeds=[0], guidance_scale=1.0, top_k=1, write_audio=False)
+    refs = return_references(toy, two, 11.0)
+    none = generation_outcomes(toy, two.ids, refs, gen)
+    swap = generation_outcomes(toy, two.swapped_ids, refs, gen)
+    patched = generation_outcomes(
+        toy, two.ids, refs, gen, prompt_patch(2, prompt_streams(toy, two.swapped_ids, [2], 425)[2], 425)
+    )
+    assert none.score.shape == (2, 1) and none.score.mean() > 0.1  # the return cue leans towards A
+    assert swap.score.mean() < none.score.mean() - 0.05
+    assert patched.score.mean() < none.score.mean() - 0.05
+    assert np.all(np.isfinite(none.fluency)) and np.all(none.fluency > 0)
+
+
+def test_generation__nothing_moves_on_the_random_twin(pairs):
+    """The random twin never produces A's or C's codes: neither the cue nor the other-cue patch moves its score."""
+    from musicinterp.causal.generation import generation_outcomes, prompt_patch, prompt_streams, return_references
+    from musicinterp.config import GenerationSpec
+
+    twin = load_toy("checkpoints/toy-pair-random")
+    assert twin.weights == "random"
+    two = _first(pairs, 2)  # a prompt up to 8.9 s: the continuation just covers the return window
+    gen = GenerationSpec(prompt_s=8.9, continuation_s=1.7, seeds=[0], guidance_scale=1.0, top_k=1, write_audio=False)
+    refs = return_references(twin, two, 11.0)
+    none = generation_outcomes(twin, two.ids, refs, gen)
+    patched = generation_outcomes(
+        twin, two.ids, refs, gen, prompt_patch(2, prompt_streams(twin, two.swapped_ids, [2], 445)[2], 445)
+    )
+    assert np.abs(patched.score - none.score).max() < 0.02 and np.abs(none.score).max() < 0.02
+
+
+def test_generation_effect_row__paired_against_none_and_against_the_controls():
+    from musicinterp.causal.generation import GenerationOutcome, effect_row
+
+    def outcome(a, c, fluency=0.5):
+        n = np.zeros((10, 2))
+        return GenerationOutcome(n + a, n + c, n + fluency, np.zeros((10, 2, 4, 5), int))
+
+    none = outcome(0.2, 0.1)
+    rng = np.random.default_rng(0)
+    r = effect_row(outcome(0.1, 0.3), none, [outcome(0.2, 0.15), outcome(0.2, 0.05)], rng, n_boot=200)
+    assert r["score_effect"] == pytest.approx(-0.3) and r["score_ci_low"] == pytest.approx(-0.3)
+    assert r["score_p"] == pytest.approx(2 / 2**10)  # exact sign flips over 10 pieces, all the same sign
+    assert r["controls_score_mean"] == pytest.approx(0.0) and r["controls_score_min"] == pytest.approx(-0.05)
+    assert r["score_vs_controls"] == pytest.approx(-0.3) and r["nearer_a"] == 0.0
+    assert r["fluency_effect"] == pytest.approx(0.0) and (r["n_pieces"], r["n_seeds"]) == (10, 2)

@@ -217,7 +217,7 @@ def test_toy_return__the_real_pieces_score_as_returning_or_not():
     """The measure on the toy's own codec: a piece's real A version returns A, its C version does not."""
     from musicinterp.capture import encode_audio
     from musicinterp.config import ModelSpec
-    from musicinterp.generate.toy_return import RETURN_MATCH_THRESHOLD, a_match, version_codes
+    from musicinterp.generate.toy_return import a_match, version_codes
     from musicinterp.models import load_model
     from musicinterp.sources.cue import compose, cue_recipe
 
@@ -229,7 +229,8 @@ def test_toy_return__the_real_pieces_score_as_returning_or_not():
         codes = encode_audio(toy, compose({**recipe, "returns": returns})[0]).numpy()
         m = window_matches(codes[:, 425:], 425, refs)
         assert (m["a_match"] == 1.0) if returns else (m["c_match"] == 1.0 and m["a_match"] < 0.5)
-        assert (a_match(codes[:, :425], codes[:, 425:]) > RETURN_MATCH_THRESHOLD) == returns
+        m_prompt = a_match(codes[:, :425], codes[:, 425:])  # the lighter measure: against A in the prompt
+        assert (m_prompt > 0.9) if returns else (m_prompt < 0.3)
 
 
 def test_annotate_continuation__finds_section_a_returning_from_the_prompt_in_a_real_pair_piece():

@@ -5,7 +5,8 @@ difference-of-means directions in the residual basis, saved beside an analysis),
 :mod:`~musicinterp.causal.hooks` (the interventions and ``intervening``), :mod:`~musicinterp.causal.controls`
 (matched random controls), :mod:`~musicinterp.causal.outcomes` (per-piece outcomes and paired statistics),
 :mod:`~musicinterp.causal.toy` (the pair toy's twin pairs and frame windows), :mod:`~musicinterp.causal.spec`
-(the experiment's settings) and :mod:`~musicinterp.causal.experiment` (the experiment and its report).
+(the experiment's settings), :mod:`~musicinterp.causal.experiment` (the experiment and its report) and
+:mod:`~musicinterp.causal.generation` (interventions during generation: the return score, paired effects).
 See README.md in this folder.
 """
 
