@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -73,14 +74,30 @@ def stop_on_signals() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def stop_temporary_servers() -> None:
-    """Stop the temporary Prefect server an in-process flow started (if any), now rather than at exit."""
+def stop_temporary_servers(grace_s: float = CLEANUP_S) -> None:
+    """Stop the temporary Prefect server an in-process flow started (if any), now rather than at exit:
+    SIGTERM, then SIGKILL once ``grace_s`` has passed. Done here rather than by the server's own ``stop()``,
+    whose five-second wait a busy machine can outlast: this process would then exit first and leave the
+    server running (seen in CI, the server holding the run's stderr open)."""
     module = sys.modules.get("prefect.server.api.server")
     if module is None:
         return
-    for server in list(getattr(module.SubprocessASGIServer, "_instances", {}).values()):
-        with contextlib.suppress(Exception):
-            server.stop()
+    servers = list(getattr(module.SubprocessASGIServer, "_instances", {}).values())
+    procs = [proc for server in servers if (proc := getattr(server, "server_process", None)) is not None]
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(2.0)
+    for server in servers:
+        server.server_process = None  # stopped: its own exit handler has nothing left to do
 
 
 def exit_now(code: int) -> NoReturn:
@@ -89,9 +106,7 @@ def exit_now(code: int) -> NoReturn:
     the exit handlers for at most CLEANUP_S."""
     import atexit
 
-    stopper = threading.Thread(target=stop_temporary_servers, daemon=True)
-    stopper.start()
-    stopper.join(CLEANUP_S)
+    stop_temporary_servers()  # bounded: SIGKILL after CLEANUP_S
     handlers = threading.Thread(target=atexit._run_exitfuncs, daemon=True)
     handlers.start()
     handlers.join(CLEANUP_S)
