@@ -37,11 +37,12 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from analysis_factories import make_store  # noqa: E402
 
-from musicinterp.analysis import finalize, load_labels, probe_layer_target, reduce_layer  # noqa: E402
+from musicinterp.analysis import finalize, load_labels, probe_layer_target, reduce_layer, ridge  # noqa: E402
 from musicinterp.analysis.data import open_analysis_store, selected_clips, store_layers  # noqa: E402
 from musicinterp.config import AnalysisSpec  # noqa: E402
 
@@ -64,10 +65,32 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+COMPARED = ("gain", "p_value", "q_value", "p_cluster", "ci_low", "ci_high")
+
+
 def eigh_seconds(profile: cProfile.Profile) -> float:
     """Cumulative seconds in ``numpy.linalg.eigh`` under ``profile``."""
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     return sum(v[3] for (_, _, name), v in stats.items() if name == "eigh")
+
+
+STAGES = {
+    "ridge_decompose": ("ridge.py", "__init__"),
+    "ridge_oof": ("ridge.py", "oof"),
+    "cluster_wald_t": ("stats.py", "cluster_wald_t"),
+    "bootstrap_ci": ("stats.py", "bootstrap_gain_ci"),
+    "auroc_columns": ("stats.py", "auroc_columns"),
+    "load_npz": ("data.py", "load_reduced"),
+}
+
+
+def stage_seconds(profile: cProfile.Profile) -> dict[str, float]:
+    """Cumulative seconds of the probe's stages (decompositions, refits, p_cluster's GLMs, bootstrap, AUROCs)."""
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    return {
+        stage: sum(v[3] for (f, _, name), v in stats.items() if Path(f).name == file and name == fn)
+        for stage, (file, fn) in STAGES.items()
+    }
 
 
 def top_functions(profile: cProfile.Profile, n: int = 6) -> list[dict[str, object]]:
@@ -85,7 +108,13 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=4, help="decoder layers (layer 0 is added)")
     ap.add_argument("--permutations", type=int, default=99)
-    ap.add_argument("--estimators", nargs="+", default=["ridge", "logistic"])
+    ap.add_argument(
+        "--estimators",
+        nargs="+",
+        default=["ridge", "logistic"],
+        choices=["ridge", "ridge-direct", "logistic"],
+        help="ridge-direct: the ridge probe's previous path (every split decomposed from its rows, nothing shared)",
+    )
     ap.add_argument("--preset", choices=list(PRESETS), default=None, help="sizes: the demo's or the full-size shape")
     ap.add_argument("--quick", action="store_true", help="a tiny store and 9 permutations (for the test)")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout (the table goes to stderr)")
@@ -128,18 +157,25 @@ def main() -> None:
         reduced = [reduce_layer(store, layer, spec, tmp / f"l{layer}.npz") for layer in layers]
         t_reduce = time.perf_counter() - t
         t_probe: dict[str, float] = {}
+        tables: dict[str, pd.DataFrame] = {}
         t_eigh: dict[str, float] = {}
         top: dict[str, list[dict[str, object]]] = {}
+        stages: dict[str, dict[str, float]] = {}
         for est in args.estimators:
             # each estimator at its own default width: ridge at full width, the first wave's logistic at 64
-            spec_e = spec.model_copy(update={"estimator": est, "reduced_width": None if est == "ridge" else 64})
+            kind = "ridge" if est.startswith("ridge") else est
+            spec_e = spec.model_copy(update={"estimator": kind, "reduced_width": None if kind == "ridge" else 64})
+            previous = ridge.GroupedRidgeCV, ridge.CACHE_BYTES
+            if est == "ridge-direct":
+                ridge.GroupedRidgeCV, ridge.CACHE_BYTES = ridge.DirectGroupedRidgeCV, 0  # type: ignore[misc]
+            ridge._CACHE.clear()
             profile = cProfile.Profile()
             profile.enable()
             t = time.perf_counter()
             rows = []
             files = (
                 reduced
-                if est == "ridge"
+                if kind == "ridge"
                 else [reduce_layer(store, layer, spec_e, tmp / f"l{layer}_{est}.npz") for layer in layers]
             )
             for r in files:
@@ -149,8 +185,12 @@ def main() -> None:
             df = finalize(rows, spec_e, tmp / f"out_{est}", "random")
             t_probe[est] = time.perf_counter() - t
             profile.disable()
+            ridge.GroupedRidgeCV, ridge.CACHE_BYTES = previous  # type: ignore[misc]
+            ridge._CACHE.clear()
+            tables[est] = df
             t_eigh[est] = eigh_seconds(profile)
             top[est] = top_functions(profile)
+            stages[est] = stage_seconds(profile)
             sig = int(((df.control == "none") & (df.metric == "auroc") & (df.q_value < 0.05)).sum())
             print(
                 f"  {est}: {t_probe[est]:.1f} s, significant cells (q < 0.05, none, auroc): {sig}", file=out, flush=True
@@ -179,10 +219,17 @@ def main() -> None:
                     "eigh_share": t_eigh[est] / tp,
                     "within_10_reads": (tp + t_reduce) / t_read <= 10,
                     "top_self_time": top[est],
+                    "stage_s": stages[est],
                 }
                 for est, tp in t_probe.items()
             },
         }
+        if "ridge" in tables and "ridge-direct" in tables:
+            a, b = tables["ridge"], tables["ridge-direct"]
+            result["ridge_vs_direct"] = {
+                "speedup": t_probe["ridge-direct"] / t_probe["ridge"],
+                **{f"max_abs_diff_{k}": float(np.nanmax(np.abs(a[k].to_numpy() - b[k].to_numpy()))) for k in COMPARED},
+            }
         print(json.dumps(result))
         return
     print(f"(a) read activations once ({nbytes / 2**20:.0f} MB as float32): {t_read:8.2f} s   1.00x")

@@ -14,9 +14,9 @@ from sklearn.linear_model import Ridge
 from sklearn.metrics import roc_auc_score
 
 from musicinterp.analysis import permutation as pm
-from musicinterp.analysis import probe_layer_target, stats
+from musicinterp.analysis import probe_layer_target, ridge, stats
 from musicinterp.analysis.data import save_labels, save_reduced
-from musicinterp.analysis.ridge import GroupedRidgeCV, _predict, _split
+from musicinterp.analysis.ridge import DirectGroupedRidgeCV, GroupedRidgeCV, _predict, _split, cached_ridge_cv
 from musicinterp.config import AnalysisSpec
 
 FAST = {"n_bootstrap": 20, "n_folds": 3, "inner_folds": 2, "frame_stride": 1, "codec_lookahead_frames": 0}
@@ -300,3 +300,60 @@ def test_shifted_labels__every_window_takes_another_members_track_at_the_same_of
         assert (clip[perm] != clip).all() and (frame[perm] == frame).all()
     valid = (frame >= 60) & (frame < 80)
     assert pm.consensus_valid(valid[perm], classes).sum() == valid.sum()
+
+
+@pytest.mark.parametrize("n, p", [(720, 40), (300, 400)])
+def test_ridge__fast_path_equals_the_direct_path_under_moving_labels(n, p):
+    """The atom-summed Gram path (rows >= columns) and its fallback (rows < columns) give the direct path's
+    out-of-fold predictions and chosen strengths, with constant, partly constant and large-mean columns."""
+    rng = np.random.default_rng(n)
+    Z = rng.standard_normal((n, p))
+    Z[:, 1] = 5.0  # constant everywhere
+    Z[:, 2] = (np.arange(n) < 60).astype(float)  # constant in the training sets that exclude the first group
+    Z[:, 3] += 1e3  # a large mean
+    groups = np.repeat(np.arange(12), n // 12)
+    y = (Z[:, 0] + rng.standard_normal(n) > 0).astype(float)
+    Y = np.column_stack([y] + [rng.permutation(y) for _ in range(5)])
+    L = rng.standard_normal((n, 2, Y.shape[1]))
+    L[:, 1] = 0.0  # an own-lag column that is undefined everywhere
+    fast = GroupedRidgeCV(Z, groups, 5, 3, [0.01, 0.1, 1.0, 10.0, 100.0])
+    direct = DirectGroupedRidgeCV(Z, groups, 5, 3, [0.01, 0.1, 1.0, 10.0, 100.0])
+    assert all(it.H is None for _, inner in fast.outer for it in inner) == (n < p)
+    np.testing.assert_array_equal(fast.fold, direct.fold)
+    for own in (None, L):
+        (P, c), (Pd, cd) = fast.oof(Y, own), direct.oof(Y, own)
+        np.testing.assert_allclose(P, Pd, rtol=0, atol=1e-9)
+        np.testing.assert_array_equal(c, cd)
+
+
+def test_ridge__the_cache_reuses_a_design_only_when_it_is_the_same(monkeypatch):
+    rng = np.random.default_rng(0)
+    Z, groups = rng.standard_normal((120, 5)), np.repeat(np.arange(6), 20)
+    a = cached_ridge_cv(Z, groups, 3, 2, [0.1, 1.0])
+    assert cached_ridge_cv(Z.copy(), groups, 3, 2, [1.0, 0.1]) is a
+    Z2 = Z.copy()
+    Z2[0, 0] += 1e-9
+    assert cached_ridge_cv(Z2, groups, 3, 2, [0.1, 1.0]) is not a
+    assert cached_ridge_cv(Z, groups, 4, 2, [0.1, 1.0]) is not a
+    assert cached_ridge_cv(Z, groups, 3, 2, [0.1, 1.0]) is a  # still kept: three small entries fit
+    monkeypatch.setattr(ridge, "CACHE_BYTES", 0)
+    b = cached_ridge_cv(Z2 + 1.0, groups, 3, 2, [0.1, 1.0])
+    assert list(ridge._CACHE.values()) == [b] and b.nbytes() >= Z.nbytes  # over the budget: only the newest
+
+
+def test_probe__fast_ridge_gives_the_direct_paths_p_values_and_aurocs(tmp_path, monkeypatch):
+    """The whole probe (observed fit, 29 permutations, p_cluster, bootstrap) on the fast path and on the direct
+    path: the same permutations give the same gains, p-values and scores, for the real analysis and its control."""
+    red, lab, _ = _null_files(tmp_path, 3, [150] * 12, 12, hidden=16, phi=0.5, plant=1.0)
+    spec = AnalysisSpec(n_permutations=29, max_permutations=29, window_s=1.0, **FAST)
+    keys = ("gain", "p_value", "p_cluster", "score_controls", "score_full", "ci_low", "ci_high")
+    fast = [probe_layer_target(red, lab, "ev_1s", spec, c) for c in ("none", "shifted-labels")]
+    monkeypatch.setattr(ridge, "GroupedRidgeCV", DirectGroupedRidgeCV)
+    ridge._CACHE.clear()
+    direct = [probe_layer_target(red, lab, "ev_1s", spec, c) for c in ("none", "shifted-labels")]
+    ridge._CACHE.clear()
+    assert fast[0][0]["p_value"] <= 0.05 < fast[1][0]["p_value"]  # a found signal, and a control that loses it
+    for rows_f, rows_d in zip(fast, direct):
+        for rf, rd in zip(rows_f, rows_d):
+            for k in keys:
+                np.testing.assert_allclose(rf[k], rd[k], rtol=0, atol=1e-9, err_msg=f"{rf['control']} {k}")

@@ -37,7 +37,7 @@ from sklearn.preprocessing import StandardScaler
 from musicinterp.analysis import permutation as pm
 from musicinterp.analysis import stats
 from musicinterp.analysis.data import AnalysisError, load_reduced, parse_target
-from musicinterp.analysis.ridge import GroupedRidgeCV
+from musicinterp.analysis.ridge import GroupedRidgeCV, cached_ridge_cv
 from musicinterp.config import AnalysisSpec
 from musicinterp.frames import FRAME_RATE_HZ
 
@@ -380,8 +380,8 @@ def _probe(
     second = metrics[1]
 
     if spec.estimator == "ridge":
-        cv0 = GroupedRidgeCV(Z0, groups, n_folds, spec.inner_folds, spec.ridge_grid)
-        cv1 = GroupedRidgeCV(Z1, groups, n_folds, spec.inner_folds, spec.ridge_grid)
+        cv0 = cached_ridge_cv(Z0, groups, n_folds, spec.inner_folds, spec.ridge_grid)
+        cv1 = cached_ridge_cv(Z1, groups, n_folds, spec.inner_folds, spec.ridge_grid)
         fold = cv0.fold
 
         def predict(perms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
