@@ -110,6 +110,9 @@ def exit_now(code: int) -> NoReturn:
     handlers = threading.Thread(target=atexit._run_exitfuncs, daemon=True)
     handlers.start()
     handlers.join(CLEANUP_S)
+    # a flow still running in a thread may have started another temporary server meanwhile (Prefect's client
+    # starts one on demand when its API call finds none): it would outlive this process, so it goes too
+    stop_temporary_servers(grace_s=0.0)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
