@@ -108,6 +108,8 @@ def _watch(spec: Any, paths: Any, worker: threading.Thread, api: str | None = No
                 elif err is None and lost:
                     console.print(f"the Prefect server at {api} answers again")
                 lost = err is not None
+    if api and lost and _healthcheck(api) is None:  # back since the last check, and the run ended before the next
+        console.print(f"the Prefect server at {api} answers again")
 
 
 def _failure(state: Any) -> BaseException | None:
