@@ -12,7 +12,6 @@ or is rerunnable with ``musicinterp rerun``, and both stores end equal to an uni
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -21,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from fault_runs import cli_json, planned_run
 from harness_procs import descendants
 
-from musicinterp.config import RunSpec
-from musicinterp.run import RunPaths, prepare_run, run_inline
+from musicinterp.run import RunPaths
 from musicinterp.store import completed_clips
 
 pytestmark = pytest.mark.integration
@@ -43,13 +42,6 @@ CONFIG = {
     "annotate": False,
     "analyze": False,
 }
-
-
-def _json(proc) -> dict:
-    try:
-        return json.loads(proc.stdout)
-    except json.JSONDecodeError as e:
-        raise AssertionError(f"not JSON (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from e
 
 
 def _kill_server(stack) -> None:
@@ -83,17 +75,9 @@ def _wait_for(what: str, check, deadline_s: float, stack, every_s: float = 1.0):
 
 def test_server_restarted_mid_run__shards_finish_or_rerun_and_the_store_is_whole(stack, it_tmp):
     import httpx
-    import yaml
 
-    spec = RunSpec.model_validate(CONFIG)
     root = it_tmp / f"restart-{stack.backend}"
-    root.mkdir()
-    config = root / "it-restart.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
-    clean = run_inline(spec, str(root / "clean"))
-    assert clean.ok, clean.failed
-    out = str(root / "runs")
-    prepared = prepare_run(spec, out)
+    spec, config, clean, out, prepared = planned_run(root, CONFIG)
 
     # submitted by a user who follows the run (--wait): it must say that the server went away, and pick the
     # run up again once it is back
@@ -137,7 +121,7 @@ def test_server_restarted_mid_run__shards_finish_or_rerun_and_the_store_is_whole
             st = stack.cli("status", run_id, "--json", timeout=120)
             if st.returncode != 0:
                 return None
-            info = _json(st)
+            info = cli_json(st)
             return info if info["benchmark"]["final"] else None
 
         info = _wait_for("the run to end after the restart", final, FINISH_S, stack, every_s=5)

@@ -9,7 +9,6 @@ an uninterrupted run's. Bounded: every wait has a deadline; the stack is stopped
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -19,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from fault_runs import cli_json, planned_run
 
-from musicinterp.config import RunSpec
-from musicinterp.run import prepare_run, run_inline
 from musicinterp.slice import Manifest
 from musicinterp.store import completed_clips
 
@@ -44,15 +42,8 @@ CONFIG = {
 }
 
 
-def _json(proc) -> dict:
-    try:
-        return json.loads(proc.stdout)
-    except json.JSONDecodeError as e:
-        raise AssertionError(f"not JSON (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from e
-
-
 def _status(stack, run_id: str) -> dict:
-    return _json(stack.cli("status", run_id, "--json", timeout=120))
+    return cli_json(stack.cli("status", run_id, "--json", timeout=120))
 
 
 def _screenshots():
@@ -119,22 +110,12 @@ def _kill_tree(proc) -> None:
 
 
 def test_worker_killed_mid_shard_is_noticed_and_rerun_completes_the_store(stack, it_tmp):
-    import yaml
-
-    spec = RunSpec.model_validate(CONFIG)
-    root = it_tmp / f"killed-{stack.backend}"
-    root.mkdir()
-    config = root / "it-killed.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
-    clean = run_inline(spec, str(root / "clean"))
-    assert clean.ok, clean.failed
-    out = str(root / "runs")
-    prepared = prepare_run(spec, out)
+    spec, config, clean, out, prepared = planned_run(it_tmp / f"killed-{stack.backend}", CONFIG)
     shard0 = {c.clip_id for c in Manifest.from_json(f"{prepared.root}/manifest.json").shard(0)}
 
     sub = stack.cli("submit", str(config), "--out", out, "--json")
     assert sub.returncode == 0, sub.stdout + sub.stderr
-    run_id = _json(sub)["id"]
+    run_id = cli_json(sub)["id"]
 
     # wait until shard 0 has captured a clip but not all, then kill the GPU worker and its flow runs
     worker = dict(stack.procs)["worker-gpu"]
