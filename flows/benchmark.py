@@ -315,8 +315,9 @@ def benchmark(
         )
     result = {"store": summary.store, "root": summary.root, "complete": summary.complete, "n_clips": summary.n_clips}
     if spec.analyze:
+        started = time.perf_counter()
         result["analysis"] = _run_analysis(spec, summary.store, RunPaths(summary.root).analysis, dispatch)
-        link_findings(RunPaths(summary.root))
+        link_findings(RunPaths(summary.root), analyse_s=time.perf_counter() - started)
     return result
 
 

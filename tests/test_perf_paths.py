@@ -55,7 +55,9 @@ def test_overlapped_writes__same_store_record_and_progress_as_writing_in_the_cap
     # the run summary reports each stage's time and throughput, from the shard records
     summary = run.summarise_run(prepared, annotate=False)
     stages = json.loads(Path(prepared.paths.summary_json).read_text())["stages"]
-    assert stages == summary.stages and set(stages) >= {"encode", "capture", "write", "capture_wall", "annotate"}
+    assert stages == summary.stages
+    assert set(stages) == {"plan", "encode", "capture", "write", "capture_wall", "annotate"}
+    assert stages["plan"]["seconds"] == round(prepared.plan_s, 3) > 0 and stages["plan"]["clips"] == 4
     assert stages["write"]["seconds"] == round(results[1].write_s, 3) and stages["write"]["clips"] == 4
     assert stages["write"]["mb_per_s"] == round(results[1].bytes_written / 1e6 / results[1].write_s, 2)
     assert stages["annotate"]["clips"] == 0  # annotation off

@@ -7,6 +7,7 @@ it runs on any machine, whatever ``capture.device`` says.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,7 @@ class PreparedRun(BaseModel):
     rejected: list[dict[str, str]]  # inputs left out at planning, with the reason
     weights: str
     data_roots: list[str] = []  # what audio-folder clips may read (from the config, not the manifest)
+    plan_s: float = 0.0  # the latest planning's wall time (the summary's ``plan`` stage)
 
     @property
     def paths(self) -> RunPaths:
@@ -118,6 +120,7 @@ def prepare_run(spec: RunSpec, out: str) -> PreparedRun:
     inputs left out, saying that ``musicinterp replan RUN_DIR`` brings the run up to date: the run
     then finishes what it planned and fails naming them, never silently leaving a new file out.
     """
+    started = time.perf_counter()
     paths = RunPaths.for_spec(spec, out)
     fs, root = fsspec.core.url_to_fs(paths.root)
     fs.makedirs(root, exist_ok=True)
@@ -152,6 +155,7 @@ def prepare_run(spec: RunSpec, out: str) -> PreparedRun:
         rejected=rejected,
         weights=t.weights,
         data_roots=data_roots(spec.slice),
+        plan_s=round(time.perf_counter() - started, 3),
     )
     write_json(paths.run_file, {"spec": spec.model_dump(mode="json"), "prepared": prepared.model_dump(mode="json")})
     return prepared

@@ -8,6 +8,7 @@ annotated) and the timings.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,17 +113,21 @@ def summarise_run(prepared: PreparedRun, annotate: bool = True) -> RunSummary:
             for r in results
         ],
     )
-    summary.stages = stage_times(results, annotations)
+    summary.stages = stage_times(results, annotations, prepared)
     write_json(paths.summary_json, asdict(summary))
     write_text(paths.summary_md, summary_markdown(summary))
     return summary
 
 
-def stage_times(results: list[ShardResult], annotations: list[AnnotationResult]) -> dict[str, dict[str, float]]:
+def stage_times(
+    results: list[ShardResult], annotations: list[AnnotationResult], prepared: PreparedRun
+) -> dict[str, dict[str, float]]:
     """Seconds and throughput of each stage, summed over the latest attempt of every shard and clip.
 
-    ``capture_wall`` is the shards' wall time: where writes run in a background thread beside the next
-    clip's capture (``writes_can_overlap``), encode + capture + write can exceed it.
+    ``plan`` is the latest planning's wall time (slice, manifest, store). ``capture_wall`` is the shards'
+    wall time: where writes run in a background thread beside the next clip's capture
+    (``writes_can_overlap``), encode + capture + write can exceed it. ``analyse`` is added by
+    ``link_findings`` once the analysis has run.
     """
     clips = sum(len(r.captured) for r in results)
     audio_s = sum(r.audio_s for r in results)
@@ -138,6 +143,7 @@ def stage_times(results: list[ShardResult], annotations: list[AnnotationResult])
 
     done = [a for a in annotations if a.annotated]
     return {
+        "plan": rates(prepared.plan_s, prepared.n_clips),
         "encode": rates(sum(r.encode_s for r in results), clips, audio_s),
         "capture": rates(sum(r.capture_s for r in results), clips, audio_s),
         "write": rates(sum(r.write_s for r in results), clips, nbytes=written),
@@ -234,9 +240,10 @@ def read_progress(paths: RunPaths, annotate: bool, verify: bool = False) -> RunP
     return RunProgress(n_shards=manifest.n_shards, finished=frozenset(finished))
 
 
-def link_findings(paths: RunPaths) -> bool:
+def link_findings(paths: RunPaths, analyse_s: float | None = None) -> bool:
     """Add the analysis's findings and results to ``summary.md`` once they exist (the analysis runs after the
-    summary is written). Returns whether it linked them; idempotent."""
+    summary is written), and its wall time ``analyse_s`` to the stage times of ``summary.json`` and
+    ``summary.md``. Returns whether it linked them; idempotent."""
     import fsspec
 
     names = ["findings.md", "results.csv"]
@@ -244,6 +251,17 @@ def link_findings(paths: RunPaths) -> bool:
     present = [n for n in names if fs.exists(fsspec.core.url_to_fs(f"{paths.analysis}/{n}")[1])]
     if not present:
         return False
+    if analyse_s is not None:
+        with fsspec.open(paths.summary_json, "r") as f:
+            summary = RunSummary(**json.load(f))
+        clips = summary.complete
+        summary.stages["analyse"] = {
+            "seconds": round(analyse_s, 3),
+            "clips": clips,
+            "clips_per_s": round(clips / analyse_s, 3) if analyse_s else 0.0,
+        }
+        write_json(paths.summary_json, asdict(summary))
+        write_text(paths.summary_md, summary_markdown(summary))
     with fsspec.open(paths.summary_md, "r") as f:
         text = f.read()
     section = "\n## Findings\n\n" + "".join(f"- [analysis/{n}](analysis/{n})\n" for n in present)

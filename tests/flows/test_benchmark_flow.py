@@ -74,6 +74,10 @@ def test_benchmark_flow__captures_all_clips_and_publishes_artifacts(tmp_path):
     assert set(results["layer"]) == {0, 1, 2} and set(results["control"]) == {"none", "shifted-labels"}
     summary_md = (Path(out["root"]) / "summary.md").read_text()
     assert "[analysis/findings.md](analysis/findings.md)" in summary_md  # summary.md links the findings
+    stages = json.loads((Path(out["root"]) / "summary.json").read_text())["stages"]  # every stage timed
+    assert set(stages) == {"plan", "encode", "capture", "write", "capture_wall", "annotate", "analyse"}
+    assert stages["plan"]["seconds"] > 0 and stages["analyse"]["seconds"] > 0
+    assert stages["analyse"]["clips"] == out["complete"] and "| analyse |" in summary_md
     assert (Path(out["root"]) / "analysis" / "findings.md").exists()
     findings = asyncio.run(_artifact("flow-ok-findings"))
     assert findings is not None and "weights: random" in findings.data
