@@ -58,7 +58,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sae-rank", action="append", help="an SAE ranking folder outside the run (candidates.json); repeatable"
     )
-    p.add_argument("--intervention", action="append", help="an intervention run folder outside the run; repeatable")
+    p.add_argument(
+        "--intervention",
+        action="append",
+        help="a `musicinterp intervene` folder kept elsewhere (those in the run, and those beside it whose "
+        "directions are the run's, are found); repeatable",
+    )
     p.add_argument(
         "--no-similarity",
         action="store_true",

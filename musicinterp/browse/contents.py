@@ -9,12 +9,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from musicinterp.browse.interventions import (
+    EXPERIMENT_FILE,
+    FIGURE_FILE,
+    RESULTS_FILE,
+    is_intervention_folder,
+    sibling_experiments,
+)
+
 STORE_DIR = "store.zarr"
 HEATMAP_GLOB = "gain_*.png"  # musicinterp.analysis.report.heatmaps
 DIRECTIONS_META_FILE = "directions.json"  # musicinterp.causal.directions
 CANDIDATES_FILE = "candidates.json"  # musicinterp.sae.rank
 RANKED_FILE = "ranked.parquet"
-INTERVENTION_FIGURE = "causal-effects.png"  # musicinterp.causal.experiment
 SEARCH_DEPTH = 3  # folder levels under the run searched for analyses, rankings and intervention runs
 
 
@@ -45,6 +52,11 @@ def _below(root: Path, name: str) -> list[Path]:
         pattern = "/".join(["*"] * depth + [name])
         found += [p for p in root.glob(pattern) if STORE_DIR not in p.parts]
     return sorted(set(found))
+
+
+def _in_site(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies in a browser site built inside the run (its copies of figures are not results)."""
+    return any((p / "index.html").is_file() and (p / "items").is_dir() for p in path.parents if root in p.parents)
 
 
 def _annotation_plots(root: Path) -> dict[str, Path]:
@@ -104,7 +116,19 @@ def discover(
     if not contents.rank_dirs:
         contents.notes.append("no SAE feature ranking (`musicinterp sae rank` writes candidates.json)")
     extra_int = [Path(d) for d in intervention_dirs or []]
-    contents.intervention_dirs = sorted({*extra_int, *(p.parent for p in _below(root, INTERVENTION_FIGURE))})
+    for d in extra_int:
+        if not is_intervention_folder(d):
+            raise BrowseInputError(
+                f"{str(d)!r} holds none of {EXPERIMENT_FILE}, {RESULTS_FILE}, {FIGURE_FILE}: "
+                "pass a folder `musicinterp intervene` wrote (OUT/NAME-FINGERPRINT)"
+            )
+    inside = {p.parent for name in (EXPERIMENT_FILE, FIGURE_FILE) for p in _below(root, name)}
+    inside = {d for d in inside if not _in_site(d, root)}
+    found = {d.resolve() for d in [*extra_int, *inside, *sibling_experiments(root)]}
+    contents.intervention_dirs = sorted(found)
     if not contents.intervention_dirs:
-        contents.notes.append("no intervention run (`musicinterp intervene` writes causal-effects.png)")
+        contents.notes.append(
+            "no intervention run (`musicinterp intervene` writes OUT/NAME-FINGERPRINT/results.csv; the browser reads"
+            " those in the run, beside it with `directions` in the run, or given with --intervention)"
+        )
     return contents

@@ -148,3 +148,55 @@ def curves_svg(
         + "".join(parts)
         + "</svg>"
     )
+
+
+def effect_svg(
+    event: float,
+    event_ci: tuple[float, float],
+    fluency: float,
+    controls: list[tuple[float, float]],
+    title: str,
+    size: tuple[int, int] = (SVG_SIZE_PX[0], 200),
+) -> str:
+    """One intervention as ``causal-effects.png`` draws it: change of the onset loss (x) against change of
+    fluency (y), the candidate (red, with its CI) over the cloud of its matched controls (grey); zero lines."""
+    w, h = size
+    pad, bottom = 10.0, 18.0
+    xs = [event, *event_ci, *(c[0] for c in controls), 0.0]
+    ys = [fluency, *(c[1] for c in controls), 0.0]
+    xs = [x for x in xs if np.isfinite(x)]
+    ys = [y for y in ys if np.isfinite(y)]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    sx = (w - 2 * pad) / (x1 - x0 if x1 > x0 else 1.0)
+    sy = (h - bottom - 2 * pad) / (y1 - y0 if y1 > y0 else 1.0)
+    px = lambda x: pad + (x - x0) * sx  # noqa: E731
+    py = lambda y: h - bottom - pad - (y - y0) * sy  # noqa: E731
+    parts = [
+        f'<line class="zero" x1="{px(0):.1f}" x2="{px(0):.1f}" y1="0" y2="{h - bottom:.1f}"/>',
+        f'<line class="zero" x1="0" x2="{w}" y1="{py(0):.1f}" y2="{py(0):.1f}"/>',
+    ]
+    parts += [
+        f'<circle class="control" cx="{px(cx):.1f}" cy="{py(cy):.1f}" r="3">'
+        f"<title>matched control: onset {_fmt(cx)}, fluency {_fmt(cy)}</title></circle>"
+        for cx, cy in controls
+        if np.isfinite(cx) and np.isfinite(cy)
+    ]
+    if all(np.isfinite(v) for v in (event, fluency, *event_ci)):
+        parts.append(
+            f'<line class="ci" x1="{px(event_ci[0]):.1f}" x2="{px(event_ci[1]):.1f}" '
+            f'y1="{py(fluency):.1f}" y2="{py(fluency):.1f}"/>'
+            f'<circle class="candidate" cx="{px(event):.1f}" cy="{py(fluency):.1f}" r="5">'
+            f"<title>intervention: onset {_fmt(event)} nats, fluency {_fmt(fluency)} nats/code</title></circle>"
+        )
+    parts.append(
+        f'<text x="0" y="{h - 4}">{_fmt(x0)}</text>'
+        f'<text x="{w / 2:.0f}" y="{h - 4}" text-anchor="middle">onset loss change (nats)</text>'
+        f'<text x="{w}" y="{h - 4}" text-anchor="end">{_fmt(x1)}</text>'
+        f'<text x="2" y="10">fluency change {_fmt(y1)}</text>'
+    )
+    return (
+        f'<svg class="effect" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{escape(title)}">'
+        + "".join(parts)
+        + "</svg>"
+    )

@@ -37,6 +37,7 @@ class Item:
     unit: np.ndarray | None = None
     sae: str | None = None  # key into ItemSet.saes
     feature: int | None = None
+    direction: str | None = None  # a probe direction's saved name (directions.json)
     rows: list[dict[str, Any]] = field(default_factory=list)  # ranked-table rows of an SAE feature
 
 
@@ -75,6 +76,7 @@ def direction_items(folder: Path, d_model: int, notes: list[str]) -> list[Item]:
                 stats=stats,
                 source=str(folder / "directions.json"),
                 unit=d.unit.astype(np.float32),
+                direction=d.name,
             )
         )
     if skipped:

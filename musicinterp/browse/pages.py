@@ -21,6 +21,8 @@ table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;paddin
 svg text{font-size:10px;fill:#555}svg.hist rect{fill:#1f4e8c}
 svg polyline{fill:none;stroke-width:1.2}svg .act{stroke:#1f4e8c}svg .tension{stroke:#2ca02c}
 svg .peak{stroke:#d62728}svg .window{fill:#ffe9a8}
+svg .zero{stroke:#999;stroke-width:.6}svg .control{fill:#999}svg .candidate{fill:#d62728}
+svg .ci{stroke:#d62728;stroke-width:1.5}.effect-summary{font-size:.9em}
 img.panel{max-width:100%}img.ssm{width:160px;height:160px;image-rendering:pixelated;border:1px solid #ccc}
 """
 

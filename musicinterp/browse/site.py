@@ -8,6 +8,7 @@ Layout of the output folder::
     items/<key>.html        one page per probe direction / candidate SAE feature
     audio/<clip-window>.wav segments, shared by every page that needs them
     img/                    waveforms, self-similarity, copied heatmaps and annotation / intervention figures
+                            (an intervention run's figure: img/intervention-<folder>/effects.png)
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ import numpy as np
 
 from musicinterp.browse import draw, pages
 from musicinterp.browse.audio import PEAK_LEVEL, Decoder, Window, window_around, write_wav
-from musicinterp.browse.contents import INTERVENTION_FIGURE, RunContents, discover
+from musicinterp.browse.contents import RunContents, discover
+from musicinterp.browse.interventions import Effect, Experiment, InterventionReadError, page_of, read_experiment
 from musicinterp.browse.items import KIND_SAE, ItemSet, collect_items
 from musicinterp.browse.scan import ScanResult, scan
 from musicinterp.frames import FRAME_RATE_HZ, SAMPLE_RATE_HZ
+from musicinterp.store import dequantize
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +52,9 @@ class SiteResult:
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
-def _copy(src: Path, out: Path, sub: str) -> str:
+def _copy(src: Path, out: Path, sub: str, name: str | None = None) -> str:
     """Copy ``src`` into ``out/img/<sub>/`` (the site stays whole when moved); returns the path from ``out``."""
-    rel = Path("img") / sub / src.name
+    rel = Path("img") / sub / (name or src.name)
     (out / rel).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, out / rel)
     return rel.as_posix()
@@ -128,7 +131,7 @@ class _Shared:
     panels: dict[int, tuple[str, str]]
     wavs: dict[Window, str]
     waves: dict[Window, str]
-    figs: list[tuple[str, str]]
+    effects: dict[str, list[tuple[Effect, str | None]]]  # page key -> (intervention, its run's figure from out)
     audio_note: list[str]
 
 
@@ -179,16 +182,71 @@ def _item_page(k: int, itemset: ItemSet, res: ScanResult, sh: _Shared) -> str:
             panel_kind=panel[1] if panel else "",
         )
         body.append(pages.segment_html(view))
-    if sh.figs:
-        body.append("<h2>Intervention runs</h2>")
-        body += [
-            f"<p>{escape(name)}</p><img class='panel' src='../{escape(rel)}' alt='intervention effects'>"
-            for name, rel in sh.figs
-        ]
+    body.append("<h2>Interventions</h2>")
+    body += [_effect_html(e, fig) for e, fig in sh.effects.get(item.key, [])]
+    if item.key not in sh.effects:
+        body.append(f"<p class='note'>No intervention run in this site targets this {escape(item.kind)}.</p>")
     return pages.page(f"{item.kind}: {item.title}", "".join(body), sh.weights, 1)
 
 
-def _overview(contents: RunContents, ds, itemset: ItemSet, res: ScanResult, out: Path, figs, notes_: list[str]) -> str:
+PATTERN_WORDS = "probe-pattern: this direction's activation pattern (covariance x weights over the fit pieces)"
+
+
+def _effect_html(e: Effect, fig: str | None) -> str:
+    """An intervention on an item's page: what it did, its figure (the candidate against its controls), the
+    numbers in one line, the experiment's own figure and table."""
+    svg = draw.effect_svg(
+        e.v("event_effect"),
+        (e.v("event_ci_low"), e.v("event_ci_high")),
+        e.v("fluency_effect"),
+        list(zip(e.controls_event, e.controls_fluency)),
+        f"effect of {e.label}",
+    )
+    links = [f"<a href='../{escape(fig)}'>the experiment's figure</a>"] if fig else []
+    links.append(f"<code>{escape(str(e.folder))}</code>, row {e.row} of results.csv")
+    return (
+        f"<div class='intervention' data-experiment='{escape(e.experiment)}'>"
+        f"<h3>{escape(e.experiment)}: {escape(e.label)} (weights: {escape(e.weights)})</h3>"
+        + (f"<p><small>{escape(PATTERN_WORDS)}</small></p>" if e.candidate.startswith("probe-pattern") else "")
+        + f"{svg}<br><small>x: change of the onset loss (the planned event), y: change of fluency; red: the"
+        " intervention with its CI; grey: its matched random controls</small>"
+        f"<p class='effect-summary'>{escape(e.summary())}</p><p><small>{'; '.join(links)}</small></p></div>"
+    )
+
+
+def _interventions_html(
+    experiments: list[Experiment], problems: list[str], placed: dict[int, list[tuple[str | None, str]]], figs
+) -> list[str]:
+    """The overview's list of every intervention: each row linked to its page, or the reason it has none."""
+    body = ["<h2>Intervention runs</h2>"]
+    body += [f"<p class='note'>intervention folder not shown: {escape(x)}</p>" for x in problems]
+    if not experiments and not problems:
+        body.append("<p class='note'>none found for this run</p>")
+    for n, exp in enumerate(experiments):
+        body.append(f"<h3>{escape(exp.name)}</h3><p><code>{escape(str(exp.folder))}</code></p>")
+        if figs.get(n):
+            body.append(f"<img class='panel' src='{escape(figs[n])}' alt='intervention effects of {escape(exp.name)}'>")
+        trs = []
+        for e, (key, why) in zip(exp.effects, placed[n]):
+            where = f"<a href='items/{escape(key)}.html'>{escape(key)}</a>" if key else escape(why)
+            trs.append(
+                f"<tr><td>{escape(e.label)}</td><td>{escape(e.weights)}</td><td>{escape(e.summary())}</td>"
+                f"<td>{where}</td></tr>"
+            )
+        if trs:
+            body.append(
+                "<table><tr><th>intervention</th><th>weights</th><th>numbers</th><th>page</th></tr>"
+                + "".join(trs)
+                + "</table>"
+            )
+        else:
+            body.append("<p class='note'>results.csv has no rows</p>")
+    return body
+
+
+def _overview(
+    contents: RunContents, ds, itemset: ItemSet, res: ScanResult, out: Path, notes_: list[str], interventions: list[str]
+) -> str:
     attrs = contents.attrs
     complete = int(np.asarray(ds["complete"].values).sum()) if "complete" in ds else ds.sizes["clip"]
     about = {
@@ -234,9 +292,7 @@ def _overview(contents: RunContents, ds, itemset: ItemSet, res: ScanResult, out:
         body.append(f"<table><tr>{head}</tr>{trs}</table>")
     else:
         body.append("<p class='note'>no saved probe directions or SAE candidates in this run</p>")
-    if figs:
-        body.append("<h2>Intervention runs</h2>")
-        body += [f"<p>{escape(n)}</p><img class='panel' src='{escape(r)}' alt='intervention effects'>" for n, r in figs]
+    body += interventions
     body.append("<h2>Annotations (the run's plots: self-similarity with recurrences; tension)</h2>")
     for clip_id, src in sorted(contents.annotation_plots.items()):
         rel = _copy(src, out, "annotations")
@@ -276,7 +332,7 @@ def build_site(
     contents = discover(run_dir, rank_dirs, intervention_dirs)
     out = Path(out) if out is not None else contents.root / SITE_DIR
     out.mkdir(parents=True, exist_ok=True)
-    ds = xr.open_zarr(str(contents.store), chunks=None)
+    ds = dequantize(xr.open_zarr(str(contents.store), chunks=None))  # int8 stores (capture.reduce) read as float
     layers = [int(x) for x in ds["layer"].values]
     itemset = collect_items(contents, d_model=int(ds.sizes["feature"]), n_layers=max(layers))
     itemset.items = [i for i in itemset.items if i.layer in layers] or []
@@ -303,11 +359,26 @@ def build_site(
         audio_note = [f"No audio: {decoder.error}."]
         notes_.append(f"no audio: {decoder.error}")
     tension = np.asarray(ds["tension"].values, np.float64) if "tension" in ds else None
-    figs = [
-        (str(d), _copy(d / INTERVENTION_FIGURE, out, f"intervention-{d.name}"))
-        for d in contents.intervention_dirs
-        if (d / INTERVENTION_FIGURE).is_file()
-    ]
+    experiments, problems = [], []
+    for d in contents.intervention_dirs:
+        try:
+            experiments.append(read_experiment(d))
+        except InterventionReadError as e:
+            problems.append(str(e))
+            notes_.append(f"intervention folder not shown: {e}")
+    figs = {
+        n: _copy(exp.figure, out, f"intervention-{exp.folder.name}", "effects.png")
+        for n, exp in enumerate(experiments)
+        if exp.figure is not None
+    }
+    direction_pages = {(Path(i.source).parent.resolve(), i.direction): i.key for i in itemset.items if i.direction}
+    effects: dict[str, list[tuple[Effect, str | None]]] = {}
+    placed: dict[int, list[tuple[str | None, str]]] = {}
+    for n, exp in enumerate(experiments):
+        placed[n] = [page_of(effect, direction_pages, contents.root) for effect in exp.effects]
+        for effect, (key, _why) in zip(exp.effects, placed[n]):
+            if key is not None:
+                effects.setdefault(key, []).append((effect, figs.get(n)))
     t = time.perf_counter()
     (out / "style.css").write_text(pages.STYLE)
     draw.write_png(out / "favicon.png", np.tile(np.array([31, 78, 140], np.uint8), (16, 16, 1)))  # no 404 per page
@@ -322,7 +393,7 @@ def build_site(
         panels=panels,
         wavs=wavs,
         waves=waves,
-        figs=figs,
+        effects=effects,
         audio_note=audio_note,
     )
     for k, item in enumerate(itemset.items):
@@ -330,7 +401,8 @@ def build_site(
         path.write_text(_item_page(k, itemset, res, shared))
         written.append(path)
     index = out / "index.html"
-    index.write_text(_overview(contents, ds, itemset, res, out, figs, notes_))
+    interventions = _interventions_html(experiments, problems, placed, figs)
+    index.write_text(_overview(contents, ds, itemset, res, out, notes_, interventions))
     timings["pages_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     say(f"site of {len(written)} pages in {out} ({timings['total_s']:.1f} s)")
