@@ -77,7 +77,8 @@ def eigh_seconds(profile: cProfile.Profile) -> float:
 STAGES = {
     "ridge_decompose": ("ridge.py", "__init__"),
     "ridge_oof": ("ridge.py", "oof"),
-    "cluster_wald_t": ("stats.py", "cluster_wald_t"),
+    "cluster_wald_t": ("stats.py", "cluster_wald_t"),  # p_cluster: the observed fit (statsmodels)
+    "cluster_wald_t_batch": ("stats.py", "cluster_wald_t_batch"),  # p_cluster: the draws' fits, batched
     "bootstrap_ci": ("stats.py", "bootstrap_gain_ci"),
     "auroc_columns": ("stats.py", "auroc_columns"),
     "load_npz": ("data.py", "load_reduced"),

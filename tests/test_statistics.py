@@ -4,6 +4,7 @@ the random-network baseline and the codec's look-ahead (issue "[1 of 7]")."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -357,3 +358,101 @@ def test_probe__fast_ridge_gives_the_direct_paths_p_values_and_aurocs(tmp_path, 
         for rf, rd in zip(rows_f, rows_d):
             for k in keys:
                 np.testing.assert_allclose(rf[k], rd[k], rtol=0, atol=1e-9, err_msg=f"{rf['control']} {k}")
+
+
+def _clustered_draws(rng: np.random.Generator, n: int, n_draws: int, n_groups: int):
+    """Labels and out-of-fold-like probabilities of ``n_draws`` draws whose frames share a per-cluster effect."""
+    g = rng.integers(0, n_groups, n)
+    eff = rng.standard_normal(n_groups)[g]
+    Y, P0, P1 = (np.empty((n, n_draws)) for _ in range(3))
+    for b in range(n_draws):
+        s0, s1 = 0.5 * rng.standard_normal(n) + eff, rng.standard_normal(n) + 0.3 * eff
+        Y[:, b] = rng.random(n) < 1 / (1 + np.exp(-(0.3 * s0 + 0.4 * (b % 2) * s1 + eff)))
+        P0[:, b], P1[:, b] = 1 / (1 + np.exp(-s0)), 1 / (1 + np.exp(-s1))
+    return Y, P0, P1, g
+
+
+@pytest.mark.parametrize("scores", [False, True])
+def test_cluster_wald_t_batch__equals_statsmodels_per_draw_including_degenerate_draws(scores):
+    """One batched fit of all draws gives statsmodels' cluster-robust t of every draw (the one-at-a-time
+    reference), and the same NaN and note where a draw separates perfectly, has a constant controls' score
+    (two-column design), a constant layer score, or a layer score collinear with the controls'."""
+    rng = np.random.default_rng(0)
+    Y, P0, P1, g = _clustered_draws(rng, 1500, 24, 12)
+    Y[:, 0] = P1[:, 0] > 0.5  # perfect separation: fitted probabilities round to 0 and 1
+    Y[:, 1] = (P1[:, 1] > 0.7) | ((rng.random(1500) < 0.05) & (P1[:, 1] > 0.4))  # nearly separated, finite
+    P0[:, 2] = 0.3
+    P1[:, 3] = 0.4
+    P1[:, 4] = P0[:, 4]
+    if scores:  # ridge scores enter as they are
+        P0, P1 = 0.2 * stats._logit(P0), 0.1 * stats._logit(P1) + 0.5
+    ref = [stats.cluster_wald_t(Y[:, b], P0[:, b], P1[:, b], g, scores=scores) for b in range(Y.shape[1])]
+    t, notes = stats.cluster_wald_t_batch(Y, P0, P1, g, scores=scores)
+    t_ref = np.array([r[0] for r in ref])
+    assert notes == [r[1] for r in ref]
+    assert "undefined" in notes[0] and "constant or collinear" in notes[3] and "constant or collinear" in notes[4]
+    np.testing.assert_array_equal(np.isnan(t), np.isnan(t_ref))
+    assert np.isfinite(t_ref).sum() == 21 and np.isfinite(t_ref[[1, 2]]).all()
+    np.testing.assert_allclose(t, t_ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(t, t_ref, rtol=1e-9)  # to float rounding, in fact
+    t2, notes2 = stats.cluster_wald_t_batch(Y, P0, P1, g % 2, scores=scores)
+    assert np.isnan(t2).all() and set(notes2) == {"p_cluster: fewer than 3 clusters"}
+    with pytest.raises(ValueError, match="must be 0 or 1"):
+        stats.cluster_wald_t_batch(0.5 * Y, P0, P1, g, scores=scores)
+
+
+def test_logistic_irls__stops_and_fails_to_converge_where_statsmodels_does():
+    """statsmodels' IRLS, step for step: with 3 steps the fits have not converged (NaN t and the note) and their
+    coefficients are statsmodels' after 3 steps; with the default 100 the coefficients equal its fit."""
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(1)
+    Y, P0, P1, g = _clustered_draws(rng, 800, 4, 8)
+    Y[:, 0] = P1[:, 0] > 0.5
+    X = np.stack([np.column_stack([np.ones(800), stats._logit(P0[:, b]), stats._logit(P1[:, b])]) for b in range(4)])
+    for maxiter in (3, 100):
+        beta, converged = stats._logistic_irls(X.transpose(0, 2, 1).copy(), Y.T.copy(), maxiter)
+        for b in range(4):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fit = sm.GLM(Y[:, b], X[b], family=sm.families.Binomial()).fit(maxiter=maxiter)
+            assert converged[b] == fit.converged
+            np.testing.assert_allclose(beta[b], fit.params, rtol=1e-8)
+        assert converged.all() == (maxiter == 100)
+    t, notes = stats.cluster_wald_t_batch(Y, P0, P1, g, maxiter=3)
+    assert np.isnan(t).all() and set(notes) == {"p_cluster: GLM did not converge (separation?)"}
+
+
+@pytest.mark.parametrize("estimator", ["ridge", "logistic"])
+def test_probe__batched_p_cluster_equals_the_one_fit_per_draw_path(tmp_path, monkeypatch, estimator):
+    """The whole probe with p_cluster's null fitted in one batch per block of draws and with statsmodels once per
+    draw (the previous path): the same permutations give the same t per draw (1e-6) and identical p_cluster."""
+    red, lab, _ = _null_files(tmp_path, 3, [150] * 12, 12, hidden=16, phi=0.5, plant=1.0)
+    spec = AnalysisSpec(n_permutations=29, max_permutations=29, window_s=1.0, estimator=estimator, **FAST)
+    batched_t: list[np.ndarray] = []
+    batch = stats.cluster_wald_t_batch
+
+    def recorded(*args, **kwargs):
+        out = batch(*args, **kwargs)
+        batched_t.append(out[0])
+        return out
+
+    monkeypatch.setattr(stats, "cluster_wald_t_batch", recorded)
+    new = [probe_layer_target(red, lab, "ev_1s", spec, c) for c in ("none", "shifted-labels")]
+    one_t: list[np.ndarray] = []
+
+    def one_at_a_time(Y, P0, P1, groups, scores=False):
+        r = [stats.cluster_wald_t(Y[:, b], P0[:, b], P1[:, b], groups, scores=scores) for b in range(Y.shape[1])]
+        one_t.append(np.array([x[0] for x in r]))
+        return one_t[-1], [x[1] for x in r]
+
+    monkeypatch.setattr(stats, "cluster_wald_t_batch", one_at_a_time)
+    ridge._CACHE.clear()
+    old = [probe_layer_target(red, lab, "ev_1s", spec, c) for c in ("none", "shifted-labels")]
+    ridge._CACHE.clear()
+    t_new, t_old = np.concatenate(batched_t), np.concatenate(one_t)
+    assert len(t_new) == 2 * 29 and np.isfinite(t_old).all()
+    np.testing.assert_allclose(t_new, t_old, rtol=0, atol=1e-6)
+    p = [r["p_cluster"] for rows in new for r in rows]
+    assert p == [r["p_cluster"] for rows in old for r in rows]
+    assert min(p) <= 0.05 and all(np.isfinite(p))  # the planted layer is found

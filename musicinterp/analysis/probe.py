@@ -429,10 +429,11 @@ def _probe(
             second: loss(Y, P0) - loss(Y, P1),
         }
         t = np.full(len(perms), np.nan)
-        for b in range(len(perms)):
-            if np.isfinite(t_cluster) and n_cluster[0] < spec.n_permutations:
-                t[b] = stats.cluster_wald_t(Y[:, b], P0[:, b], P1[:, b], units, scores=spec.estimator == "ridge")[0]
-                n_cluster[0] += 1
+        m = min(len(perms), spec.n_permutations - n_cluster[0]) if np.isfinite(t_cluster) else 0
+        if m > 0:  # p_cluster's null: the first n_permutations draws, all of a block's fitted at once
+            raw = spec.estimator == "ridge"  # ridge scores enter as they are, probabilities as logits
+            t[:m] = stats.cluster_wald_t_batch(Y[:, :m], P0[:, :m], P1[:, :m], units, scores=raw)[0]
+            n_cluster[0] += m
         out["t_cluster"] = t
         return out
 

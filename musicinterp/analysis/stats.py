@@ -9,7 +9,8 @@
 - :func:`permutation_p`: (1 + #null >= observed) / (1 + n);
 - :func:`cluster_wald_t`: statsmodels GLM(Binomial) of the target on [controls' out-of-fold score, layer
   model's out-of-fold score] with cluster-robust covariance by cluster; the Wald t of the layer score,
-  which the probe refers to its permutation null (``p_cluster``);
+  which the probe refers to its permutation null (``p_cluster``); :func:`cluster_wald_t_batch`: the same t
+  for a stack of permutation draws in one vectorised fit (statsmodels' IRLS and cluster sandwich, in numpy);
 - :func:`bh`: Benjamini–Hochberg q-values (statsmodels);
 - :func:`naive_frame_p`: what NOT to do (frames as independent samples), kept for the null simulation.
 """
@@ -225,11 +226,9 @@ def cluster_wald_t(
     s0, s1 = (
         (np.asarray(p_controls, float), np.asarray(p_full, float)) if scores else (_logit(p_controls), _logit(p_full))
     )
-    X = np.column_stack([np.ones(len(y)), s0, s1])
-    if np.std(s0) < 1e-9:
-        X = X[:, [0, 2]]
-    if np.std(s1) < 1e-9 or len(_independent_columns(X)) < X.shape[1]:
-        return float("nan"), "p_cluster: the layer score is constant or collinear with the controls' score"
+    X = _score_design(s0, s1)
+    if X is None:
+        return float("nan"), _COLLINEAR
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -244,6 +243,177 @@ def cluster_wald_t(
     if not np.isfinite(t):
         return float("nan"), "p_cluster: undefined (separation or a singular covariance)"
     return t, ""
+
+
+_FLOAT_EPS = float(np.finfo(float).eps)  # statsmodels' clip for probabilities in its Binomial family and logit link
+CLUSTER_CHUNK_VALUES = 2**16  # draws x frames fitted together: temporaries stay in cache
+_COLLINEAR = "p_cluster: the layer score is constant or collinear with the controls' score"
+
+
+def _score_design(s0: np.ndarray, s1: np.ndarray) -> np.ndarray | None:
+    """p_cluster's design ``[1, s0, s1]`` (``[1, s1]`` when ``s0`` is constant); None when ``s1`` is constant or
+    collinear with the columns before it."""
+    X = np.column_stack([np.ones(len(s1)), s0, s1])
+    if np.std(s0) < 1e-9:
+        X = X[:, [0, 2]]
+    if np.std(s1) < 1e-9 or len(_independent_columns(X)) < X.shape[1]:
+        return None
+    return X
+
+
+def _binomial_logit_terms(mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Binomial variance and the logit's derivative at ``mu``, both on probabilities clipped to [eps, 1 - eps]."""
+    pc = np.clip(mu, _FLOAT_EPS, 1 - _FLOAT_EPS)
+    var = pc * (1 - pc)
+    return var, 1.0 / var
+
+
+def _binomial_deviance(positive: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """Binomial deviance of each row of labels (``positive``: draws x frames) at ``mu``, as statsmodels' IRLS
+    computes it, -2 sum log(mu_observed + 1e-20) (its term of the class not observed is exactly 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -2 * np.log(np.where(positive, mu, 1.0 - mu) + 1e-20).sum(axis=-1)
+
+
+def _logistic_irls(
+    F: np.ndarray, y: np.ndarray, maxiter: int = 100, atol: float = 1e-8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logistic regression of every draw at once: ``F`` (draws, columns, frames), 0/1 labels ``y`` (draws, frames).
+
+    The iteration statsmodels' ``GLM(Binomial).fit()`` runs: IRLS from mu = (y + 0.5) / 2, weights and working
+    response on probabilities clipped to [eps, 1 - eps], each step a least-squares solve, stopping when the
+    deviance changes by at most ``atol`` or after ``maxiter`` steps; each draw stops at its own step.
+    Returns (coefficients (draws, columns), converged).
+    """
+    m, k, _ = F.shape
+    mu = (y + 0.5) / 2
+    eta = np.log(mu / (1.0 - mu))
+    beta = np.full((m, k), np.nan)
+    converged = np.zeros(m, bool)
+    active = np.arange(m)
+    positive = y > 0.5
+    dev = _binomial_deviance(positive, mu)
+    for _ in range(maxiter):
+        w = _binomial_logit_terms(mu)[0]  # the IRLS weight: the variance, 1 / the logit's derivative
+        FW = F * w[:, None, :]
+        z = eta + (y - mu) / w
+        with np.errstate(all="ignore"):
+            step = np.linalg.pinv(FW @ F.transpose(0, 2, 1)) @ (FW @ z[..., None])  # least squares, as statsmodels
+            eta = (step.transpose(0, 2, 1) @ F)[:, 0, :]
+            mu = 1.0 / (1.0 + np.exp(-eta))
+            dev_new = _binomial_deviance(positive, mu)
+            done = np.isclose(dev, dev_new, rtol=0.0, atol=atol)
+        beta[active] = step[..., 0]
+        dev = dev_new
+        if done.any():
+            converged[active[done]] = True
+            keep = ~done
+            active, F, y, positive = active[keep], F[keep], y[keep], positive[keep]
+            mu, eta, dev = mu[keep], eta[keep], dev[keep]
+            if not len(active):
+                break
+    return beta, converged
+
+
+def _cluster_t_last(F: np.ndarray, y: np.ndarray, beta: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Wald t of the last coefficient with statsmodels' ``cov_type="cluster"`` covariance, per draw.
+
+    Sandwich ``H^-1 M H^-1`` with ``H`` the observed information at the estimate and ``M`` the sum over
+    clusters of the outer products of each cluster's summed score, times the CRV1 correction ``G / (G - 1) *
+    (n - 1) / (n - k)`` (statsmodels' default ``use_correction=True``). ``H`` and the scores are formed as
+    statsmodels' GLM forms them (its observed-information factor included: it is not finite, and so neither is
+    t, when a fitted probability rounds to 0 or 1). NaN where ``H`` is singular. Frames come sorted by
+    cluster, each cluster starting at ``starts``.
+    """
+    m, k, n = F.shape
+    n_groups = len(starts)
+    with np.errstate(all="ignore"):
+        mu = 1.0 / (1.0 + np.exp(-(beta[:, None, :] @ F)[:, 0, :]))
+        var, dlink = _binomial_logit_terms(mu)
+        score = (y - mu) / dlink / var
+        pc = np.clip(mu, _FLOAT_EPS, 1 - _FLOAT_EPS)
+        second = var * (2 * mu - 1) / (mu * (1 - mu)) ** 2 + (1 - 2 * pc) * dlink
+        info = 1.0 / (dlink**2 * var) * (1 + score * second)
+        H = (F * info[:, None, :]) @ F.transpose(0, 2, 1)
+        U = np.add.reduceat(F * score[:, None, :], starts, axis=2)  # (draws, k, clusters)
+        M = U @ U.transpose(0, 2, 1)
+        try:
+            Hi = np.linalg.inv(H)
+        except np.linalg.LinAlgError:  # one draw's H is singular: invert one at a time, NaN for that draw
+            Hi = np.full_like(H, np.nan)
+            for j in range(m):
+                try:
+                    Hi[j] = np.linalg.inv(H[j])
+                except np.linalg.LinAlgError:
+                    pass
+        cov = Hi @ M @ Hi.transpose(0, 2, 1) * (n_groups / (n_groups - 1.0) * (n - 1.0) / (n - k))
+        return beta[:, -1] / np.sqrt(cov[:, -1, -1])
+
+
+def _score_designs(S0: np.ndarray, S1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_score_design`'s decision for every row of ``S0``, ``S1`` (draws x frames): (with s0, usable),
+    vectorised; a draw within a factor 100 of a threshold is decided by :func:`_score_design` itself."""
+    n = S0.shape[1]
+    c0, c1 = S0 - S0.mean(axis=1)[:, None], S1 - S1.mean(axis=1)[:, None]
+    ss0, ss1, c01 = (np.einsum("ij,ij->i", a, b) for a, b in ((c0, c0), (c1, c1), (c0, c1)))
+    sd0, sd1 = np.sqrt(ss0 / n), np.sqrt(ss1 / n)  # np.std
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # Gram-Schmidt of [1, s0, s1] as _independent_columns runs it: residual norms over its thresholds
+        r0 = np.sqrt(ss0) / (1e-6 * np.maximum(1.0, np.sqrt(np.einsum("ij,ij->i", S0, S0))))
+        res1 = ss1 - np.where(sd0 >= 1e-9, c01**2 / ss0, 0.0)
+        r1 = np.sqrt(np.maximum(res1, 0.0)) / (1e-6 * np.maximum(1.0, np.sqrt(np.einsum("ij,ij->i", S1, S1))))
+    with_s0 = sd0 >= 1e-9
+    usable = (sd1 >= 1e-9) & (~with_s0 | (r0 > 1)) & (r1 > 1)
+    near = [np.abs(np.log10(np.where(x > 0, x, 1e-300))) < 2 for x in (sd0 / 1e-9, sd1 / 1e-9, r0, r1)]
+    undecided = near[0] | near[1] | (with_s0 & near[2]) | near[3] | ~np.isfinite(sd0 + sd1 + r0 + r1)
+    for b in np.flatnonzero(undecided):
+        X = _score_design(S0[b], S1[b])
+        with_s0[b], usable[b] = X is not None and X.shape[1] == 3, X is not None
+    return with_s0, usable
+
+
+def cluster_wald_t_batch(
+    Y: np.ndarray, P0: np.ndarray, P1: np.ndarray, groups: np.ndarray, scores: bool = False, maxiter: int = 100
+) -> tuple[np.ndarray, list[str]]:
+    """:func:`cluster_wald_t` of every column of ``Y``, ``P0``, ``P1`` (frames x draws) in one batched fit.
+
+    The probe's permutation draws differ in their labels and out-of-fold scores, not in their clusters; all
+    draws' logistic fits run as one vectorised IRLS (:func:`_logistic_irls`, statsmodels' iteration) and one
+    cluster sandwich (:func:`_cluster_t_last`). Same cases, same NaNs and notes as :func:`cluster_wald_t`
+    (which stays the reference: equal t per draw to float rounding, tests/test_statistics.py), except that a
+    singular Hessian reads "undefined" rather than statsmodels' exception text. ``Y`` holds 0/1 labels.
+    ``maxiter``: IRLS steps, as in statsmodels' ``fit`` (100). Returns ``(t, notes)``.
+    """
+    n, B = np.shape(Y)
+    t = np.full(B, np.nan)
+    g = np.unique(groups, return_inverse=True)[1]
+    if len(np.unique(g)) < 3:
+        return t, ["p_cluster: fewer than 3 clusters"] * B
+    # draws x frames, the frames sorted by cluster: every per-draw pass runs over contiguous memory
+    order = np.argsort(g, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(g[order]) != 0])
+    Y, P0, P1 = (np.ascontiguousarray(np.asarray(a, float)[order].T) for a in (Y, P0, P1))
+    if not np.isin(Y, (0.0, 1.0)).all():
+        raise ValueError("cluster_wald_t_batch: the labels Y must be 0 or 1")
+    S0, S1 = (P0, P1) if scores else (_logit(P0), _logit(P1))
+    with_s0, usable = _score_designs(S0, S1)
+    notes = ["" if u else _COLLINEAR for u in usable]
+    chunk = max(1, CLUSTER_CHUNK_VALUES // max(n, 1))
+    for three in (True, False):  # designs [1, s0, s1] and [1, s1]
+        todo = np.flatnonzero(usable & (with_s0 == three))
+        for idx in (todo[i : i + chunk] for i in range(0, len(todo), chunk)):
+            cols = [S0[idx], S1[idx]] if three else [S1[idx]]
+            F = np.stack([np.ones((len(idx), n)), *cols], axis=1)
+            beta, converged = _logistic_irls(F, Y[idx], maxiter)
+            tb = _cluster_t_last(F, Y[idx], beta, starts)
+            for j, b in enumerate(idx):
+                if not converged[j]:
+                    notes[b] = "p_cluster: GLM did not converge (separation?)"
+                elif not np.isfinite(tb[j]):
+                    notes[b] = "p_cluster: undefined (separation or a singular covariance)"
+                else:
+                    t[b] = tb[j]
+    return t, notes
 
 
 def naive_frame_p(y: np.ndarray, controls: np.ndarray, features: np.ndarray) -> float:
