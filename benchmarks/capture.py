@@ -4,6 +4,8 @@
     python benchmarks/capture.py --json               # one JSON object (the 10 s clip's numbers at the top level)
     python benchmarks/capture.py --quick --json       # the tiny model, 2 s clips: what the test runs
     python benchmarks/capture.py --shard 4 --seconds 10 --repeats 2   # a whole shard, background writer on/off
+    python benchmarks/capture.py --only options --seconds 10 --batch 1 2 # float16/int8 x autocast x batch
+    python benchmarks/capture.py --only codecs --seconds 10            # the store's codec against the others
 
 Per clip length, the four ways of getting every layer's residual stream are timed interleaved (one of each per
 round, ``--repeats`` rounds, medians), on the same codes and text condition:
@@ -15,16 +17,18 @@ round, ``--repeats`` rounds, medians), on the same codes and text condition:
   output, kept in memory (float32, nothing written);
 - ``hidden_states``: ``output_hidden_states=True``, the arrays cast and written into the same store.
 
-Per option (float16 at batch 1, and float16 with ``--batch`` clips of equal length per forward pass,
-``capture.batch_size``; on-device int8 reduction is not built): bytes per clip, clips/s, GB/s written, the
-ratio to forward-only throughput at the same batch, and to the device-to-host copy bandwidth measured in the
-same run (``copy_gb_per_s``; on the CPU a memcpy, since the activations already live in host memory).
+Per option (``--only options``: float16 or int8 (``capture.reduce``), autocast off or on (``capture.autocast``),
+each ``--batch`` size of equal-length clips per forward pass): bytes per clip, clips/s and GB/s written, the ratio
+to forward-only throughput at the same batch and autocast, and to the device-to-host copy bandwidth measured in
+the same run (``copy_gb_per_s``, ``copy_kind``: on a GPU a pinned, non-blocking copy; on the CPU a host memcpy,
+since the activations already live in host memory). int8 rows carry their error against float16.
 
 Ratios are ours over each: ``capture_ratio`` = capture / forward, ``nnsight_ratio`` = capture / nnsight,
 ``hidden_states_ratio`` = capture / hidden_states. Peak RSS is measured in fresh subprocesses that capture and
-write 2 and 20 clips (memory must not grow with the clip count). The store's codec is compared with the
-alternatives on the same activations (bytes on disk and write speed). The model has random weights: speed does
-not depend on them.
+write 2 and 20 clips (memory must not grow with the clip count). The store's codec (``--only codecs``) is compared
+with the alternatives on the same activations, float16 and int8, with the store's chunking: bytes on disk and
+write speed, with zarr compressing its default number of chunks at once (each in a thread) and one at a time.
+The model has random weights: speed does not depend on them.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import numpy as np
 import torch
 
 from musicinterp.capture import (
+    AUTOCAST_DTYPE,
     capture_codes,
     capture_codes_batch,
     delayed_decoder_input,
@@ -69,15 +74,16 @@ def _audio(seconds: float, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(int(seconds * SAMPLE_RATE_HZ)) * 0.1).astype(np.float32)
 
 
-def _store(url: str, loaded: LoadedModel, layers: tuple[int, ...], n_frames: int, n_clips: int) -> None:
-    layout = StoreLayout(
-        tuple(ClipLayout(f"c{i}", n_frames) for i in range(n_clips)), layers, loaded.hidden_size, loaded.num_codebooks
-    )
+def _store(
+    url: str, loaded: LoadedModel, layers: tuple[int, ...], n_frames: int, n_clips: int, reduce: str = "none"
+) -> None:
+    clips = tuple(ClipLayout(f"c{i}", n_frames) for i in range(n_clips))
+    layout = StoreLayout(clips, layers, loaded.hidden_size, loaded.num_codebooks, reduce=reduce)
     attrs = store_attrs(
         model=loaded.describe(),
         run_spec_json="{}",
         fingerprint="bench",
-        capture=CaptureSpec().model_dump(),
+        capture=CaptureSpec(reduce=reduce).model_dump(),  # type: ignore[arg-type]
         package_version="bench",
     )
     init_store(url, layout, {}, attrs)
@@ -175,10 +181,19 @@ def time_clip(loaded: LoadedModel, seconds: float, repeats: int) -> dict[str, An
     }
 
 
-def time_batch(loaded: LoadedModel, seconds: float, batch: int, repeats: int) -> dict[str, Any]:
-    """Clips per second of ``batch`` equal-length clips per forward pass: the forward pass alone against
-    ``capture_codes_batch`` plus the clips' writes, interleaved, medians."""
-    spec = CaptureSpec()
+def resid_bytes_per_clip(loaded: LoadedModel, frames: int, reduce: str) -> int:
+    """Bytes a clip's activations take in host memory and in the store before compression: float16, or int8
+    plus one float32 scale per (layer, feature)."""
+    n = (loaded.n_layers + 1) * frames * loaded.hidden_size
+    return n * 2 if reduce == "none" else n + (loaded.n_layers + 1) * loaded.hidden_size * 4
+
+
+def time_option(
+    loaded: LoadedModel, seconds: float, batch: int, repeats: int, reduce: str = "none", autocast: bool = False
+) -> dict[str, Any]:
+    """Clips per second of ``batch`` equal-length clips per forward pass: the forward pass alone (under the same
+    autocast setting) against ``capture_codes_batch`` plus the clips' writes, interleaved, medians."""
+    spec = CaptureSpec(reduce=reduce, autocast=autocast)  # type: ignore[arg-type]
     codes = [encode_audio(loaded, _audio(seconds, seed)) for seed in range(batch)]
     t = codes[0].shape[-1]
     states, mask = text_condition(loaded, spec)
@@ -189,13 +204,14 @@ def time_batch(loaded: LoadedModel, seconds: float, batch: int, repeats: int) ->
         use_cache=False,
     )
     layers = tuple(range(loaded.n_layers + 1))
-    times: dict[str, list[float]] = {"forward": [], "capture": []}
+    times: dict[str, list[float]] = {"forward": [], "capture": [], "write": []}
     with tempfile.TemporaryDirectory() as tmp:
         url = f"{tmp}/bench.zarr"
-        _store(url, loaded, layers, t, batch * repeats)
+        _store(url, loaded, layers, t, batch * repeats, reduce)
+        device = next(loaded.model.parameters()).device
 
         def forward() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(device.type, dtype=AUTOCAST_DTYPE, enabled=autocast):
                 loaded.model(**kwargs)
 
         forward()  # warm-up
@@ -204,22 +220,34 @@ def time_batch(loaded: LoadedModel, seconds: float, batch: int, repeats: int) ->
             forward()
             times["forward"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            for j, cap in enumerate(capture_codes_batch(loaded, codes, spec)):
-                write_clip(url, f"c{r * batch + j}", cap.resid, cap.codes)
+            caps = capture_codes_batch(loaded, codes, spec)
+            w0 = time.perf_counter()
+            for j, cap in enumerate(caps):
+                write_clip(url, f"c{r * batch + j}", cap.resid, cap.codes, cap.quant)
                 mark_complete(url, f"c{r * batch + j}")
+            times["write"].append(time.perf_counter() - w0)
             times["capture"].append(time.perf_counter() - t0)
+        on_disk = store_size_bytes(url)
     med = {k: statistics.median(v) for k, v in times.items()}
-    raw = (loaded.n_layers + 1) * t * loaded.hidden_size * 2
-    return {
-        "option": f"float16, batch {batch}",
+    raw = resid_bytes_per_clip(loaded, t, reduce)
+    row: dict[str, Any] = {
+        "option": f"{'int8' if reduce == 'int8' else 'float16'}{', autocast' if autocast else ''}, batch {batch}",
+        "reduce": reduce,
+        "autocast": autocast,
         "batch": batch,
         "clip_seconds": seconds,
         "bytes_per_clip": raw,
+        "store_bytes_per_clip": on_disk / (batch * repeats),
         "clips_per_s": batch / med["capture"],
         "forward_clips_per_s": batch / med["forward"],
         "throughput_over_forward": med["forward"] / med["capture"],
         "written_gb_per_s": batch * raw / 1e9 / med["capture"],
+        "write_s": med["write"],
     }
+    if caps[0].quant is not None:
+        row["int8_max_abs_error"] = float(max(c.quant.max_abs_error.max() for c in caps if c.quant is not None))
+        row["int8_rel_rms_error"] = float(max(c.quant.rel_rms_error.max() for c in caps if c.quant is not None))
+    return row
 
 
 def copy_bandwidth_gb_per_s(nbytes: int, device: torch.device, repeats: int = 5) -> float:
@@ -240,32 +268,66 @@ def copy_bandwidth_gb_per_s(nbytes: int, device: torch.device, repeats: int = 5)
     return nbytes / 1e9 / statistics.median(times)
 
 
-def codec_table(loaded: LoadedModel, seconds: float) -> list[dict[str, Any]]:
-    """The store's codec against the alternatives, on one clip's real activations (bytes and write time)."""
-    import zarr
+def _codecs(typesize: int) -> dict[str, Any]:
+    """The store's codec (``STORE_COMPRESSORS``) and the alternatives, for values of ``typesize`` bytes."""
     from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
-    cap = capture_codes(loaded, encode_audio(loaded, _audio(seconds)), CaptureSpec())
-    a = cap.resid
-    options: dict[str, Any] = {
-        "zstd level 0 (zarr's default; the store)": "auto",
+    def blosc(cname: str, level: int) -> list[Any]:
+        return [BloscCodec(cname=cname, clevel=level, shuffle=BloscShuffle.shuffle, typesize=typesize)]
+
+    return {
+        "zstd level 0 (zarr's default)": [ZstdCodec(level=0)],
         "uncompressed": None,
+        "zstd level 1": [ZstdCodec(level=1)],
         "zstd level 3": [ZstdCodec(level=3)],
-        "blosc zstd 1 + byte shuffle": [BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.shuffle, typesize=2)],
-        "blosc lz4 + byte shuffle": [BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle, typesize=2)],
+        "blosc lz4 + byte shuffle": blosc("lz4", 5),
+        "blosc zstd 1 + byte shuffle": blosc("zstd", 1),
     }
+
+
+def codec_table(loaded: LoadedModel, seconds: float, repeats: int = 2) -> list[dict[str, Any]]:
+    """The store's codec against the alternatives on one clip's real activations, float16 and int8, with the
+    store's chunking: bytes on disk (ratio) and write speed, with zarr's chunk concurrency at its default
+    (``async.concurrency``: chunks compressed at once, each in a thread) and at 1 (one chunk at a time)."""
+    import zarr
+
+    from musicinterp.quantize import quantize_host
+
+    cap = capture_codes(loaded, encode_audio(loaded, _audio(seconds)), CaptureSpec())
+    layers = tuple(range(loaded.n_layers + 1))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, compressors) in enumerate(options.items()):
-            path = Path(tmp) / f"{i}.zarr"
-            arr = zarr.create_array(
-                str(path), shape=a.shape, chunks=(1, *a.shape[1:]), dtype=a.dtype, compressors=compressors
-            )
-            t0 = time.perf_counter()
-            arr[:] = a
-            dt = time.perf_counter() - t0
-            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-            rows.append({"codec": name, "ratio": a.nbytes / size, "write_mb_per_s": a.nbytes / 1e6 / dt})
+        for reduce, a in (("none", cap.resid), ("int8", quantize_host(cap.resid)[0])):
+            layout = StoreLayout((ClipLayout("c", a.shape[1]),), layers, loaded.hidden_size, 4, reduce=reduce)
+            chunks = layout.resid_chunks[1:]
+            for name, compressors in _codecs(a.dtype.itemsize).items():
+                speed: dict[int, float] = {}
+                size = 0
+                for concurrency in (1, int(zarr.config.get("async.concurrency"))):
+                    times = []
+                    for r in range(repeats):
+                        path = Path(tmp) / f"{reduce}-{len(rows)}-{concurrency}-{r}.zarr"
+                        arr = zarr.create_array(
+                            str(path), shape=a.shape, chunks=chunks, dtype=a.dtype, compressors=compressors
+                        )
+                        with zarr.config.set({"async.concurrency": concurrency}):
+                            t0 = time.perf_counter()
+                            arr[:] = a
+                            times.append(time.perf_counter() - t0)
+                        size = sum(f.stat().st_size for f in path.rglob("c/**/*") if f.is_file())
+                    speed[concurrency] = a.nbytes / 1e6 / statistics.median(times)
+                one, many = speed[1], speed[max(speed)]
+                rows.append(
+                    {
+                        "dtype": "float16" if reduce == "none" else "int8",
+                        "codec": name,
+                        "ratio": a.nbytes / size,
+                        "write_mb_per_s": many,
+                        "write_mb_per_s_one_chunk_at_a_time": one,
+                        "chunk_concurrency": max(speed),
+                        "chunks": int(np.prod([-(-n // c) for n, c in zip(a.shape, chunks, strict=True)])),
+                    }
+                )
     return rows
 
 
@@ -365,6 +427,12 @@ def main() -> None:
         help="only time a shard of N clips (of the first --seconds) with and without the background writer",
     )
     ap.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes to time (default 1 4; --quick 1 2)")
+    ap.add_argument(
+        "--only",
+        choices=["options", "codecs"],
+        default=None,
+        help="only the per-option table (reduce x autocast x --batch) or only the codec table",
+    )
     args = ap.parse_args()
     model = args.model or ("tiny" if args.quick else "musicgen-small")
     seconds = args.seconds or ([2.0] if args.quick else [10.0, 30.0])
@@ -378,8 +446,14 @@ def main() -> None:
         print(json.dumps(shard) if args.json else "\n".join(f"{k}: {v}" for k, v in shard.items()))
         return
     loaded = load_model(ModelSpec(source="offline", name=model))
-    rows = [time_clip(loaded, s, repeats) for s in seconds]
     device = next(loaded.model.parameters()).device.type
+    if args.only:
+        part = time_options(loaded, seconds[0], batches, repeats) if args.only == "options" else {}
+        part |= {"codecs": codec_table(loaded, seconds[0])} if args.only == "codecs" else {}
+        part |= {"model": f"offline/{model}", "device": device, "torch_threads": torch.get_num_threads()}
+        print(json.dumps(part) if args.json else _tables(part))
+        return
+    rows = [time_clip(loaded, s, repeats) for s in seconds]
     result: dict[str, Any] = {
         **rows[0],
         "model": f"offline/{model}",
@@ -392,7 +466,7 @@ def main() -> None:
         "peak_rss_mb_20_clips": peak_rss_mb(model, rss_seconds, 20),
         "rss_clip_seconds": rss_seconds,
         "codecs": codec_table(loaded, seconds[0]),
-        "batches": [time_batch(loaded, seconds[0], b, repeats) for b in batches],
+        **time_options(loaded, seconds[0], batches, repeats),
     }
     if args.json:
         print(json.dumps(result))
@@ -415,19 +489,58 @@ def main() -> None:
             f"{r['written_gb_per_s']:12.4f}  {r['throughput_over_forward']:18.3f}  "
             f"{r['written_over_copy']:.5f} ({r['copy_gb_per_s']:.1f}{', memcpy' if device == 'cpu' else ''})"
         )
-    print("seconds  batched option    clips/s  forward clips/s  throughput/forward  GB/s written")
-    for r in result["batches"]:
-        print(
-            f"{r['clip_seconds']:7.1f}  {r['option']:<16}  {r['clips_per_s']:7.3f}  {r['forward_clips_per_s']:15.3f}  "
-            f"{r['throughput_over_forward']:18.3f}  {r['written_gb_per_s']:12.4f}"
-        )
     print(
         f"peak RSS, {rss_seconds:g} s clips: 2 clips {result['peak_rss_mb_2_clips']:.0f} MB, "
         f"20 clips {result['peak_rss_mb_20_clips']:.0f} MB"
     )
-    print("codec                                      ratio  write MB/s")
-    for c in result["codecs"]:
-        print(f"{c['codec']:<42} {c['ratio']:5.2f}  {c['write_mb_per_s']:10.0f}")
+    print(_tables(result))
+
+
+def time_options(loaded: LoadedModel, seconds: float, batches: list[int], repeats: int) -> dict[str, Any]:
+    """Every option (float16 / int8, autocast off / on, each batch size) and the copy bandwidth, in one run.
+
+    ``batches``: the float16 rows without autocast (the JSON key kept from before the options existed)."""
+    options = [
+        time_option(loaded, seconds, b, repeats, reduce, autocast)
+        for reduce in ("none", "int8")
+        for autocast in (False, True)
+        for b in batches
+    ]
+    device = next(loaded.model.parameters()).device
+    copy = copy_bandwidth_gb_per_s(options[0]["bytes_per_clip"], device)
+    for row in options:
+        row["copy_gb_per_s"] = copy
+        row["written_over_copy"] = row["written_gb_per_s"] / copy
+    return {
+        "options": options,
+        "batches": [r for r in options if r["reduce"] == "none" and not r["autocast"]],
+        "copy_gb_per_s": copy,
+        "copy_kind": "device-to-host, pinned, non_blocking" if device.type == "cuda" else "host memcpy (CPU run)",
+    }
+
+
+def _tables(result: dict[str, Any]) -> str:
+    lines = []
+    if "options" in result:
+        lines.append(
+            f"per option, {result['options'][0]['clip_seconds']:g} s clips; copy {result['copy_gb_per_s']:.1f} GB/s "
+            f"({result['copy_kind']})"
+        )
+        lines.append("option                       MB/clip  clips/s  fwd clips/s  /forward  GB/s written  /copy")
+        for r in result["options"]:
+            lines.append(
+                f"{r['option']:<28} {r['bytes_per_clip'] / 1e6:7.2f}  {r['clips_per_s']:7.3f}  "
+                f"{r['forward_clips_per_s']:11.3f}  {r['throughput_over_forward']:8.3f}  "
+                f"{r['written_gb_per_s']:12.4f}  {r['written_over_copy']:.5f}"
+            )
+    if "codecs" in result:
+        lines.append("dtype    codec                            ratio  write MB/s  (one chunk at a time)")
+        for c in result["codecs"]:
+            lines.append(
+                f"{c['dtype']:<8} {c['codec']:<32} {c['ratio']:5.2f}  {c['write_mb_per_s']:10.0f}  "
+                f"({c['write_mb_per_s_one_chunk_at_a_time']:.0f})"
+            )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

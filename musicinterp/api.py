@@ -89,10 +89,13 @@ class Run:
 
     @cached_property
     def store(self) -> xr.Dataset:
-        """The store, lazily (plain ``xarray.open_zarr``: what anyone without musicinterp gets)."""
+        """The store, lazily (plain ``xarray.open_zarr``: what anyone without musicinterp gets, except that an
+        int8 store's ``resid`` reads as float: ``musicinterp.store.dequantize``)."""
         import xarray as xr
 
-        return xr.open_zarr(self.store_path, consolidated=False)
+        from musicinterp.store import dequantize
+
+        return dequantize(xr.open_zarr(self.store_path, consolidated=False))
 
     @property
     def run_file(self) -> dict[str, Any] | None:

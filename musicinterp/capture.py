@@ -9,8 +9,10 @@ See :mod:`musicinterp.frames` for which decoder step is stored at which frame.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,10 +20,12 @@ import torch
 from musicinterp.config import CaptureSpec
 from musicinterp.frames import SAMPLE_RATE_HZ, n_frames
 from musicinterp.models import PAD_TOKEN_ID, LoadedModel
+from musicinterp.quantize import QuantInfo, quantize_int8
 
 log = logging.getLogger(__name__)
 
 T5_EOS_TOKEN_ID = 1  # what T5's tokenizer makes of the empty string
+AUTOCAST_DTYPE = torch.bfloat16  # capture.autocast: supported on CPUs and on CUDA GPUs from Ampere on
 
 
 class CaptureError(RuntimeError):
@@ -32,14 +36,24 @@ class CaptureError(RuntimeError):
 class Capture:
     """What the decoder produced for one clip, on the frame grid.
 
-    ``resid`` is ``(layer, time, feature)`` float16 with layer 0 = embeddings; ``logits`` (only when
-    asked for) is ``(step, codebook, vocab)`` float32 over all ``n_frames + 1`` decoder steps.
+    ``resid`` is ``(layer, time, feature)`` float16 with layer 0 = embeddings, or int8 with ``quant`` (its
+    scales and error against float16) under ``capture.reduce: int8``; ``logits`` (only when asked for) is
+    ``(step, codebook, vocab)`` float32 over all ``n_frames + 1`` decoder steps. ``ready``: on CUDA, the event
+    after which the device-to-host copies behind the arrays have landed (``wait``); None elsewhere.
     """
 
     codes: np.ndarray  # (codebook, frame) int
     resid: np.ndarray
     layers: tuple[int, ...]
     logits: np.ndarray | None = None
+    quant: QuantInfo | None = None
+    ready: Any = field(default=None, compare=False, repr=False)
+
+    def wait(self) -> Capture:
+        """Block until the arrays hold their values (a no-op unless the copies were left in flight on CUDA)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self
 
 
 @torch.no_grad()
@@ -119,18 +133,95 @@ class LayerRecorder:
             h.remove()
 
 
-class _ResidualRecorder(LayerRecorder):
-    """Keeps chosen layers of one teacher-forced pass at ``steps``, ``(batch, step, feature)``, cast to the
-    store's dtype on the spot (on the device, so only float16 crosses to the host)."""
+class _HostCopies:
+    """Device-to-host copies of one forward pass's layers into one host buffer.
 
-    def __init__(self, decoder_layers, keep: tuple[int, ...], steps: slice, dtype: torch.dtype):
-        self.keep, self.steps, self.dtype = set(keep), steps, dtype
-        self.out: dict[int, torch.Tensor] = {}
+    On CUDA each layer is cast (or quantised) on the device, then copied into a pinned host buffer with
+    ``non_blocking=True`` on a side stream, so the copy of layer l runs while layer l + 1 computes; an event
+    recorded after the last copy says when the buffer holds its values (``Capture.wait``), so the copy of a
+    batch's last layers can also overlap the next batch. Elsewhere (CPU, MPS) it is a plain copy into the
+    buffer, cast on the way.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if self.cuda else None
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, pin_memory=self.cuda)
+
+    def copy(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        if self.stream is None:
+            dst.copy_(src)
+            return
+        src = src.to(dst.dtype).contiguous()  # cast on the device: only the stored bytes cross
+        self.stream.wait_stream(torch.cuda.current_stream(src.device))
+        with torch.cuda.stream(self.stream):
+            dst.copy_(src, non_blocking=True)
+        src.record_stream(self.stream)  # not reused by the compute stream before the copy has read it
+
+    def done(self) -> Any:
+        """The event after the copies issued so far (CUDA), else None."""
+        if self.stream is None:
+            return None
+        event = torch.cuda.Event()
+        event.record(self.stream)
+        return event
+
+
+class _ResidualRecorder(LayerRecorder):
+    """Keeps chosen layers of one teacher-forced pass at ``steps`` in one host buffer ``(layer, batch, step,
+    feature)`` of the store's dtype, cast on the device (so only float16 crosses to the host), or, with
+    ``reduce='int8'``, quantised there (int8 plus per (clip, layer, feature) scales and the error against
+    float16: :mod:`musicinterp.quantize`)."""
+
+    def __init__(
+        self, decoder_layers, keep: tuple[int, ...], steps: slice, dtype: torch.dtype, device: torch.device, reduce: str
+    ):
+        self.pos = {layer: i for i, layer in enumerate(keep)}
+        self.steps, self.dtype, self.reduce = steps, dtype, reduce
+        self.copies = _HostCopies(device)
+        self.host: torch.Tensor | None = None
+        self.seen: set[int] = set()
+        self.quant: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # on the device until the end
         super().__init__(decoder_layers)
 
     def _store(self, layer: int, hidden: torch.Tensor) -> None:
-        if layer in self.keep:
-            self.out[layer] = hidden[:, self.steps].to(self.dtype).cpu()
+        if layer not in self.pos:
+            return
+        x = hidden[:, self.steps]
+        if self.reduce == "int8":
+            x, scale, max_abs, rel_rms = quantize_int8(x)
+            self.quant[layer] = (scale, max_abs, rel_rms)
+        if self.host is None:  # layer-major, so that each layer's copy lands in one contiguous block
+            b, t, d = x.shape
+            self.host = self.copies.empty((len(self.pos), b, t, d), torch.int8 if self.reduce == "int8" else self.dtype)
+        self.copies.copy(self.host[self.pos[layer]], x)
+        self.seen.add(layer)
+
+    def result(self, n_clips: int) -> tuple[np.ndarray, list[QuantInfo | None], Any]:
+        """``(clip, layer, time, feature)`` host array, each clip's ``QuantInfo`` (None: not reduced), the event."""
+        if self.host is None or len(self.seen) != len(self.pos):
+            missing = sorted(set(self.pos) - self.seen)
+            raise CaptureError(f"the decoder ran without reaching the hooks of layers {missing}")
+        infos: list[QuantInfo | None] = [None] * n_clips
+        if self.quant:
+            layers = sorted(self.pos, key=self.pos.__getitem__)
+            small = [torch.stack([self.quant[layer][k] for layer in layers], dim=1) for k in range(3)]
+            host = [self.copies.empty(tuple(a.shape), a.dtype) for a in small]  # (clip, layer[, feature])
+            for dst, src in zip(host, small, strict=True):
+                self.copies.copy(dst, src)
+            scale, max_abs, rel_rms = (a.numpy() for a in host)
+            infos = [QuantInfo(scale[i], max_abs[i], rel_rms[i]) for i in range(n_clips)]
+        return self.host.numpy().swapaxes(0, 1), infos, self.copies.done()
+
+
+def _autocast(loaded: LoadedModel, spec: CaptureSpec) -> contextlib.AbstractContextManager:
+    """The forward pass under ``torch.autocast`` (bfloat16) when ``capture.autocast``, else nothing."""
+    if not spec.autocast:
+        return contextlib.nullcontext()
+    device = next(loaded.model.parameters()).device
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPE)
 
 
 def select_layers(layers: list[int] | None, n_layers: int, model_id: str) -> tuple[int, ...]:
@@ -169,24 +260,39 @@ def capture_codes(
     t = codes.shape[-1]
     decoder_ids = delayed_decoder_input(loaded, codes)
     states, mask = text_condition(loaded, spec)
-    recorder = _ResidualRecorder(loaded.model.decoder.model.decoder.layers, layers, slice(1, t + 1), dtype)
+    recorder = _recorder(loaded, layers, t, dtype, spec)
     try:
-        out = loaded.model(
-            encoder_outputs=(states,), attention_mask=mask, decoder_input_ids=decoder_ids, use_cache=False
-        )
+        with _autocast(loaded, spec):
+            out = loaded.model(
+                encoder_outputs=(states,), attention_mask=mask, decoder_input_ids=decoder_ids, use_cache=False
+            )
     finally:
         recorder.close()
-    resid = torch.stack([recorder.out[layer][0] for layer in layers]).numpy()
+    resid, infos, ready = recorder.result(1)
     logits = None
     if return_logits:
         k = loaded.num_codebooks
         logits = out.logits.reshape(k, t + 1, -1).permute(1, 0, 2).float().cpu().numpy()
-    return Capture(codes=codes.cpu().numpy(), resid=resid, layers=layers, logits=logits)
+    cap = Capture(codes=codes.cpu().numpy(), resid=resid[0], layers=layers, logits=logits, quant=infos[0], ready=ready)
+    return cap.wait()
+
+
+def _recorder(
+    loaded: LoadedModel, layers: tuple[int, ...], t: int, dtype: torch.dtype, spec: CaptureSpec
+) -> _ResidualRecorder:
+    device = next(loaded.model.parameters()).device
+    return _ResidualRecorder(
+        loaded.model.decoder.model.decoder.layers, layers, slice(1, t + 1), dtype, device, spec.reduce
+    )
 
 
 @torch.no_grad()
 def capture_codes_batch(
-    loaded: LoadedModel, codes: list[torch.Tensor], spec: CaptureSpec, dtype: torch.dtype = torch.float16
+    loaded: LoadedModel,
+    codes: list[torch.Tensor],
+    spec: CaptureSpec,
+    dtype: torch.dtype = torch.float16,
+    wait: bool = True,
 ) -> list[Capture]:
     """``capture_codes`` for several clips of the same frame count in one forward pass (``capture.batch_size``).
 
@@ -205,18 +311,23 @@ def capture_codes_batch(
     t, b = codes[0].shape[-1], len(codes)
     decoder_ids = torch.cat([delayed_decoder_input(loaded, c) for c in codes])  # clip-major, as the decoder expects
     states, mask = text_condition(loaded, spec)
-    recorder = _ResidualRecorder(loaded.model.decoder.model.decoder.layers, layers, slice(1, t + 1), dtype)
+    recorder = _recorder(loaded, layers, t, dtype, spec)
     try:
-        loaded.model(
-            encoder_outputs=(states.expand(b, -1, -1),),
-            attention_mask=mask.expand(b, -1),
-            decoder_input_ids=decoder_ids,
-            use_cache=False,
-        )
+        with _autocast(loaded, spec):
+            loaded.model(
+                encoder_outputs=(states.expand(b, -1, -1),),
+                attention_mask=mask.expand(b, -1),
+                decoder_input_ids=decoder_ids,
+                use_cache=False,
+            )
     finally:
         recorder.close()
-    resid = torch.stack([recorder.out[layer] for layer in layers], dim=1).numpy()  # (clip, layer, time, feature)
-    return [Capture(codes=c.cpu().numpy(), resid=resid[i], layers=layers) for i, c in enumerate(codes)]
+    resid, infos, ready = recorder.result(b)  # (clip, layer, time, feature)
+    caps = [
+        Capture(codes=c.cpu().numpy(), resid=resid[i], layers=layers, quant=infos[i], ready=ready)
+        for i, c in enumerate(codes)
+    ]
+    return [cap.wait() for cap in caps] if wait else caps
 
 
 def capture_clip(loaded: LoadedModel, samples: np.ndarray, spec: CaptureSpec) -> Capture:

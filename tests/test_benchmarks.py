@@ -43,8 +43,19 @@ def test_capture_benchmark__quick_json_has_the_ratios_and_memory_stays_flat_in_c
     assert result["peak_rss_mb_20_clips"] - result["peak_rss_mb_2_clips"] < 100
     codecs = {c["codec"] for c in result["codecs"]}
     assert "uncompressed" in codecs and len(codecs) >= 3
+    assert {c["dtype"] for c in result["codecs"]} == {"float16", "int8"}
+    assert all(c["ratio"] > 0 and c["write_mb_per_s_one_chunk_at_a_time"] > 0 for c in result["codecs"])
     assert [b["batch"] for b in result["batches"]] == [1, 2]
     assert all(b["clips_per_s"] > 0 and b["throughput_over_forward"] > 0 for b in result["batches"])
+    # every option (reduce x autocast x batch) in the same run, with the copy bandwidth it is compared to
+    options = {(o["reduce"], o["autocast"], o["batch"]): o for o in result["options"]}
+    assert set(options) == {(r, a, b) for r in ("none", "int8") for a in (False, True) for b in (1, 2)}
+    for o in options.values():
+        assert o["clips_per_s"] > 0 and o["written_gb_per_s"] > 0 and o["written_over_copy"] > 0
+    assert result["copy_kind"] == "host memcpy (CPU run)" and result["copy_gb_per_s"] > 0
+    # int8 halves the bytes (plus its scales) and says how far it is from float16
+    assert options[("int8", False, 1)]["bytes_per_clip"] < 0.6 * options[("none", False, 1)]["bytes_per_clip"]
+    assert 0 < options[("int8", False, 1)]["int8_rel_rms_error"] < 0.01
 
 
 def test_capture__equals_nnsight_on_every_layer(tiny_model):

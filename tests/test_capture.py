@@ -172,3 +172,41 @@ def test_capture_batch__equals_each_clip_captured_alone(tiny_model):
     assert not np.allclose(batched[0].resid, batched[1].resid)  # the clips stayed apart
     with pytest.raises(ValueError, match="one frame count"):
         capture_codes_batch(tiny_model, [codes[0], codes[1][:, :30]], spec)
+
+
+def test_capture_int8__dequantised_equals_float16_within_the_recorded_error(tiny_model):
+    """``capture.reduce: int8``: per (clip, layer, feature) absmax scales; q * scale is within the recorded error
+    of float16 capture, the recorded error is the one measured here, and it is below the rounding bound."""
+    from musicinterp.capture import capture_codes_batch
+
+    rng = np.random.default_rng(1)
+    codes = [encode_audio(tiny_model, 0.1 * rng.standard_normal(HOP_SAMPLES * 40)) for _ in range(2)]
+    f16 = capture_codes(tiny_model, codes[0], CaptureSpec())
+    f32 = capture_codes(tiny_model, codes[0], CaptureSpec(), dtype=torch.float32)
+    q8 = capture_codes(tiny_model, codes[0], CaptureSpec(reduce="int8"))
+    assert q8.resid.dtype == np.int8 and q8.resid.shape == f16.resid.shape and q8.quant is not None
+    assert q8.resid.min() >= -127 and np.abs(q8.resid).max(axis=1).max() == 127  # symmetric, absmax -> 127
+    np.testing.assert_allclose(q8.quant.scale, np.abs(f32.resid).max(axis=1) / 127, rtol=1e-6)
+    err = q8.resid.astype(np.float32) * q8.quant.scale[:, None, :] - f16.resid.astype(np.float32)
+    np.testing.assert_allclose(np.abs(err).max(axis=(1, 2)), q8.quant.max_abs_error, rtol=1e-6)
+    rms = np.sqrt((err**2).mean(axis=(1, 2)) / (f16.resid.astype(np.float32) ** 2).mean(axis=(1, 2)))
+    np.testing.assert_allclose(rms, q8.quant.rel_rms_error, rtol=1e-4)
+    # rounding to the nearest of 255 steps, plus float16's own rounding of the reference
+    bound = q8.quant.scale.max(axis=1) / 2 + np.abs(f32.resid).max(axis=(1, 2)) * 2.0**-11
+    assert (q8.quant.max_abs_error <= bound).all() and (q8.quant.rel_rms_error < 0.01).all()
+    # batched: each clip its own scales; on the CPU the copies are plain (no event to wait for)
+    batched = capture_codes_batch(tiny_model, codes, CaptureSpec(reduce="int8"), wait=False)
+    assert all(c.ready is None and c.quant is not None for c in batched)
+    assert np.abs(batched[0].resid.astype(int) - q8.resid.astype(int)).max() <= 1  # float rounding at a step edge
+    assert not np.allclose(batched[0].quant.scale, batched[1].quant.scale)
+
+
+def test_capture_autocast__bfloat16_forward_stays_close_to_float32(tiny_model):
+    """``capture.autocast``: the forward runs under bfloat16 autocast (so the values change, a little)."""
+    codes = encode_audio(tiny_model, 0.1 * np.random.default_rng(2).standard_normal(HOP_SAMPLES * 30))
+    plain = capture_codes(tiny_model, codes, CaptureSpec(), dtype=torch.float32)
+    cast = capture_codes(tiny_model, codes, CaptureSpec(autocast=True), dtype=torch.float32)
+    diff = np.abs(cast.resid - plain.resid)
+    assert diff[1:].max() > 0  # bfloat16 matrix products: not the float32 pass
+    assert np.sqrt((diff**2).mean() / (plain.resid**2).mean()) < 0.02  # bfloat16 keeps 8 bits of mantissa
+    np.testing.assert_array_equal(cast.resid[0], plain.resid[0])  # the embeddings are looked up, not multiplied

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -65,17 +66,19 @@ def test_overlapped_writes__same_store_record_and_progress_as_writing_in_the_cap
 
 
 def test_overlapped_writes__a_failed_write_fails_its_clip_by_id_and_the_others_are_captured(tmp_path, monkeypatch):
-    spec, prepared = _prepared(tmp_path, "out")
-    real, calls = xr.Dataset.to_zarr, {"resid": 0}
+    from musicinterp.store import ClipWriter
 
-    def full_on_the_second_clip(self, *args, **kwargs):
-        if "resid" in self.data_vars:
+    spec, prepared = _prepared(tmp_path, "out")
+    real, calls = ClipWriter._region, {"resid": 0}
+
+    def full_on_the_second_clip(self, name, *args, **kwargs):  # the disk fills while the second clip is written
+        if name == "resid":
             calls["resid"] += 1
             if calls["resid"] == 2:
                 raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, *args, **kwargs)
+        return real(self, name, *args, **kwargs)
 
-    monkeypatch.setattr(xr.Dataset, "to_zarr", full_on_the_second_clip)
+    monkeypatch.setattr(ClipWriter, "_region", full_on_the_second_clip)
     result = run.capture_shard(spec.model, spec.capture, prepared.paths, 0)
     second = result.clips[1]
     assert list(result.failed) == [second] and "No space left on device" in result.failed[second]
@@ -85,3 +88,67 @@ def test_overlapped_writes__a_failed_write_fails_its_clip_by_id_and_the_others_a
     assert [bool(f) for f in ds["complete"].values] == [True, False, True, True]  # its flag never set
     (record,) = read_shard_records(prepared.paths)
     assert record.failed == result.failed and record.captured == result.captured
+
+
+def _run_of_clips(tmp_path: Path, out: str, **capture) -> tuple[RunSpec, run.PreparedRun, Any]:
+    """A shard of two tones of two lengths (so that one clip is padded), captured and summarised."""
+    audio = tmp_path / "audio_lengths"
+    if not audio.exists():
+        audio.mkdir()
+        for i, seconds in enumerate((1.5, 1.0)):
+            write_tone(audio / f"{i}.wav", seconds, freq_hz=220 + 60 * i)
+    spec = RunSpec(
+        name="q",
+        slice={"name": "q", "sources": [{"kind": "audio_dir", "path": str(audio)}], "n_shards": 1},
+        capture=capture,
+        annotate=False,
+    )
+    prepared = run.prepare_run(spec, str(tmp_path / out))
+    result = run.capture_shard(spec.model, spec.capture, prepared.paths, 0)
+    run.summarise_run(prepared, annotate=False)  # finalises the store: the int8 error summary
+    return spec, prepared, result
+
+
+def test_int8_run__every_reader_gets_floats_within_the_recorded_error_of_the_float16_run(tmp_path):
+    """``capture.reduce: int8`` end to end: another run (fingerprint), half the resid bytes, the error against
+    float16 in the store's attributes, and float32 values for the store, analysis, SAE and API readers that
+    equal the float16 run's within that error; a missing chunk is still found by the verification."""
+    from musicinterp.analysis.data import _read_clip_layer, open_analysis_store
+    from musicinterp.api import open_run
+    from musicinterp.sae.stream import open_store as sae_open_store
+    from musicinterp.sae.stream import read_clip
+    from musicinterp.store import verify_clips
+
+    spec16, f16, res16 = _run_of_clips(tmp_path, "f16")
+    spec8, q8, res8 = _run_of_clips(tmp_path, "int8", reduce="int8")
+    assert spec8.fingerprint() != spec16.fingerprint() and q8.paths.store != f16.paths.store
+    assert res8.captured == res16.captured == res8.clips and not res8.failed
+    assert res8.bytes_written < 0.6 * res16.bytes_written  # int8 plus scales against float16
+    ref = open_store(f16.paths.store)
+    raw = xr.open_zarr(q8.paths.store)  # plain xarray
+    assert raw["resid_int8"].dtype == np.int8 and "resid" not in raw and raw.attrs["capture_reduce"] == "int8"
+    assert raw.attrs["capture_autocast"] == "off" and ref.attrs["capture_reduce"] == "none"
+    error = raw.attrs["resid_int8_error"]
+    assert error["clips"] == 2 and error["layers"] == [int(x) for x in ref["layer"].values]
+    max_abs = raw["resid_error_max_abs"].values  # (clip, layer), measured on the device
+    np.testing.assert_allclose(error["max_abs"], max_abs.max(axis=0))
+    ds = open_store(q8.paths.store)
+    n_frames = ref["n_frames"].values
+    assert sorted(set(n_frames)) == [50, 75] and ds["resid"].dtype == np.float32
+    for i, n in enumerate(n_frames):
+        want = ref["resid"].isel(clip=i, time=slice(0, n)).values.astype(np.float32)
+        got = ds["resid"].isel(clip=i, time=slice(0, n)).values
+        # the same forward pass as the float16 run: the error is the recorded one, to float32 rounding
+        np.testing.assert_allclose(np.abs(got - want).max(axis=(1, 2)), max_abs[i], rtol=1e-5)
+        assert np.isnan(ds["resid"].isel(clip=i, time=slice(n, None)).values).all()
+        for layer in range(ds.sizes["layer"]):  # the other readers see the same floats
+            analysis = _read_clip_layer(open_analysis_store(q8.paths.store)["resid"], i, layer, int(n))
+            sae = read_clip(sae_open_store(q8.paths.store), i, layer)
+            assert analysis.dtype == sae.dtype == np.float32
+            np.testing.assert_array_equal(analysis, got[layer])
+            np.testing.assert_array_equal(sae, got[layer])
+    np.testing.assert_array_equal(open_run(q8.paths.root).store["resid"].isel(clip=0).values, ds["resid"][0].values)
+    assert verify_clips(q8.paths.store) == {}
+    chunk = Path(q8.paths.store) / "resid_int8" / "c" / "1" / "0" / "0" / "0"
+    chunk.unlink()  # a lost chunk reads as the fill, i.e. NaN: the clip is damaged, not silently zero
+    assert "missing" in verify_clips(q8.paths.store)[str(ref["clip"].values[1])]

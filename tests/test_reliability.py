@@ -173,17 +173,19 @@ def test_damaged_store__analysis_refuses_naming_the_clip(tmp_path):
 # 5. Errors that name the cause ----------------------------------------------------------------------
 
 
-def test_full_disk__names_the_store_and_the_same_command_resumes_after(tmp_path, monkeypatch):
+def test_full_disk__names_the_store_and_the_same_command_resumes_after(tmp_path, flaky_disk):
     _tones(tmp_path / "audio", n=3)
     spec = _audio_spec(tmp_path / "audio", n_shards=1)
     clean = run.run_inline(spec, str(tmp_path / "clean"))
     prepared = run.prepare_run(spec, str(tmp_path / "out"))
-    _disk_full_on_call(monkeypatch, 2)  # the first clip fits, then the disk is full
-    result = run.capture_shard(spec.model, spec.capture, prepared.paths, 0)
-    monkeypatch.undo()
+    paths = run.RunPaths("flaky://" + prepared.root)  # the same disk through fsspec, where it fills up
+    for fragment in ("/complete/c/0", "/resid/c/1/", "/resid/c/2/"):  # the first clip's data fits, then it is full
+        flaky_disk[fragment] = [99, errno.ENOSPC]
+    result = run.capture_shard(spec.model, spec.capture, paths, 0)
+    flaky_disk.clear()
     assert len(result.captured) == 0 and len(result.failed) == 3  # the first wrote its data, not its flag
     for reason in result.failed.values():
-        assert f"into store {prepared.paths.store!r}: No space left on device" in reason
+        assert f"into store {paths.store!r}: No space left on device" in reason
     summary = run.run_inline(spec, str(tmp_path / "out"))  # space freed: the same command
     assert summary.ok and sum(s["captured"] for s in summary.shards) == 3
     a, b = xr.open_zarr(clean.store), xr.open_zarr(summary.store)

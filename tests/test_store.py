@@ -131,3 +131,61 @@ def test_describe__reports_weights_and_completion(tmp_path):
     assert info["dims"]["layer"] == 3 and info["size_bytes"] > 0
     with pytest.raises(StoreError, match="no musicinterp store"):
         describe_store(str(tmp_path / "missing.zarr"))
+
+
+def test_store_int8__float_activations_are_quantised_on_the_host_and_read_back_as_float(tmp_path):
+    """An int8 store (``capture.reduce: int8``) takes float activations too (a replan's copy), quantises them
+    as the device would, and every reader of ``open_store`` gets float32 within scale / 2; a float16 store
+    refuses int8 values."""
+    from musicinterp.quantize import quantize_host
+    from musicinterp.store import open_store, verify_clips
+
+    url = str(tmp_path / "q.zarr")
+    layout = StoreLayout(LAYOUT.clips, LAYOUT.layers, LAYOUT.hidden_size, LAYOUT.num_codebooks, reduce="int8")
+    assert init_store(url, layout, {}, _attrs())
+    resid, codes = _clip(50)
+    resid[1, :, 5] *= 40  # an outlier unit: its own scale, the others keep their precision
+    write_clip(url, "a", resid, codes)
+    mark_complete(url, "a")
+    finalize_store(url)
+    raw = xr.open_zarr(url)  # plain xarray: int8 values, their scales and the rule
+    assert raw["resid_int8"].dtype == np.int8 and "resid" not in raw
+    assert "resid_scale" in raw["resid_int8"].attrs["dequantize"]
+    ds = open_store(url)
+    got = ds["resid"].sel(clip="a", time=slice(0, 50 / 50 - 1e-9)).values
+    assert got.dtype == np.float32 and got.shape == resid.shape
+    assert np.isnan(ds["resid"].sel(clip="a").values[:, 50:]).all()  # beyond the clip: no data
+    assert np.isnan(ds["resid"].sel(clip="b").values).all()  # never written
+    scale = np.abs(resid.astype(np.float32)).max(axis=1) / 127
+    assert (np.abs(got - resid) <= scale[:, None, :] / 2 * (1 + 1e-6)).all()
+    np.testing.assert_array_equal(ds["resid"].isel(clip=0, time=3, feature=[5, 7]).values, got[:, 3, [5, 7]])
+    error = ds.attrs["resid_int8_error"]
+    assert error["clips"] == 1 and error["layers"] == [0, 1, 2] and len(error["max_abs"]) == 3
+    assert verify_clips(url) == {}
+    # a copy into another int8 store (a replan's) keeps the values, scales and errors as they are
+    from musicinterp.store import int8_of_clip
+
+    copy = str(tmp_path / "copy.zarr")
+    init_store(copy, layout, {}, _attrs())
+    stored, quant = int8_of_clip(ds, 0, 50)
+    assert stored is not None and quant is not None
+    write_clip(copy, "a", stored, codes, quant)
+    again = xr.open_zarr(copy)
+    for name in ("resid_int8", "resid_scale", "resid_error_max_abs", "resid_error_rel_rms"):
+        np.testing.assert_array_equal(again[name].sel(clip="a").values, raw[name].sel(clip="a").values)
+    assert int8_of_clip(xr.Dataset(), 0, 1) == (None, None)  # a float16 store: nothing to copy as int8
+    from musicinterp.config import CaptureSpec
+
+    autocast = store_attrs(
+        model={"model_id": "m", "revision": "r", "weights": "random"},
+        run_spec_json="{}",
+        fingerprint="f",
+        capture=CaptureSpec(autocast=True).model_dump(),
+        package_version="test",
+    )
+    assert autocast["capture_autocast"] == "bfloat16" and autocast["capture_reduce"] == "none"
+    q, _ = quantize_host(resid)
+    with pytest.raises(StoreError, match="int8.*holds float16"):
+        f16 = str(tmp_path / "f.zarr")
+        init_store(f16, LAYOUT, {}, _attrs())
+        write_clip(f16, "a", q, codes, quantize_host(resid)[1])

@@ -58,12 +58,14 @@ def parse_target(name: str) -> tuple[str, float]:
 
 def open_analysis_store(store: str | Path | xr.Dataset) -> xr.Dataset:
     """Open a store lazily without dask (reads touch only the chunks they need)."""
+    from musicinterp.store import dequantize  # int8 stores (capture.reduce) read as float
+
     if isinstance(store, xr.Dataset):
-        return store
+        return dequantize(store)
     try:
         with warnings.catch_warnings():  # unconsolidated stores (a run still being written) are fine
             warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
-            return xr.open_zarr(str(store), consolidated=None, chunks=None)
+            return dequantize(xr.open_zarr(str(store), consolidated=None, chunks=None))
     except (FileNotFoundError, OSError, KeyError) as e:
         raise AnalysisError(f"cannot open a store at {str(store)!r}: {e}") from e
 

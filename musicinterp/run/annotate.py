@@ -24,7 +24,7 @@ from musicinterp.run.paths import RunPaths
 from musicinterp.run.records import AnnotationResult, write_annotation_record
 from musicinterp.slice import ClipRecord, load_clip_audio
 from musicinterp.sources.base import ClipError
-from musicinterp.store import mark_complete, open_store, write_labels
+from musicinterp.store import ClipWriter, mark_complete, write_labels
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,11 @@ def annotate_one(
     """
     if roots is not None:
         check_locator(clip, roots)
-    ds = open_store(paths.store)
-    if not 0 <= index < ds.sizes["clip"] or str(ds["clip"].values[index]) != clip.clip_id:
+    store = ClipWriter(paths.store)  # its metadata read once, here (one read when consolidated)
+    if not 0 <= index < len(store.clip_ids) or store.clip_ids[index] != clip.clip_id:
         raise ClipError(clip.clip_id, f"is not row {index} of the run's store {paths.store!r}")
     result = AnnotationResult(clip_id=clip.clip_id, index=index)
-    if bool(ds["annotated"].values[index]):
+    if store.flag(clip.clip_id, "annotated"):
         result.skipped = True
         if plot and not _exists(paths.plot_file(index)):  # e.g. a clip a replan kept: its plot was dropped
             result.plot = _save_plot(
@@ -85,8 +85,8 @@ def annotate_one(
             return_points=clip.truth.get("return_points"),
         )
         labels = {k: v for k, v in ann.labels.items() if k != "time"}
-        write_labels(paths.store, clip.clip_id, {**labels, **truth}, ds=ds)
-        mark_complete(paths.store, clip.clip_id, flag="annotated", ds=ds)
+        write_labels(store, clip.clip_id, {**labels, **truth})
+        mark_complete(store, clip.clip_id, flag="annotated")
         result.annotated = True
         result.rec_positive_fraction = round(float(ann.labels["rec_lag_next_s_valid"].mean()), 4)
         result.res_events = int(ann.labels["res_event"].sum())

@@ -27,7 +27,15 @@ from musicinterp.run.records import ShardResult, read_shard_record, write_shard_
 from musicinterp.run.retry import MODEL_LOAD_BACKOFF, WRITE_BACKOFF, Backoff, with_retries
 from musicinterp.slice import ClipRecord, load_clip_audio
 from musicinterp.sources.base import ClipError
-from musicinterp.store import StoreError, mark_complete, open_store, reset_damaged, verify_clips, write_clip
+from musicinterp.store import (
+    ClipWriter,
+    StoreError,
+    mark_complete,
+    open_store,
+    reset_damaged,
+    verify_clips,
+    write_clip,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +119,12 @@ def capture_shard(
     before = read_shard_record(paths, shard)  # the previous attempt, if any: what it captured is not "skipped"
     earlier = set(before.captured) | set(before.captured_earlier) if before else set()
     result.attempt = before.attempt + 1 if before else 1
-    result.repaired = verify_clips(paths.store, result.clips)
+    ds = open_store(paths.store)  # the store's metadata read once per shard, not once per clip
+    store_writer = ClipWriter(paths.store)
+    result.repaired = verify_clips(paths.store, result.clips, ds=ds)
     if result.repaired:
-        reset_damaged(paths.store, result.repaired)
-    ds = open_store(paths.store)
-    done = {str(c) for c, flag in zip(ds["clip"].values, ds["complete"].values) if flag}
+        reset_damaged(store_writer, result.repaired)
+    done = {str(c) for c, flag in zip(ds["clip"].values, ds["complete"].values) if flag} - set(result.repaired)
     t0 = time.perf_counter()
     what = f"loading {model.source} model {model.name!r} on {capture.device} for shard {shard}"
     try:
@@ -140,7 +149,7 @@ def capture_shard(
         if stopped.is_set():
             raise InterruptedError(f"clip {clip_id!r} not written: an earlier write of the shard was interrupted")
         try:
-            return write_one(paths.store, clip_id, cap, write_backoff)
+            return write_one(store_writer, clip_id, cap, write_backoff)
         except BaseException as e:
             if not isinstance(e, Exception):
                 stopped.set()
@@ -210,7 +219,8 @@ def capture_shard(
         caps: list[Capture | None]
         try:
             with lock:
-                caps = list(capture_codes_batch(loaded, [codes for _, _, codes in items], capture))
+                # on CUDA the last layers' copies to the host may still be in flight: the writer waits for them
+                caps = list(capture_codes_batch(loaded, [codes for _, _, codes in items], capture, wait=False))
         except Exception as e:  # noqa: BLE001 - retried clip by clip below
             log.warning("batch of %d clips failed (%s: %s); capturing them one by one", len(items), type(e).__name__, e)
             caps = []
@@ -308,13 +318,18 @@ def encode_and_capture(loaded: LoadedModel, capture: CaptureSpec, clip: ClipReco
     return cap, t1 - t0, time.perf_counter() - t1
 
 
-def write_one(store: str, clip_id: str, cap: Capture, backoff: Backoff = WRITE_BACKOFF) -> tuple[int, float]:
+def write_one(
+    store: str | ClipWriter, clip_id: str, cap: Capture, backoff: Backoff = WRITE_BACKOFF
+) -> tuple[int, float]:
     """Write one clip's arrays, then (last) set its completion flag; returns bytes written and seconds taken.
 
     Each of the two writes is tried again after a transient failure (``backoff``); both are idempotent
-    (whole chunks of the clip's own region)."""
+    (whole chunks of the clip's own region). ``store``: its URL, or a ``ClipWriter`` kept open for the shard."""
     t0 = time.perf_counter()
-    where = f"clip {clip_id!r} into store {store!r}"
-    written = with_retries(lambda: write_clip(store, clip_id, cap.resid, cap.codes), f"writing {where}", backoff)
+    where = f"clip {clip_id!r} into store {store if isinstance(store, str) else store.url!r}"
+    cap.wait()  # the device-to-host copies behind its arrays have landed (CUDA; at once elsewhere)
+    written = with_retries(
+        lambda: write_clip(store, clip_id, cap.resid, cap.codes, cap.quant), f"writing {where}", backoff
+    )
     with_retries(lambda: mark_complete(store, clip_id), f"setting the completion flag of {where}", backoff)
     return written, time.perf_counter() - t0

@@ -88,6 +88,7 @@ def store_template(spec: RunSpec, manifest: Manifest) -> Template:
         layers=layers,
         hidden_size=model_info["hidden_size"],
         num_codebooks=model_info["num_codebooks"],
+        reduce=spec.capture.reduce,
     )
     clip_vars: dict[str, list[Any]] = {
         "source": [c.source for c in manifest.clips],

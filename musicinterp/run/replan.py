@@ -24,7 +24,17 @@ from musicinterp.run.paths import RunPaths
 from musicinterp.run.plan import plan_inputs, store_template
 from musicinterp.run.records import atomic_write
 from musicinterp.run.swap import RETIRED_DIR, STAGING_DIR, finish_interrupted_swap, swap_store
-from musicinterp.store import StoreError, init_store, label_names, mark_complete, open_store, write_clip, write_labels
+from musicinterp.store import (
+    ClipWriter,
+    StoreError,
+    init_store,
+    int8_of_clip,
+    label_names,
+    mark_complete,
+    open_store,
+    write_clip,
+    write_labels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +95,9 @@ def replan_run(root: str) -> ReplanResult:
 
 def _copy_unchanged(old, staging: str, clips: list[str]) -> list[str]:
     """Copy each unchanged clip's data and flags from the old store; returns the complete ones copied."""
-    new = open_store(staging)
+    new = ClipWriter(staging)
     ids = [str(c) for c in old["clip"].values]
-    labels = label_names(old) if set(label_names(old)) == set(label_names(new)) else []
+    labels = label_names(old) if set(label_names(old)) == set(new.label_names()) else []
     kept = []
     for clip_id in clips:
         i = ids.index(clip_id)
@@ -96,11 +106,12 @@ def _copy_unchanged(old, staging: str, clips: list[str]) -> list[str]:
             resid = np.asarray(old["resid"].isel(clip=i, time=slice(0, n)).values)
             codes = np.asarray(old["codes"].isel(clip=i, time=slice(0, n)).values)
             if np.isfinite(resid).all():  # a damaged clip is left to capture again
-                write_clip(staging, clip_id, resid, codes)
-                mark_complete(staging, clip_id, ds=new)
+                q, quant = int8_of_clip(old, i, n)  # an int8 store's clips are copied as they are
+                write_clip(new, clip_id, resid if q is None else q, codes, quant)
+                mark_complete(new, clip_id)
                 kept.append(clip_id)
         if labels and "annotated" in old and bool(old["annotated"].values[i]):
             values = {name: np.asarray(old[name].isel(clip=i).values[:n]) for name in labels}
-            write_labels(staging, clip_id, values, ds=new)
-            mark_complete(staging, clip_id, flag="annotated", ds=new)
+            write_labels(new, clip_id, values)
+            mark_complete(new, clip_id, flag="annotated")
     return kept

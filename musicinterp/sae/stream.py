@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import xarray as xr
 
+from musicinterp.store import dequantize
+
 log = logging.getLogger(__name__)
 
 
@@ -33,7 +35,7 @@ def open_store(store: str) -> xr.Dataset:
     try:
         with warnings.catch_warnings():  # unconsolidated stores (plain xarray writers, a run in progress) are fine
             warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
-            return xr.open_zarr(store, chunks=None, consolidated=None)
+            return dequantize(xr.open_zarr(store, chunks=None, consolidated=None))  # int8 stores read as float
     except (FileNotFoundError, OSError, ValueError, KeyError) as e:
         raise StoreError(f"cannot open run store {store!r}: {e}") from e
 
