@@ -14,6 +14,8 @@ Prints each time and its ratio to (a). Threads pinned to one.
     python benchmarks/analysis_speed.py --json                 # one JSON object (the demo's size)
     python benchmarks/analysis_speed.py --preset full --json   # 100 clips x 30 s x 25 layers x 1024 (~7.7 GB store)
     python benchmarks/analysis_speed.py --quick --json         # seconds: what the test runs
+    python benchmarks/analysis_speed.py --estimators ridge ridge-device --device torch-cpu --json
+        # the ridge grid with numpy and with analysis.device (torch): times and ``ridge_vs_device``
 
 ``--json`` also profiles each estimator's grid and reports the seconds spent in the eigendecompositions
 (``numpy.linalg.eigh``; musicinterp/analysis/ridge.py's per-fold cost), the measured reason when the grid
@@ -69,9 +71,14 @@ COMPARED = ("gain", "p_value", "q_value", "p_cluster", "ci_low", "ci_high")
 
 
 def eigh_seconds(profile: cProfile.Profile) -> float:
-    """Cumulative seconds in ``numpy.linalg.eigh`` under ``profile``."""
+    """Cumulative seconds in ``numpy.linalg.eigh`` and torch's ``linalg.eigh`` under ``profile`` (not the
+    backend's wrapper around them, musicinterp/analysis/backend.py: counted once)."""
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
-    return sum(v[3] for (_, _, name), v in stats.items() if name == "eigh")
+    return sum(
+        v[3]
+        for (f, _, name), v in stats.items()
+        if (name == "eigh" and Path(f).name != "backend.py") or name.endswith("linalg_eigh>")
+    )
 
 
 STAGES = {
@@ -113,8 +120,12 @@ def main() -> None:
         "--estimators",
         nargs="+",
         default=["ridge", "logistic"],
-        choices=["ridge", "ridge-direct", "logistic"],
-        help="ridge-direct: the ridge probe's previous path (every split decomposed from its rows, nothing shared)",
+        choices=["ridge", "ridge-direct", "ridge-device", "logistic"],
+        help="ridge-direct: the ridge probe's previous path (every split decomposed from its rows, nothing shared); "
+        "ridge-device: the ridge probe with analysis.device = --device",
+    )
+    ap.add_argument(
+        "--device", default="torch-cpu", help="analysis.device of the ridge-device estimator (torch-cpu, cuda, cuda:N)"
     )
     ap.add_argument("--preset", choices=list(PRESETS), default=None, help="sizes: the demo's or the full-size shape")
     ap.add_argument("--quick", action="store_true", help="a tiny store and 9 permutations (for the test)")
@@ -166,6 +177,8 @@ def main() -> None:
             # each estimator at its own default width: ridge at full width, the first wave's logistic at 64
             kind = "ridge" if est.startswith("ridge") else est
             spec_e = spec.model_copy(update={"estimator": kind, "reduced_width": None if kind == "ridge" else 64})
+            if est == "ridge-device":
+                spec_e = AnalysisSpec.model_validate({**spec_e.model_dump(), "device": args.device})
             previous = ridge.GroupedRidgeCV, ridge.CACHE_BYTES
             if est == "ridge-direct":
                 ridge.GroupedRidgeCV, ridge.CACHE_BYTES = ridge.DirectGroupedRidgeCV, 0  # type: ignore[misc]
@@ -229,6 +242,13 @@ def main() -> None:
             a, b = tables["ridge"], tables["ridge-direct"]
             result["ridge_vs_direct"] = {
                 "speedup": t_probe["ridge-direct"] / t_probe["ridge"],
+                **{f"max_abs_diff_{k}": float(np.nanmax(np.abs(a[k].to_numpy() - b[k].to_numpy()))) for k in COMPARED},
+            }
+        if "ridge" in tables and "ridge-device" in tables:
+            a, b = tables["ridge"], tables["ridge-device"]
+            result["ridge_vs_device"] = {
+                "device": args.device,
+                "speedup": t_probe["ridge"] / t_probe["ridge-device"],
                 **{f"max_abs_diff_{k}": float(np.nanmax(np.abs(a[k].to_numpy() - b[k].to_numpy()))) for k in COMPARED},
             }
         print(json.dumps(result))

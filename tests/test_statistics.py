@@ -456,3 +456,85 @@ def test_probe__batched_p_cluster_equals_the_one_fit_per_draw_path(tmp_path, mon
     p = [r["p_cluster"] for rows in new for r in rows]
     assert p == [r["p_cluster"] for rows in old for r in rows]
     assert min(p) <= 0.05 and all(np.isfinite(p))  # the planted layer is found
+
+
+@pytest.mark.parametrize("n, p", [(720, 40), (300, 400)])
+def test_ridge__torch_on_the_cpu_gives_the_numpy_paths_predictions_and_strengths(n, p):
+    """analysis.device 'torch-cpu' runs the same GroupedRidgeCV with torch's eigh and products: out-of-fold
+    predictions equal numpy's to 1e-9 and the chosen strengths exactly, in the primal and the dual form, with
+    and without the own-lag columns; the cache keeps the two apart."""
+    rng = np.random.default_rng(p)
+    Z = rng.standard_normal((n, p))
+    Z[:, 1] = 5.0
+    Z[:, 3] += 1e3
+    groups = np.repeat(np.arange(12), n // 12)
+    y = (Z[:, 0] + rng.standard_normal(n) > 0).astype(float)
+    Y = np.column_stack([y] + [rng.permutation(y) for _ in range(5)])
+    L = rng.standard_normal((n, 2, Y.shape[1]))
+    grid = [0.01, 0.1, 1.0, 10.0, 100.0]
+    ref, tch = GroupedRidgeCV(Z, groups, 5, 3, grid), GroupedRidgeCV(Z, groups, 5, 3, grid, device="torch-cpu")
+    assert type(ref._be).__name__ == "Backend" and type(tch._be).__name__ == "TorchBackend"
+    for own in (None, L):
+        (P, c), (Pt, ct) = ref.oof(Y, own), tch.oof(Y, own)
+        np.testing.assert_allclose(Pt, P, rtol=0, atol=1e-9)
+        np.testing.assert_array_equal(ct, c)
+    ridge._CACHE.clear()
+    a = cached_ridge_cv(Z, groups, 5, 3, grid)
+    assert cached_ridge_cv(Z, groups, 5, 3, grid, "torch-cpu") is not a
+    assert cached_ridge_cv(Z, groups, 5, 3, grid, "cpu") is a
+    ridge._CACHE.clear()
+
+
+def test_probe__torch_cpu_device_gives_the_numpy_paths_gains_p_and_q_values(tmp_path):
+    """The whole probe on a planted layer (observed fit, 29 draws, p_cluster, bootstrap, BH) with
+    analysis.device='torch-cpu' and with the numpy default: gains and scores within 1e-9, p, p_cluster and q
+    identical, for the real analysis and its control."""
+    from musicinterp.analysis.report import results_frame
+
+    red, lab, _ = _null_files(tmp_path, 3, [150] * 12, 12, hidden=16, phi=0.5, plant=1.0)
+    spec = AnalysisSpec(n_permutations=29, max_permutations=29, window_s=1.0, **FAST)
+    runs = []
+    for device in ("cpu", "torch-cpu"):
+        ridge._CACHE.clear()
+        spec_d = AnalysisSpec.model_validate({**spec.model_dump(), "device": device})
+        rows = [r for c in ("none", "shifted-labels") for r in probe_layer_target(red, lab, "ev_1s", spec_d, c)]
+        runs.append(results_frame(rows, spec.alpha))
+        kinds = {type(cv._be).__name__ for cv in ridge._CACHE.values()}
+        assert kinds == {"Backend" if device == "cpu" else "TorchBackend"}  # the designs ran where asked
+    ridge._CACHE.clear()
+    ref, tch = runs
+    assert ref.loc[(ref.control == "none") & (ref.metric == "auroc"), "p_value"].item() <= 0.05  # found
+    for k in ("gain", "score_controls", "score_full", "ci_low", "ci_high"):
+        np.testing.assert_allclose(tch[k], ref[k], rtol=0, atol=1e-9, err_msg=k)
+    for k in ("p_value", "p_cluster", "q_value"):
+        np.testing.assert_array_equal(tch[k], ref[k], err_msg=k)
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "CPU", "mps"])
+def test_analysis_device__a_bad_device_is_a_config_error_naming_the_field(device):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"analysis\.device="):
+        AnalysisSpec(device=device)
+
+
+def test_analysis_device__cpu_keeps_the_fingerprint_and_another_device_changes_it():
+    assert AnalysisSpec().fingerprint() == AnalysisSpec(device="cpu").fingerprint() == "042affc14ffe56f3"
+    assert AnalysisSpec(device="torch-cpu").fingerprint() != AnalysisSpec().fingerprint()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_analysis_device__cuda_without_cuda_fails_when_planned_before_the_store_is_read(tmp_path, device):
+    """A valid device string this machine cannot run fails at plan time (the flow's plan_store, the in-process
+    analyze_store), before the store is opened: the store here does not even exist."""
+    from musicinterp.analysis import analyze_store, plan_store
+    from musicinterp.analysis.backend import AnalysisDeviceError
+
+    spec = AnalysisSpec(device=device)
+    missing = str(tmp_path / "missing.zarr")
+    with pytest.raises(AnalysisDeviceError, match=rf"analysis\.device='{device}'.*no CUDA device"):
+        plan_store(missing, spec)
+    with pytest.raises(AnalysisDeviceError, match="set analysis.device to 'cpu'"):
+        analyze_store(missing, spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -22,6 +22,7 @@ import pandas as pd
 import xarray as xr
 
 from musicinterp import files
+from musicinterp.analysis.backend import check_device
 from musicinterp.analysis.data import (
     AnalysisError,
     load_labels,
@@ -57,7 +58,8 @@ Progress = Callable[[int, int, str], None]
 def plan_store(store: str, spec: AnalysisSpec) -> dict[str, Any]:
     """What a flow needs before fanning out, from one opening of the store: its identity (location and
     contents, :func:`musicinterp.store.store_identity`; the cache key of everything computed from it), the
-    layers to probe and the weights kind."""
+    layers to probe and the weights kind. Fails here, before any task, when ``spec.device`` is not available."""
+    check_device(spec.device)
     ds = open_analysis_store(store)
     return {
         "identity": store_identity(str(store)),
@@ -118,8 +120,9 @@ def analyze_store(
     analysed on its own (rows ``control='random-model'``) and its layers join the controls of the trained
     store's (``'beyond-random'``, with ``'trained-minus-random'``). Writes results, figures and findings.md
     under ``out`` (a local folder or an fsspec URL such as the run's ``s3://.../analysis``) and returns the
-    results table (:data:`COLUMNS`).
+    results table (:data:`COLUMNS`). Fails before anything is read when ``spec.device`` is not available.
     """
+    check_device(spec.device)
     files.makedirs(out)
     ds = open_analysis_store(store)
     weights = str(ds.attrs.get("weights", "unknown"))

@@ -380,8 +380,8 @@ def _probe(
     second = metrics[1]
 
     if spec.estimator == "ridge":
-        cv0 = cached_ridge_cv(Z0, groups, n_folds, spec.inner_folds, spec.ridge_grid)
-        cv1 = cached_ridge_cv(Z1, groups, n_folds, spec.inner_folds, spec.ridge_grid)
+        cv0 = cached_ridge_cv(Z0, groups, n_folds, spec.inner_folds, spec.ridge_grid, spec.device)
+        cv1 = cached_ridge_cv(Z1, groups, n_folds, spec.inner_folds, spec.ridge_grid, spec.device)
         fold = cv0.fold
 
         def predict(perms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -511,10 +511,10 @@ def _trained_minus_random(
     target better. No refit is needed, so the draws are cheap; B = the permutation budget. ``Fc``: the controls
     with the target's own past (fixed here: the labels are not permuted)."""
     if spec.estimator == "ridge":
-        pT = GroupedRidgeCV(np.hstack([Fc, X]), groups, n_folds, spec.inner_folds, spec.ridge_grid).oof(
+        pT = GroupedRidgeCV(np.hstack([Fc, X]), groups, n_folds, spec.inner_folds, spec.ridge_grid, spec.device).oof(
             y[:, None].astype(float)
         )[0][:, 0]
-        pR = GroupedRidgeCV(np.hstack([Fc, R]), groups, n_folds, spec.inner_folds, spec.ridge_grid).oof(
+        pR = GroupedRidgeCV(np.hstack([Fc, R]), groups, n_folds, spec.inner_folds, spec.ridge_grid, spec.device).oof(
             y[:, None].astype(float)
         )[0][:, 0]
     else:

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import GroupKFold
 
+from musicinterp.analysis.backend import Backend, backend
+
 EIG_RTOL = 1e-10
 
 
@@ -105,10 +107,19 @@ class DirectGroupedRidgeCV:
     tests hold it to this one.
 
     ``Z``: the fixed design (rows x columns); ``groups``: the unit of the folds (source ids as integers);
-    ``grid``: strengths relative to the training rows (``lam = grid x n_train``).
+    ``grid``: strengths relative to the training rows (``lam = grid x n_train``). ``device`` is taken for the
+    same signature as :class:`GroupedRidgeCV` and not used: the reference runs in numpy.
     """
 
-    def __init__(self, Z: np.ndarray, groups: np.ndarray, n_folds: int, inner_folds: int, grid: list[float]):
+    def __init__(
+        self,
+        Z: np.ndarray,
+        groups: np.ndarray,
+        n_folds: int,
+        inner_folds: int,
+        grid: list[float],
+        device: str = "cpu",
+    ):
         self.n = len(Z)
         self.grid = np.asarray(sorted(grid), float)
         self.fold = np.empty(self.n, dtype=np.int32)
@@ -155,17 +166,17 @@ class _Fit:
     te: np.ndarray
     te_pos: np.ndarray  # the test rows' positions in the atom-ordered design
     drop: list[int]  # the test sets whose rows are not in training: training = all rows - these
-    V: np.ndarray  # (p, r) eigenvectors of the scaled, centred training Gram (the right singular vectors)
+    V: Any  # (p, r) eigenvectors of the scaled, centred training Gram (the right singular vectors); kept (backend)
     s2: np.ndarray
     s: np.ndarray
     mu: np.ndarray  # (p,) training mean of the globally centred design
     inv_sd: np.ndarray  # (p,) 1 / training sd; 0 for a column constant in training
-    H: np.ndarray | None = None  # inner splits: (p, p) sum of the validation rows' scaled outer products
+    H: Any = None  # inner splits: (p, p) sum of the validation rows' scaled outer products; kept (backend)
     asum: np.ndarray | None = None  # inner splits: (p,) sum of the validation rows, scaled
 
 
-def _eig(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    w, V = np.linalg.eigh(C)
+def _eig(C: np.ndarray, be: Backend) -> tuple[np.ndarray, np.ndarray]:
+    w, V = be.eigh(C)
     keep = w > EIG_RTOL * max(w.max(initial=0.0), 1.0)
     return w[keep], V[:, keep]
 
@@ -185,9 +196,22 @@ class GroupedRidgeCV:
     squared errors come from its validation rows' Gram ``H`` (``w'Hw - 2 w'Z'd + d'd``), not from the rows.
     The cheaper side is taken per split: a training set with fewer rows than columns decomposes its rows x rows
     dual from its rows, and a validation set with fewer rows than columns is predicted row by row.
+
+    ``device`` (``AnalysisSpec.device``): where the eigendecompositions and the matrix products run
+    (:mod:`musicinterp.analysis.backend`); the eigenbases, validation Grams and centred design stay there, and
+    every product comes back as numpy. 'cpu' (numpy) is the reference.
     """
 
-    def __init__(self, Z: np.ndarray, groups: np.ndarray, n_folds: int, inner_folds: int, grid: list[float]):
+    def __init__(
+        self,
+        Z: np.ndarray,
+        groups: np.ndarray,
+        n_folds: int,
+        inner_folds: int,
+        grid: list[float],
+        device: str = "cpu",
+    ):
+        self._be = backend(device)
         Z = np.asarray(Z, float)
         self.n, self.p = Z.shape
         self.grid = np.asarray(sorted(grid), float)
@@ -213,6 +237,7 @@ class GroupedRidgeCV:
         position = np.empty(self.n, dtype=np.intp)
         position[self._order] = np.arange(self.n)
         self._Zo = Z[self._order] - Z.mean(axis=0)  # globally centred: the sums below lose no digits to the mean
+        self._Zk = self._be.keep(self._Zo)  # where the products run (numpy: the same array)
         if max(len(tr) for tr, _ in outer) >= self.p:
             G, zsum = self._sums(self._Zo, gram=True)
         else:  # every split takes the dual form, from its rows: no columns x columns sums needed
@@ -247,9 +272,10 @@ class GroupedRidgeCV:
         n_sets = self._atoms.shape[1] + 1
         out = np.zeros((n_sets, self.p, self.p if gram else Ro.shape[1]))
         rsum = np.zeros((n_sets, Ro.shape[1]))
+        Rk = self._Zk if gram else self._be.keep(Ro)
         for a, (b0, b1) in enumerate(zip(self._bounds[:-1], self._bounds[1:])):
-            Za = self._Zo[b0:b1]
-            term = Za.T @ Za if gram else Za.T @ Ro[b0:b1]
+            Za = self._Zk[b0:b1]
+            term = self._be.matmul(Za.T, Rk[b0:b1])
             col = Ro[b0:b1].sum(axis=0)
             for s in [*np.flatnonzero(self._atoms[a]), n_sets - 1]:
                 out[s] += term
@@ -280,25 +306,26 @@ class GroupedRidgeCV:
             sd = Zc.std(axis=0)
         const |= sd < 1e-12
         inv_sd = np.where(const, 0.0, 1.0 / np.where(const, 1.0, sd))
+        be = self._be
         if n_tr < self.p:
             Zs = Zc * inv_sd
-            w, U = _eig(Zs @ Zs.T)
-            V = (Zs.T @ U) / np.sqrt(w)
+            w, U = _eig(be.matmul(Zs, Zs.T), be)
+            V = be.matmul(Zs.T, U) / np.sqrt(w)
         else:
             if exact:
-                C = Zc.T @ Zc
-            w, V = _eig(C * inv_sd[:, None] * inv_sd[None, :])
+                C = be.matmul(Zc.T, Zc)
+            w, V = _eig(C * inv_sd[:, None] * inv_sd[None, :], be)
         H = asum = None
         if len(drop) == 2 and len(te) > self.p:  # an inner split: its validation rows' scaled Gram, for the errors
             v, n_v = drop[1], len(te)
             if exact:
                 Zv = self._Zo[np.sort(position[te])] - mu
-                Hc, sv = Zv.T @ Zv, Zv.sum(axis=0)
+                Hc, sv = be.matmul(Zv.T, Zv), Zv.sum(axis=0)
             else:
                 Hc = G[v] - np.outer(mu, zsum[v]) - np.outer(zsum[v], mu) + n_v * np.outer(mu, mu)
                 sv = zsum[v] - n_v * mu
-            H, asum = Hc * inv_sd[:, None] * inv_sd[None, :], sv * inv_sd
-        return _Fit(tr, te, position[te], drop, V, w, np.sqrt(w), mu, inv_sd, H, asum)
+            H, asum = be.keep(Hc * inv_sd[:, None] * inv_sd[None, :]), sv * inv_sd
+        return _Fit(tr, te, position[te], drop, be.keep(V), w, np.sqrt(w), mu, inv_sd, H, asum)
 
     def _coefs(
         self, ft: _Fit, S: np.ndarray, rsum: np.ndarray, Y: np.ndarray, L: np.ndarray | None, lams: np.ndarray
@@ -310,7 +337,7 @@ class GroupedRidgeCV:
         n_tr = len(ft.tr)
         Str = S[-1] - S[ft.drop].sum(axis=0)
         rtr = rsum[-1] - rsum[ft.drop].sum(axis=0)
-        VtR = ft.V.T @ ((Str - np.outer(ft.mu, rtr)) * ft.inv_sd[:, None]) / ft.s[:, None]  # U'R, (r, m)
+        VtR = self._be.matmul(ft.V.T, (Str - np.outer(ft.mu, rtr)) * ft.inv_sd[:, None]) / ft.s[:, None]  # U'R
         UtY = VtR[:, :B]
         ybar = rtr[:B] / n_tr
         W = np.empty((len(lams), len(ft.s), B))
@@ -361,8 +388,8 @@ class GroupedRidgeCV:
         v = ft.drop[1]
         Yv = Y[ft.te]
         d = ybar - Yv
-        Wp = (ft.V @ W.transpose(1, 0, 2).reshape(r, k * B)).reshape(self.p, k, B)
-        quad = np.einsum("pkb,pkb->kb", Wp, (ft.H @ Wp.reshape(self.p, k * B)).reshape(self.p, k, B))
+        Wp = self._be.matmul(ft.V, W.transpose(1, 0, 2).reshape(r, k * B)).reshape(self.p, k, B)
+        quad = np.einsum("pkb,pkb->kb", Wp, self._be.matmul(ft.H, Wp.reshape(self.p, k * B)).reshape(self.p, k, B))
         Sv, rv = S[v], rsum[v]
         h = np.outer(ft.asum, ybar) - (Sv[:, :B] - np.outer(ft.mu, rv[:B])) * ft.inv_sd[:, None]
         err = quad + 2 * np.einsum("pkb,pb->kb", Wp, h) + (d**2).sum(axis=0)
@@ -383,8 +410,8 @@ class GroupedRidgeCV:
     ) -> np.ndarray:
         """``(n_lam, n_te, B)`` from coefficients ``W`` (n_lam, r, B): ``ybar + Z_te,scaled V W + Lt c``."""
         k, _, B = W.shape
-        M = (ft.V @ W.transpose(1, 0, 2).reshape(len(ft.s), k * B)) * ft.inv_sd[:, None]  # (p, k B)
-        P = (self._Zo[ft.te_pos] @ M - ft.mu @ M).reshape(len(ft.te), k, B).transpose(1, 0, 2) + ybar
+        M = self._be.matmul(ft.V, W.transpose(1, 0, 2).reshape(len(ft.s), k * B)) * ft.inv_sd[:, None]  # (p, k B)
+        P = (self._be.matmul(self._Zk[ft.te_pos], M) - ft.mu @ M).reshape(len(ft.te), k, B).transpose(1, 0, 2) + ybar
         if c is not None and Lt is not None:
             P += np.einsum("nqb,kbq->knb", Lt, c)
         return P
@@ -425,7 +452,7 @@ CACHE_BYTES = 2e9  # kept decompositions, newest first, while they fit (the newe
 
 
 def cached_ridge_cv(
-    Z: np.ndarray, groups: np.ndarray, n_folds: int, inner_folds: int, grid: list[float]
+    Z: np.ndarray, groups: np.ndarray, n_folds: int, inner_folds: int, grid: list[float], device: str = "cpu"
 ) -> GroupedRidgeCV:
     """:class:`GroupedRidgeCV` of ``Z``, reused when the same design, groups and settings come again.
 
@@ -435,18 +462,18 @@ def cached_ridge_cv(
     horizon). The key is a hash of the design's bytes. Entries are kept, least recently used dropped first,
     while their sizes (:meth:`GroupedRidgeCV.nbytes`: the centred design plus one columns x columns eigenbasis
     per split and one Gram per inner split, about 0.4 GB at 7,000 rows x 1,069 columns and 0.6 GB at 30,000)
-    sum to at most ``CACHE_BYTES``; the newest is always kept.
+    sum to at most ``CACHE_BYTES``; the newest is always kept. ``device`` is part of the key.
     """
     Z = np.ascontiguousarray(Z, dtype=float)
     h = hashlib.blake2b(Z.data, digest_size=16)
     h.update(np.ascontiguousarray(groups).data)
-    key = (Z.shape, h.hexdigest(), n_folds, inner_folds, tuple(sorted(grid)))
+    key = (Z.shape, h.hexdigest(), n_folds, inner_folds, tuple(sorted(grid)), device)
     with _CACHE_LOCK:
         cv = _CACHE.get(key)
         if cv is not None:
             _CACHE.move_to_end(key)
             return cv
-    cv = GroupedRidgeCV(Z, groups, n_folds, inner_folds, grid)
+    cv = GroupedRidgeCV(Z, groups, n_folds, inner_folds, grid, device)
     with _CACHE_LOCK:
         _CACHE[key] = cv
         while len(_CACHE) > 1 and sum(c.nbytes() for c in _CACHE.values()) > CACHE_BYTES:
