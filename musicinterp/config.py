@@ -31,6 +31,7 @@ SILENCE_PEAK_FS = 1e-4
 SEED_MAX = 2**32 - 1  # the widest seed numpy's and torch's generators all take
 CLIP_MIN_S = 0.02  # one frame at 50 Hz: a shorter clip (or cut) holds no frame
 DEVICE_PATTERN = r"^(cpu|mps|cuda(:[0-9]+)?)$"  # torch device strings a run can ask for
+ANALYSIS_DEVICE_PATTERN = r"^(cpu|torch-cpu|cuda(:[0-9]+)?)$"  # cpu: numpy; the others: torch float64
 
 
 class Spec(BaseModel):
@@ -208,6 +209,18 @@ class CaptureSpec(Spec):
         description="Clips of equal length captured in one forward pass (an accelerator's throughput). "
         "Above 1, values may differ from clip-by-clip capture in float16's last bit, so it is part of the "
         "run's identity; 1 (the default) is not.",
+    )
+    reduce: Literal["none", "int8"] = Field(
+        "none",
+        description="'none': float16 activations (the default). 'int8': quantised on the device before the copy "
+        "to the host, symmetric with one scale per (clip, layer, feature) (absmax / 127); half the bytes, and "
+        "readers get dequantised floats (musicinterp.store.dequantize). The error against float16 is recorded "
+        "in the store. Part of the run's identity unless 'none'.",
+    )
+    autocast: bool = Field(
+        False,
+        description="Run the forward pass under torch.autocast (bfloat16) on the device; recorded in the store's "
+        "attributes and part of the run's identity when on.",
     )
 
     @field_validator("device")
@@ -472,6 +485,31 @@ class AnalysisSpec(Spec):
         le=SEED_MAX,
         description="Seed of the projection, the permutations, the bootstrap and the shifted labels.",
     )
+    device: str = Field(
+        "cpu",
+        description="Where the ridge probes' eigendecompositions and per-block matrix products run: 'cpu' (numpy, "
+        "the default and the reference), 'torch-cpu' (torch float64 on the CPU: the torch path without a GPU), "
+        "'cuda' or 'cuda:N' (torch float64 on that GPU; checked when the analysis is planned). Gains agree with "
+        "'cpu' to rounding (tested within 1e-9), p- and q-values are the same (musicinterp/analysis/backend.py). "
+        "Part of the analysis's identity unless 'cpu'. The logistic estimator and p_cluster stay on numpy.",
+    )
+
+    def canonical_json(self) -> str:
+        data = self.model_dump(mode="json")
+        if data["device"] == "cpu":  # the numpy path, as before the field existed: same fingerprints
+            del data["device"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import re
+
+        if v == "mps" or v.startswith("mps:"):
+            raise ValueError(f"analysis.device={v!r}: MPS has no float64, which the ridge probes need; give 'cpu'")
+        if not re.match(ANALYSIS_DEVICE_PATTERN, v):
+            raise ValueError(f"analysis.device={v!r} is not one of 'cpu', 'torch-cpu', 'cuda', 'cuda:N'")
+        return v
 
     @field_validator("targets")
     @classmethod
@@ -571,8 +609,11 @@ class RunSpec(Spec):
 
     def canonical_json(self) -> str:
         data = {k: v for k, v in self.model_dump(mode="json").items() if k not in self.STORE_EXCLUDES}
-        if data["capture"]["batch_size"] == 1:  # clip by clip, as before the field existed: same runs, same names
-            del data["capture"]["batch_size"]
+        # settings at the values they had before the field existed leave the fingerprint as it was: same runs,
+        # same names (clip by clip, float16, no autocast)
+        for key, before in (("batch_size", 1), ("reduce", "none"), ("autocast", False)):
+            if data["capture"][key] == before:
+                del data["capture"][key]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @field_validator("name")

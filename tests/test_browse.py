@@ -28,7 +28,7 @@ DIR_LAYERS = (1, 2)
 
 def _decorate(run: Path) -> None:
     """Add what the analysis, `sae rank` and `intervene` write: directions, an SAE + candidates, and a real
-    intervention run beside the run (`intervene --out runs`) on its layer-2 direction."""
+    intervention run beside the run (`intervene --out runs`) on its layer-2 direction and its busiest SAE feature."""
     import torch
 
     from musicinterp.causal.directions import Direction, save_directions
@@ -75,17 +75,18 @@ def _decorate(run: Path) -> None:
         for f in features
     ]
     (rank / "candidates.json").write_text(json.dumps(cands))
-    _intervene(run)
+    _intervene(run, features[0])
 
 
 INTERVENED_LAYER = 2
 INTERVENED_PAGE = f"direction-analysis-L{INTERVENED_LAYER}-rec_within_2s"
 
 
-def _intervene(run: Path) -> Path:
+def _intervene(run: Path, feature: int) -> Path:
     """`musicinterp intervene` at its smallest on the tiny offline model the run captured with: the run's saved
-    layer-2 direction (and its activation pattern) and one difference-of-means direction, mean-ablated, two twin
-    pairs, two matched controls each (~6 s). Written to ``runs/<name>-<fingerprint>``, beside the run."""
+    layer-2 direction (and its activation pattern) and one difference-of-means direction, mean-ablated, and the
+    SAE's ``feature`` ablated (decoder contribution out, error term kept), two twin pairs, two matched controls
+    each (~8 s). Written to ``runs/<name>-<fingerprint>``, beside the run."""
     from musicinterp.causal.experiment import run_experiment
     from musicinterp.causal.spec import CandidateSpec, InterventionSpec, experiment_folder
     from musicinterp.config import ModelSpec
@@ -100,8 +101,17 @@ def _intervene(run: Path) -> Path:
         n_fit_pieces=2,
         layers=[INTERVENED_LAYER],
         candidates=[
-            CandidateSpec(kind=kind, operations=["ablate"], n_controls=2)
-            for kind in ("probe", "probe-pattern", "diff-means")
+            *(
+                CandidateSpec(kind=kind, operations=["ablate"], n_controls=2)
+                for kind in ("probe", "probe-pattern", "diff-means")
+            ),
+            CandidateSpec(
+                kind="sae-feature",
+                sae=str(run / "sae-test" / "layer2"),
+                features=[feature],
+                n_controls=2,
+                match_tolerance=0.5,
+            ),
         ],
         whole_patch_layers=[],
         fluency_stride=50,
@@ -183,9 +193,16 @@ def test_browse__intervention_effects_are_on_exactly_their_direction_page_and_al
     table = pd.read_csv(folder / "results.csv")
     probe_rows = table[table["candidate"].str.startswith("probe")]
     assert len(probe_rows) == 2  # the saved direction and its activation pattern
+    (sae_row,) = table[table["experiment"] == "sae feature"].itertuples()
+    sae_page = f"sae-L{INTERVENED_LAYER}-f{int(sae_row.feature)}"  # the page of that feature of that SAE
+    assert (site / "items" / f"{sae_page}.html").is_file() and len(list((site / "items").glob("sae-*.html"))) == 2
     for page in sorted((site / "items").glob("*.html")):
         text = page.read_text()
-        if page.stem == INTERVENED_PAGE:
+        if page.stem == sae_page:
+            assert text.count('<svg class="effect"') == 1 and text.count("data-experiment='browse-test'") == 1
+            assert f"{sae_row.candidate}: ablate, layer {INTERVENED_LAYER}" in text
+            assert f"onset loss {sae_row.event_effect:+.3g} nats" in text and text.count('<circle class="control"') == 2
+        elif page.stem == INTERVENED_PAGE:
             assert text.count('<svg class="effect"') == 2 and text.count("data-experiment='browse-test'") == 2
             for r in probe_rows.itertuples():
                 assert f"{r.candidate}: ablate, layer {INTERVENED_LAYER}" in text
@@ -196,12 +213,54 @@ def test_browse__intervention_effects_are_on_exactly_their_direction_page_and_al
             assert '<svg class="effect"' not in text and "No intervention run in this site targets" in text, page
     index = (site / "index.html").read_text()
     assert index.count(f"<a href='items/{INTERVENED_PAGE}.html'>") == 3  # the page table + the two probe rows
+    assert index.count(f"<a href='items/{sae_page}.html'>") == 2  # the page table + its row
     for reason in ("other cue itself", "directions fitted by the experiment (not a saved direction)"):
         assert reason in index  # the cue swap and the diff-means row: listed, no page
     assert str(folder.resolve()) in index and "img/intervention-" in index
     # a direction folder written from another working directory, or before the run moved, maps by the run's name
     assert in_run(f"elsewhere/runs/{run.name}/analysis", run) == (run / "analysis").resolve()
     assert in_run(str(run.parent / "other" / "analysis"), run) is None
+
+
+def test_browse__sae_feature_interventions_are_found_beside_the_run_and_matched_to_their_feature(tmp_path):
+    """An experiment beside the run whose only candidates are SAE features belongs to the run when the SAE lies in
+    the run or under the SAE root of a ranking the site reads; its rows go to the page of the same SAE folder,
+    layer and feature (a moved folder by its last two path parts), and nowhere else."""
+    from musicinterp.browse.interventions import Effect, page_of, sibling_experiments
+
+    run, sae_root = tmp_path / "runs" / "run-1", tmp_path / "runs" / "sae-x"
+    for folder, sae in (("exp-in", run / "sae" / "layer2"), ("exp-root", sae_root / "layer2"), ("exp-no", "z/l2")):
+        (tmp_path / "runs" / folder).mkdir(parents=True)
+        spec = {"name": folder, "candidates": [{"kind": "sae-feature", "sae": str(sae), "features": [3]}]}
+        (tmp_path / "runs" / folder / "experiment.json").write_text(json.dumps({"spec": spec}))
+    run.mkdir()
+    assert [p.name for p in sibling_experiments(run)] == ["exp-in"]
+    assert [p.name for p in sibling_experiments(run, [sae_root])] == ["exp-in", "exp-root"]
+
+    def effect(sae: str, feature: int = 3, layer: int = 2) -> Effect:
+        return Effect(
+            "e",
+            tmp_path,
+            0,
+            "trained",
+            "trained-here",
+            "sae feature",
+            layer,
+            "w",
+            "c",
+            "ablate",
+            2,
+            {},
+            sae=sae,
+            feature=feature,
+        )
+
+    pages = {(str((sae_root / "layer2").resolve()), 2, 3): "sae-L2-f3", ("/a/other/layer2", 2, 4): "sae-L2-f4"}
+    assert page_of(effect(str(sae_root / "layer2")), {}, run, pages) == ("sae-L2-f3", "")
+    assert page_of(effect("/moved/sae-x/layer2"), {}, run, pages) == ("sae-L2-f3", "")  # by its last two parts
+    for other in (effect(str(sae_root / "layer2"), feature=4), effect("/b/sae-y/layer2")):
+        key, why = page_of(other, {}, run, pages)
+        assert key is None and "no page for SAE feature" in why
 
 
 def test_browse__malformed_intervention_folders_are_named_on_the_overview(tmp_path):

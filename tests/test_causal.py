@@ -338,8 +338,8 @@ def test_spec__shipped_intervene_configs_validate():
 
     paths = sorted((Path(__file__).parent.parent / "configs" / "intervene").glob("*.yaml"))
     assert paths
-    for path in paths:
-        assert load_intervention_spec(path).name
+    for path in paths:  # the files they name (runs/...) are made by documented runs, not here
+        assert load_intervention_spec(path, check_files=False).name
 
 
 def test_intervening__during_generation_acts_on_the_stated_generated_step(tiny_model):
@@ -472,3 +472,184 @@ def test_generation_effect_row__paired_against_none_and_against_the_controls():
     assert r["controls_score_mean"] == pytest.approx(0.0) and r["controls_score_min"] == pytest.approx(-0.05)
     assert r["score_vs_controls"] == pytest.approx(-0.3) and r["nearer_a"] == 0.0
     assert r["fluency_effect"] == pytest.approx(0.0) and (r["n_pieces"], r["n_seeds"]) == (10, 2)
+
+
+# --- SAE features as candidates (kind 'sae-feature') -------------------------------------------------------------
+
+
+def _tiny_sae(tmp_path, layer=1, d_in=64, d_sae=256, name="sae"):
+    from musicinterp.sae.model import TopKSAE
+    from musicinterp.sae.saelens import save_sae
+
+    sae = TopKSAE(d_in, d_sae, 8)
+    sae.init_weights(torch.Generator().manual_seed(0))
+    folder = tmp_path / name / f"layer{layer}"
+    save_sae(sae, folder, layer=layer, model_name="offline/tiny")
+    return sae, folder
+
+
+def test_sae_edit__identity_where_the_feature_is_silent_and_its_decoder_contribution_where_it_fires(
+    tiny_model, tiny_ids, tmp_path
+):
+    """The 'edit' intervention with musicinterp.sae.splice.ablation: a feature that never fires changes nothing
+    anywhere (bit for bit); one that fires moves its layer by exactly -act x decoder row at the window's steps
+    and nowhere else, nothing before the window at any layer, and the layers above it."""
+    from musicinterp.sae.splice import ablation
+
+    sae, _ = _tiny_sae(tmp_path)
+    layers = list(range(tiny_model.n_layers + 1))
+    before = _streams(tiny_model, tiny_ids, layers)
+    with torch.no_grad():
+        acts = sae.encode(before[1])  # (pieces, steps, d_sae)
+    busy = int((acts[:, 11:21] > 0).sum(dim=(0, 1)).argmax())
+    with torch.no_grad():
+        sae.b_enc[0] = -1e4  # feature 0 can never fire
+    with intervening(tiny_model.model, [Intervention(1, (10, 20), "edit", edit=ablation(sae, [0]))]):
+        same = _streams(tiny_model, tiny_ids, layers)
+    for layer in layers:
+        torch.testing.assert_close(same[layer], before[layer], rtol=0, atol=0)
+    with torch.no_grad():
+        acts = sae.encode(before[1])
+    assert (acts[:, 11:21, busy] > 0).sum() >= 3
+    with intervening(tiny_model.model, [Intervention(1, (10, 20), "edit", edit=ablation(sae, [busy]))]):
+        after = _streams(tiny_model, tiny_ids, layers)
+    expected = torch.zeros_like(before[1])
+    expected[:, 11:21] = -acts[:, 11:21, busy, None] * sae.W_dec[busy].detach()
+    torch.testing.assert_close(after[1] - before[1], expected, rtol=0, atol=1e-5)
+    for layer in layers:
+        torch.testing.assert_close(after[layer][:, :11], before[layer][:, :11], rtol=0, atol=0)
+    assert (after[2][:, 11:21] - before[2][:, 11:21]).abs().max() > 1e-3
+    with pytest.raises(InterventionError, match="edit function goes with operation 'edit'"):
+        with intervening(tiny_model.model, [Intervention(1, (10, 20), "edit")]):
+            pass
+
+
+def test_sae_controls__matched_in_frequency_and_contribution_never_the_candidate_or_its_family(tmp_path):
+    from musicinterp.causal.sae_features import feature_stats, matched_features
+    from musicinterp.sae.saelens import load_sae
+
+    _, folder = _tiny_sae(tmp_path)
+    sl = load_sae(folder)
+    acts = np.random.default_rng(0).standard_normal((4000, 64)) * 2
+    freq, contrib = feature_stats(sl, acts)
+    with torch.no_grad():  # brute force: one feature's frequency and mean of a_f |W_dec[f]|
+        a = sl.sae.encode(torch.from_numpy(acts).float())[:, 5]
+    assert freq[5] == pytest.approx(float((a > 0).float().mean()))
+    assert contrib[5] == pytest.approx(float(a.mean() * sl.sae.W_dec[5].detach().norm()), rel=1e-5)
+    f = int(np.argsort(-freq)[10])
+    c = matched_features(sl, acts, f, 4, seed=1, tolerance=0.2, exclude={int(np.argsort(-freq)[9])})
+    assert len(c.features) == 4 and f not in c.features and int(np.argsort(-freq)[9]) not in c.features
+    assert np.all(np.abs(c.frequency / c.target_frequency - 1) <= 0.2)
+    assert np.all(np.abs(c.contribution / c.target_contribution - 1) <= 0.2)
+    assert (
+        matched_features(sl, acts, f, 4, seed=1, tolerance=0.2).features
+        == matched_features(sl, acts, f, 4, seed=1, tolerance=0.2).features
+    )  # seeded
+    with pytest.raises(ControlMatchError, match="features match"):
+        matched_features(sl, acts, f, 200, seed=1, tolerance=0.2)
+    with torch.no_grad():
+        sl.sae.b_enc[f] = -1e4
+    with pytest.raises(ControlMatchError, match="never fires"):
+        matched_features(sl, acts, f, 2, seed=1)
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_spec__sae_feature_families_are_checked_against_their_files_and_the_model(tmp_path, capsys):
+    from musicinterp.causal.spec import load_intervention_spec
+    from musicinterp.config import ConfigError
+    from musicinterp_cli import main
+
+    _, folder = _tiny_sae(tmp_path)
+    _, narrow = _tiny_sae(tmp_path, d_in=32, name="narrow")
+    _, other_layer = _tiny_sae(tmp_path, layer=2, name="l2")
+    rank = tmp_path / "sae" / "rank"
+    rank.mkdir()
+    cands = [{"sae": "elsewhere/sae/layer1", "layer": 1, "feature": f, "target": "t"} for f in (7, 7, 3, 9)]
+    (rank / "candidates.json").write_text(json.dumps(cands))
+    head = "model: {source: offline, name: tiny}\ncontrol_model: null\nlayers: [1]\ncandidates:\n"
+    ok = load_intervention_spec(_write(tmp_path, head + f"  - {{kind: sae-feature, sae: {folder}, features: [3]}}"))
+    assert ok.candidates[0].operations == ["ablate"]
+    from musicinterp.causal.sae_features import resolve_features
+
+    found = resolve_features(str(rank / "candidates.json"), None, 2, [1])  # the SAE folder found beside the ranking
+    assert [(f.layer, f.feature, f.folder) for f in found] == [(1, 7, str(folder)), (1, 3, str(folder))]
+    bad = {
+        f"{{kind: sae-feature, sae: {tmp_path / 'no'}, features: [3]}}": r"candidates\.0\.sae: .*is neither an SAE",
+        f"{{kind: sae-feature, sae: {folder}, features: [256]}}": "feature 256 is out of range: the SAE has 0..255",
+        f"{{kind: sae-feature, sae: {narrow}, features: [3]}}": "d_in = 32, the model's residual stream is 64",
+        f"{{kind: sae-feature, sae: {other_layer}, features: [3]}}": "layer 2 .*not among the experiment's layers",
+        f"{{kind: sae-feature, sae: {rank}, top: 2, features: [5]}}": "no candidate at layers",
+        f"{{kind: sae-feature, sae: {folder}}}": "needs 'features'",
+        f"{{kind: sae-feature, sae: {folder}, features: [3], operations: [patch]}}": "operations \\['ablate'\\] only",
+        f"{{kind: diff-means, sae: {folder}}}": "belong to kind 'sae-feature'",
+    }
+    for family, message in bad.items():
+        path = _write(tmp_path, head + f"  - {family}")
+        with pytest.raises(ConfigError, match=message) as e:
+            load_intervention_spec(path)
+        assert str(path) in str(e.value)
+    with pytest.raises(ConfigError, match="set control_model_candidates"):
+        load_intervention_spec(
+            _write(tmp_path, f"layers: [1]\ncandidates:\n  - {{kind: sae-feature, sae: {folder}, features: [3]}}")
+        )
+    capsys.readouterr()
+    path = _write(tmp_path, head + f"  - {{kind: sae-feature, sae: {folder}, features: [999]}}")
+    assert main(["intervene", str(path)]) == 2  # the CLI's config error: nothing runs
+    captured = capsys.readouterr()
+    assert "candidates.0.sae" in captured.out + captured.err and "feature 999 is out of range" in captured.err
+
+
+def test_experiment__sae_feature_rows_end_to_end_on_the_tiny_model(tmp_path, tiny_model):
+    """The smallest experiment with a ranking's top two features (2 twin pairs, 2 matched control features each):
+    rows of kind 'sae feature' with the SAE folder and feature id, controls matched within the tolerance, in the
+    BH family, the figure and the findings."""
+    import pandas as pd
+
+    from musicinterp.causal.experiment import _streams as streams
+    from musicinterp.causal.experiment import _window_rows, run_experiment
+    from musicinterp.causal.sae_features import feature_stats
+    from musicinterp.sae.saelens import load_sae
+
+    _, folder = _tiny_sae(tmp_path)
+    fit = twin_pairs(tiny_model, 3001, 2)
+    window = WINDOWS["to-return"]
+    acts = np.vstack(
+        [_window_rows(streams(tiny_model, ids, [1], "conditional", 8), 1, window) for ids in (fit.ids, fit.swapped_ids)]
+    )
+    busy = [int(f) for f in np.argsort(-feature_stats(load_sae(folder), acts)[0])[2:4]]
+    rank = tmp_path / "sae" / "rank"
+    rank.mkdir()
+    (rank / "candidates.json").write_text(
+        json.dumps([{"sae": str(folder), "layer": 1, "feature": f, "target": "t"} for f in busy])
+    )
+    spec = InterventionSpec(
+        model=ModelSpec(),
+        control_model=None,
+        n_pieces=2,
+        n_fit_pieces=2,
+        layers=[1],
+        candidates=[CandidateSpec(kind="sae-feature", sae=str(rank), top=2, n_controls=2)],
+        whole_patch_layers=[],
+        fluency_stride=50,
+        n_bootstrap=20,
+    )
+    df = run_experiment(spec, tmp_path / "exp")
+    d = df[df["experiment"] == "sae feature"]
+    assert d["candidate"].tolist() == [f"sae-feature L1 f{f} (t)" for f in busy]
+    assert d["feature"].astype(int).tolist() == busy and set(d["sae"]) == {str(folder.resolve())}
+    for r in d.itertuples():
+        controls = json.loads(r.control_features)
+        assert len(controls) == 2 and not set(controls) & set(busy)  # never a candidate of the family
+        for col in ("frequency", "contribution"):
+            lo, hi = getattr(r, f"control_{col}_ratio_min"), getattr(r, f"control_{col}_ratio_max")
+            assert 0.75 <= lo <= hi <= 1.25
+    assert np.isfinite(d["event_vs_controls_q"]).all() and np.isfinite(d["event_q"]).all()
+    assert (d["event_effect"] != 0).all()  # the ablation reaches the onset loss
+    table = pd.read_csv(tmp_path / "exp" / "results.csv")
+    assert (table["experiment"] == "sae feature").sum() == 2
+    assert f"sae-feature L1 f{busy[0]} (t), ablate" in (tmp_path / "exp" / "findings.md").read_text()

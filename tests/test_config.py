@@ -110,3 +110,14 @@ def test_readme__documents_every_config_field():
     for model in (SyntheticSource, Music21Source, AudioDirSource, CueSource):
         for field in set(model.model_fields) - {"kind"}:
             assert f"`{field}`" in readme, f"{model.__name__}.{field} missing from README"
+
+
+def test_fingerprint__reduce_and_autocast_enter_only_when_not_default():
+    """``capture.reduce`` and ``capture.autocast`` at their defaults leave every existing run's name as it was
+    (the known value above); any other value is another run (other values in the store)."""
+    base = RunSpec()
+    assert RunSpec(capture={"reduce": "none", "autocast": False}).fingerprint() == base.fingerprint()
+    assert "reduce" not in base.canonical_json() and "autocast" not in base.canonical_json()
+    int8, autocast = RunSpec(capture={"reduce": "int8"}), RunSpec(capture={"autocast": True})
+    assert len({base.fingerprint(), int8.fingerprint(), autocast.fingerprint()}) == 3
+    assert '"reduce":"int8"' in int8.canonical_json() and '"autocast":true' in autocast.canonical_json()

@@ -124,11 +124,13 @@ def discover(
             )
     inside = {p.parent for name in (EXPERIMENT_FILE, FIGURE_FILE) for p in _below(root, name)}
     inside = {d for d in inside if not _in_site(d, root)}
-    found = {d.resolve() for d in [*extra_int, *inside, *sibling_experiments(root)]}
+    sae_roots = [d.parent for d in contents.rank_dirs]  # <sae>/rank: experiments on <sae>/layer<l> belong here
+    found = {d.resolve() for d in [*extra_int, *inside, *sibling_experiments(root, sae_roots)]}
     contents.intervention_dirs = sorted(found)
     if not contents.intervention_dirs:
         contents.notes.append(
             "no intervention run (`musicinterp intervene` writes OUT/NAME-FINGERPRINT/results.csv; the browser reads"
-            " those in the run, beside it with `directions` in the run, or given with --intervention)"
+            " those in the run, beside it with `directions` or an SAE in the run or under an SAE root of --sae-rank, or"
+            " given with --intervention)"
         )
     return contents

@@ -10,11 +10,18 @@ figure). What a row targets:
   ``spec.directions`` (the pattern is that direction's activation pattern, covariance x weights), so the
   page of that direction when the folder is one of the run's;
 - ``probe ...`` on the random twin: its own direction ``random-L{layer}-{T}`` (another model's basis: no page);
+- ``sae-feature L{layer} f{feature}`` (experiment ``sae feature``): the ablation of that SAE feature; the row
+  names its SAE folder (``sae``, resolved) and ``feature``, so the page of that feature when the site has one for
+  the same SAE folder, layer and id (a folder written from another working directory, or moved, is matched by its
+  last two path parts, ``<sae root>/layer<l>``, when that is unambiguous). Either model's: the SAE folder says
+  whose stream it reads;
 - ``diff-means top-k``, whole-stream patches and the cue swap: no saved direction, so no page.
 
 Rows without a page are listed on the overview with the reason. The intervene flow writes experiments to
 ``{out}/{name}-{fingerprint}`` (``--out runs`` by default: beside the run, not in it), so the browser also reads
-the run's sibling folders whose experiment names one of the run's folders as its ``directions``.
+the run's sibling folders whose experiment names one of the run's folders as its ``directions``, or whose
+``sae-feature`` families name an SAE or ranking in the run or under one of the site's SAE roots (the folder
+holding a ranking the site reads, e.g. ``runs/sae-toy-pair`` for ``--sae-rank runs/sae-toy-pair/rank``).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ REQUIRED_COLUMNS = (
     "fluency_effect",
 )
 PROBE_KINDS = ("probe", "probe-pattern")
+SAE_EXPERIMENT = "sae feature"  # musicinterp.causal.experiment's rows of kind 'sae-feature'
 
 
 class InterventionReadError(ValueError):
@@ -61,7 +69,7 @@ class Effect:
     row: int
     model: str  # 'trained' | 'random' (the random twin)
     weights: str
-    kind: str  # 'cue swap' | 'whole-stream patch' | 'direction'
+    kind: str  # 'cue swap' | 'whole-stream patch' | 'direction' | 'sae feature'
     layer: int
     window: str
     candidate: str
@@ -72,6 +80,8 @@ class Effect:
     controls_fluency: list[float] = field(default_factory=list)
     direction: str | None = None  # the saved direction a probe candidate was read from
     directions_dir: str | None = None  # spec.directions as the experiment was given it
+    sae: str | None = None  # an SAE feature's SAE folder (resolved when the experiment ran)
+    feature: int | None = None  # an SAE feature's id
 
     @property
     def label(self) -> str:
@@ -184,6 +194,14 @@ def read_experiment(folder: str | Path) -> Experiment:
         direction = None
         if r["experiment"] == "direction" and kind in PROBE_KINDS and target:
             direction = f"{'random-' if r['model'] == 'random' else ''}L{layer}-{target}"
+        sae, feature = None, None
+        if r["experiment"] == SAE_EXPERIMENT:
+            try:
+                sae, feature = str(r["sae"]), int(r["feature"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise InterventionReadError(
+                    f"{str(path)!r}: row {i} is an SAE feature without a readable 'sae' folder and 'feature' id ({e})"
+                ) from e
         effects.append(
             Effect(
                 experiment=name,
@@ -202,6 +220,8 @@ def read_experiment(folder: str | Path) -> Experiment:
                 controls_fluency=_floats(r.get("_controls_fluency"), path, i, "_controls_fluency"),
                 direction=direction,
                 directions_dir=spec.get("directions"),
+                sae=sae,
+                feature=feature,
             )
         )
     figure = folder / FIGURE_FILE
@@ -228,10 +248,17 @@ def in_run(path_text: str | None, root: Path) -> Path | None:
     return None
 
 
-def sibling_experiments(root: Path) -> list[Path]:
-    """Intervention folders beside the run (``intervene --out runs``) whose ``directions`` lie in the run. A
-    sibling that is not readable is not known to belong to the run, so it is left alone."""
+def _sae_paths(spec: dict[str, Any]) -> list[str]:
+    families = [*(spec.get("candidates") or []), *(spec.get("control_model_candidates") or [])]
+    return [str(c["sae"]) for c in families if isinstance(c, dict) and c.get("kind") == "sae-feature" and c.get("sae")]
+
+
+def sibling_experiments(root: Path, sae_roots: list[Path] | None = None) -> list[Path]:
+    """Intervention folders beside the run (``intervene --out runs``) whose ``directions`` lie in the run, or whose
+    ``sae-feature`` families name an SAE (or ranking) in the run or under one of ``sae_roots``. A sibling that is
+    not readable is not known to belong to the run, so it is left alone."""
     found = []
+    roots = [root, *(sae_roots or [])]
     for path in sorted(root.resolve().parent.glob(f"*/{EXPERIMENT_FILE}")):
         if path.parent == root.resolve():
             continue
@@ -239,18 +266,29 @@ def sibling_experiments(root: Path) -> list[Path]:
             spec = read_spec(path.parent)
         except InterventionReadError:
             continue
-        if in_run(spec.get("directions"), root) is not None:
+        saes = _sae_paths(spec)
+        if in_run(spec.get("directions"), root) is not None or any(
+            in_run(s, r) is not None for s in saes for r in roots
+        ):
             found.append(path.parent)
     return found
 
 
-def page_of(effect: Effect, direction_pages: dict[tuple[Path, str], str], root: Path) -> tuple[str | None, str]:
+def page_of(
+    effect: Effect,
+    direction_pages: dict[tuple[Path, str], str],
+    root: Path,
+    feature_pages: dict[tuple[str, int, int], str] | None = None,
+) -> tuple[str | None, str]:
     """The page key an effect belongs on (None: none) and, when none, why. ``direction_pages`` maps (resolved
-    folder, saved direction name) to the page key of each probe direction of the run."""
+    folder, saved direction name) to the page key of each probe direction of the run; ``feature_pages`` maps
+    (resolved SAE folder, layer, feature) to the page key of each SAE feature of the site."""
     if effect.kind == "cue swap":
         return None, "no intervention: the other cue itself (the cue's total effect)"
     if effect.kind == "whole-stream patch":
         return None, f"the whole stream of layer {effect.layer}, not one direction"
+    if effect.kind == SAE_EXPERIMENT:
+        return _feature_page(effect, feature_pages or {})
     if effect.direction is None:
         return None, "directions fitted by the experiment (not a saved direction): no page"
     if effect.model == "random":
@@ -262,3 +300,25 @@ def page_of(effect: Effect, direction_pages: dict[tuple[Path, str], str], root: 
     if key is None:
         return None, f"no page for direction {effect.direction!r} of {str(folder)!r} in this run"
     return key, ""
+
+
+def _tail(folder: str) -> tuple[str, ...]:
+    return Path(folder).parts[-2:]
+
+
+def _feature_page(effect: Effect, feature_pages: dict[tuple[str, int, int], str]) -> tuple[str | None, str]:
+    """An SAE feature's page: the same SAE folder (resolved), layer and id; else the one page of a folder with the
+    same last two path parts (written elsewhere, or moved), when there is exactly one."""
+    assert effect.sae is not None and effect.feature is not None  # read_experiment's check
+    what = f"SAE feature {effect.feature} of layer {effect.layer} ({effect.sae!r})"
+    key = feature_pages.get((str(Path(effect.sae).resolve()), effect.layer, effect.feature))
+    if key is not None:
+        return key, ""
+    same = {
+        k
+        for (folder, layer, feature), k in feature_pages.items()
+        if (layer, feature) == (effect.layer, effect.feature) and _tail(folder) == _tail(effect.sae)
+    }
+    if len(same) == 1:
+        return same.pop(), ""
+    return None, f"no page for {what} in this site (no ranking of that SAE lists it)"

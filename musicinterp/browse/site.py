@@ -372,10 +372,13 @@ def build_site(
         if exp.figure is not None
     }
     direction_pages = {(Path(i.source).parent.resolve(), i.direction): i.key for i in itemset.items if i.direction}
+    feature_pages = {
+        (i.sae, i.layer, i.feature): i.key for i in itemset.items if i.sae is not None and i.feature is not None
+    }
     effects: dict[str, list[tuple[Effect, str | None]]] = {}
     placed: dict[int, list[tuple[str | None, str]]] = {}
     for n, exp in enumerate(experiments):
-        placed[n] = [page_of(effect, direction_pages, contents.root) for effect in exp.effects]
+        placed[n] = [page_of(effect, direction_pages, contents.root, feature_pages) for effect in exp.effects]
         for effect, (key, _why) in zip(exp.effects, placed[n]):
             if key is not None:
                 effects.setdefault(key, []).append((effect, figs.get(n)))

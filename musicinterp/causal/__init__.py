@@ -3,7 +3,9 @@
 Pure Python (no Prefect). Modules, one role each: :mod:`~musicinterp.causal.directions` (probe and
 difference-of-means directions in the residual basis, saved beside an analysis),
 :mod:`~musicinterp.causal.hooks` (the interventions and ``intervening``), :mod:`~musicinterp.causal.controls`
-(matched random controls), :mod:`~musicinterp.causal.outcomes` (per-piece outcomes and paired statistics),
+(matched random controls), :mod:`~musicinterp.causal.sae_features` (SAE features as candidates: their
+ablation, features of the same SAE as matched controls), :mod:`~musicinterp.causal.outcomes` (per-piece outcomes
+and paired statistics),
 :mod:`~musicinterp.causal.toy` (the pair toy's twin pairs and frame windows), :mod:`~musicinterp.causal.spec`
 (the experiment's settings), :mod:`~musicinterp.causal.experiment` (the experiment and its report) and
 :mod:`~musicinterp.causal.generation` (interventions during generation: the return score, paired effects).

@@ -24,6 +24,7 @@ DEFAULT_N_CONTROLS = 20
 DEFAULT_TOLERANCE = 0.05  # relative difference of the projection variance
 DEFAULT_MAX_OVERLAP = 0.5  # largest principal cosine between a control and the candidate's span
 DEFAULT_MAX_DRAWS = 4000
+DEFAULT_MATCH_TOLERANCE = 0.25  # SAE-feature controls: relative, on frequency and mean contribution (sae_features)
 POWER_RANGE = (-4.0, 8.0)
 
 

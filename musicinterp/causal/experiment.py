@@ -8,9 +8,12 @@ Outline (:func:`run_experiment`):
    the same run (must change nothing);
 4. per layer and candidate (the saved probe direction; the top-k difference-of-means directions of the fit
    pieces' two cues), per operation (mean-ablate, patch from the other-cue run): the candidate and its matched
-   random controls;
+   random controls; per SAE feature of the layer (``sae-feature`` families, experiment ``sae feature``): its
+   ablation (decoder contribution out, the SAE's error term kept) and features of the same SAE matched in
+   activation frequency and mean contribution (musicinterp.causal.sae_features);
 5. paired statistics per row (intervention - none, per piece; candidate - mean of its controls, per piece),
-   BH over the grid (layers x candidates x operations x models), the table, one figure, findings in words.
+   BH over the grid (layers x candidates x operations x models, SAE features included), the table, one figure,
+   findings in words.
 
 Every model's directions are its own: the random twin's probe directions are those of its own analysis
 (the random-model control of the same analysis), its difference of means is of its own streams.
@@ -35,7 +38,14 @@ from musicinterp.causal.controls import matched_controls
 from musicinterp.causal.directions import Direction, diff_of_means, load_directions
 from musicinterp.causal.hooks import Intervention, intervening, layer_streams
 from musicinterp.causal.outcomes import paired, piece_outcomes
-from musicinterp.causal.spec import InterventionSpec
+from musicinterp.causal.sae_features import (
+    check_features,
+    describe,
+    feature_edit,
+    matched_features,
+    resolve_features,
+)
+from musicinterp.causal.spec import CandidateSpec, InterventionSpec, check_sae_candidates
 from musicinterp.causal.toy import FLUENCY_FRAMES, WINDOWS, TwinPairs, twin_pairs
 from musicinterp.config import CaptureSpec
 from musicinterp.models import LoadedModel, load_model
@@ -46,6 +56,7 @@ log = logging.getLogger(__name__)
 RESULTS_FILE = "results.csv"
 FIGURE_FILE = "causal-effects.png"
 FINDINGS_FILE = "findings.md"
+GRID_EXPERIMENTS = ("direction", "sae feature")  # the rows with matched controls, in BH's family and the figure
 Progress = Callable[[str], None]
 
 
@@ -111,7 +122,7 @@ def _candidates(
                 w = np.cov(a, rowvar=False) @ w
                 w = w / np.linalg.norm(w)
             out.append((f"{c.kind} ({spec.probe_target})", c, w[None, :]))
-        else:
+        elif c.kind == "diff-means":
             a, b = _window_rows(fit_a, layer, window), _window_rows(fit_b, layer, window)
             out.append((f"diff-means top-{c.k}", c, diff_of_means(a, b, c.k)))
     return out
@@ -150,6 +161,7 @@ def run_experiment(spec: InterventionSpec, out: str | Path, progress: Progress |
 
 def _run(spec: InterventionSpec, progress: Progress | None) -> list[dict[str, Any]]:
     say = progress or (lambda msg: log.info("%s", msg))
+    check_sae_candidates(spec, f"experiment {spec.name!r}")  # before any model runs
     saved = load_directions(spec.directions) if spec.directions else []
     models = [("trained", spec.model)] + ([("random", spec.control_model)] if spec.control_model else [])
     rows: list[dict[str, Any]] = []
@@ -233,6 +245,7 @@ def _model_rows(
         ref = 0.5 * (f_true[layer].mean(dim=0) + f_other[layer].mean(dim=0))
         acts = np.vstack([_window_rows(f_true, layer, window), _window_rows(f_other, layer, window)])
         families = spec.control_model_candidates if role == "random" and spec.control_model_candidates else None
+        rows += _sae_rows(spec, loaded, test, acts, layer, base, none, rng, say, families or spec.candidates)
         for cname, cspec, dirs in _candidates(spec, layer, saved, role == "random", f_true, f_other, window, families):
             ctrl = matched_controls(
                 acts,
@@ -281,6 +294,74 @@ def _model_rows(
 
 
 Maker = Callable[[slice], list[Intervention]]
+
+
+def _sae_rows(
+    spec: InterventionSpec,
+    loaded: LoadedModel,
+    test: TwinPairs,
+    acts: np.ndarray,
+    layer: int,
+    base: dict[str, Any],
+    none: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    say: Progress,
+    families: list[CandidateSpec],
+) -> list[dict[str, Any]]:
+    """The ``sae-feature`` families' features at ``layer``: each ablated alone, and its matched control features
+    (``acts``: the layer at the intervened frames of the fit pieces, both cues). No candidate of any family on the
+    same SAE is another's control."""
+    rows = []
+    window = WINDOWS[spec.window]
+    named = [
+        (c, [f for f in resolve_features(c.sae, c.features, c.top, spec.layers) if f.layer == layer])
+        for c in families
+        if c.kind == "sae-feature" and c.sae is not None
+    ]
+    candidates: dict[str, set[int]] = {}
+    for _, found in named:
+        for f in found:
+            candidates.setdefault(str(Path(f.folder).resolve()), set()).add(f.feature)
+    for cspec, found in named:
+        saes = check_features(found, loaded.hidden_size, loaded.n_layers, spec.layers)
+        for feat in found:
+            sl = saes[feat.folder]
+            others = candidates[str(Path(feat.folder).resolve())] - {feat.feature}
+            ctrl = matched_features(sl, acts, feat.feature, cspec.n_controls, spec.seed, cspec.match_tolerance, others)
+
+            def make(f: int, sl=sl) -> Maker:
+                return lambda r: [Intervention(layer, window, "edit", edit=feature_edit(sl, f))]
+
+            cand = outcomes_under(loaded, test.ids, make(feat.feature), spec)
+            ctl = [outcomes_under(loaded, test.ids, make(f), spec) for f in ctrl.features]
+            rows.append(
+                _row(
+                    base
+                    | {
+                        "experiment": "sae feature",
+                        "layer": layer,
+                        "window": spec.window,
+                        "candidate": feat.name,
+                        "operation": "ablate",
+                        "k": 1,
+                        "sae": str(Path(feat.folder).resolve()),
+                        "feature": feat.feature,
+                        "sae_target": feat.target,
+                    }
+                    | describe(ctrl),
+                    cand,
+                    none,
+                    ctl,
+                    spec,
+                    rng,
+                )
+            )
+            r = rows[-1]
+            say(
+                f"{base['model']}: layer {layer} {feat.name} ablate: {r['event_effect']:+.4f} nats (controls "
+                f"{ctrl.features}: mean {r['controls_event_mean']:+.4f}, max {r['controls_event_max']:+.4f})"
+            )
+    return rows
 
 
 def _whole_patch(layer: int, window: tuple[int, int], src: torch.Tensor) -> Maker:
@@ -339,7 +420,7 @@ def finalize(rows: list[dict[str, Any]], spec: InterventionSpec) -> pd.DataFrame
     for col in ("event_p", "event_vs_controls_p", "fluency_p", "fluency_vs_controls_p"):
         if col in df:
             q = np.full(len(df), np.nan)
-            grid = (df["experiment"] == "direction").to_numpy()
+            grid = df["experiment"].isin(GRID_EXPERIMENTS).to_numpy()
             q[grid] = bh(df.loc[grid, col].to_numpy(float), spec.alpha)
             df[col.replace("_p", "_q")] = q
     return df
@@ -352,7 +433,7 @@ def figure(df: pd.DataFrame, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    d = df[df["experiment"] == "direction"].reset_index(drop=True)
+    d = df[df["experiment"].isin(GRID_EXPERIMENTS)].reset_index(drop=True)
     n = max(1, len(d))
     cols = min(4, n)
     fig, axes = plt.subplots(-(-n // cols), cols, figsize=(3.6 * cols, 3.0 * -(-n // cols)), squeeze=False)
@@ -399,7 +480,7 @@ def findings_markdown(df: pd.DataFrame, spec: InterventionSpec) -> str:
                 f"{r['event_effect']:+.3f} nats [{r['event_ci_low']:+.3f}, {r['event_ci_high']:+.3f}], "
                 f"fluency {r['fluency_effect']:+.4f}."
             )
-        for _, r in g[g["experiment"] == "direction"].iterrows():
+        for _, r in g[g["experiment"].isin(GRID_EXPERIMENTS)].iterrows():
             verdict = (
                 "more than"
                 if r["event_vs_controls_q"] < spec.alpha and r["event_vs_controls"] > 0

@@ -28,18 +28,22 @@ Operations (``Intervention.operation``), with ``Q`` an orthonormal basis of the 
 - ``patch``: the component in the span is set to its value in a counterfactual run (``source``: that
   run's stream of the same layer, per row and step); without directions the whole stream is replaced.
 - ``steer``: ``alpha`` times the sum of the directions (as given, not normalised) is added.
+- ``edit``: the stream at the window's steps is replaced by ``edit(x)``, a function of the stream itself
+  (rows ``(n, d)`` float32 in, the same out), e.g. :func:`musicinterp.sae.splice.ablation`: an SAE feature's
+  decoder contribution subtracted, the SAE's error term kept. The window, halves and cache offsets are the
+  other operations'.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
-OPERATIONS = ("ablate", "patch", "steer")
+OPERATIONS = ("ablate", "patch", "steer", "edit")
 HALVES = ("conditional", "unconditional", "both")
 
 
@@ -53,16 +57,18 @@ class Intervention:
 
     ``directions``: ``(k, d)`` or None (``patch`` only: the whole stream). ``source``: what ``ablate`` and
     ``patch`` set the component to: ``(d,)``, ``(steps, d)`` or ``(rows, steps, d)``, indexed by absolute
-    decoder step (row 0 of ``steps`` is step 0); it must cover every step of the window.
+    decoder step (row 0 of ``steps`` is step 0); it must cover every step of the window. ``edit`` (operation
+    ``edit`` only): ``(n, d)`` float32 rows of the stream -> the changed rows.
     """
 
     layer: int
     frames: tuple[int, int]
-    operation: Literal["ablate", "patch", "steer"]
+    operation: Literal["ablate", "patch", "steer", "edit"]
     directions: torch.Tensor | None = None
     source: torch.Tensor | None = None
     alpha: float = 0.0
     half: Literal["conditional", "unconditional", "both"] = "both"
+    edit: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def steps(self) -> tuple[int, int]:
@@ -88,6 +94,8 @@ def check(iv: Intervention, n_layers: int, hidden: int) -> None:
         raise InterventionError(f"{where}: steer needs directions")
     if iv.operation == "patch" and iv.source is None:
         raise InterventionError(f"{where}: patch needs the counterfactual run's stream as source")
+    if (iv.operation == "edit") != (iv.edit is not None):
+        raise InterventionError(f"{where}: an edit function goes with operation 'edit' and only with it")
     if iv.operation == "ablate" and iv.directions is None:
         raise InterventionError(f"{where}: ablate needs directions (a whole-stream change is a patch)")
     if iv.source is not None:
@@ -187,6 +195,9 @@ def _source(iv: Intervention, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor
 
 
 def _change(iv: Intervention, q: torch.Tensor | None, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    if iv.edit is not None:  # the stream arrives in float32 (cast to float64 here): back to float32 is exact
+        rows = x.reshape(-1, x.shape[-1]).float()
+        return iv.edit(rows).reshape(x.shape).to(x.dtype)
     if iv.operation == "steer":
         assert iv.directions is not None
         return x + iv.alpha * iv.directions.to(device=x.device, dtype=x.dtype).sum(dim=0)
