@@ -63,12 +63,36 @@ def encode_audio(loaded: LoadedModel, samples: np.ndarray) -> torch.Tensor:
         raise ValueError(f"expected mono samples, got shape {samples.shape}")
     device = next(loaded.model.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).to(device)[None, None, :]
-    out = loaded.model.audio_encoder.encode(x)
+    with _full_float32(device):
+        out = loaded.model.audio_encoder.encode(x)
     codes = out.audio_codes[0, 0]  # (chunks=1, batch=1, K, T) -> (K, T)
     expected = n_frames(samples.shape[0])
     if codes.shape[-1] != expected:
         raise CaptureError(f"EnCodec gave {codes.shape[-1]} frames for {samples.shape[0]} samples, expected {expected}")
     return codes
+
+
+def _full_float32(device: torch.device) -> contextlib.AbstractContextManager:
+    """cuDNN without TF32 on CUDA: its default TF32 convolutions changed 0.4-3.6% of EnCodec's codes per codebook
+    against the CPU's on an H200 (musicinterp/toy/data.py); a no-op elsewhere."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.backends.cudnn.flags(enabled=True, allow_tf32=False)
+
+
+def encoder_numerics(loaded: LoadedModel) -> str:
+    """How this process computes EnCodec codes, in words: the device and what changes its rounding.
+
+    EnCodec's codes are a nearest-neighbour choice, so float rounding flips some of them: on the CPU the
+    number of torch threads does (on the tiny model 0.9-2.2% of a clip's codes differ between 1 and 2
+    threads), on CUDA TF32 would (turned off by ``encode_audio``). Shard records keep this per clip and the
+    run summary says when a store's clips were encoded in more than one way."""
+    device = next(loaded.model.parameters()).device
+    if device.type == "cuda":
+        where = f"cuda ({torch.cuda.get_device_name(device)}), cuDNN without TF32"
+    else:
+        where = f"{device.type}, {torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''}"
+    return f"{where}, torch {torch.__version__}"
 
 
 def delayed_decoder_input(loaded: LoadedModel, codes: torch.Tensor) -> torch.Tensor:

@@ -370,6 +370,39 @@ def test_determinism__the_same_config_twice_gives_identical_stores(tmp_path):
     assert Path(a.root, "manifest.json").read_text() == Path(b.root, "manifest.json").read_text()
 
 
+def test_encoder_numerics__a_store_encoded_with_two_thread_counts_says_so_per_clip(tmp_path):
+    """EnCodec's codes depend on the torch thread count (a few % of them flip), so the shard records keep how
+    each clip was encoded, across attempts, and the summary says when a store's clips were encoded differently."""
+    import torch
+
+    from musicinterp.store import mark_complete
+
+    spec = RunSpec(
+        name="numerics",
+        slice={"sources": [{"kind": "synthetic", "n_pieces": 3, "duration_s": 2.0, "seed": 5}], "n_shards": 1},
+        annotate=False,
+    )
+    prepared = run.prepare_run(spec, str(tmp_path / "out"))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        first = run.capture_shard(spec.model, spec.capture, prepared.paths, 0)
+        redo = first.captured[1]
+        mark_complete(prepared.paths.store, redo, done=False)  # as if its chunks were lost: captured again
+        torch.set_num_threads(2)
+        run.capture_shard(spec.model, spec.capture, prepared.paths, 0)
+    finally:
+        torch.set_num_threads(threads)
+    (record,) = read_shard_records(prepared.paths)
+    assert set(record.encoded_with) == set(first.captured)  # the earlier attempt's clips keep theirs
+    assert "2 torch threads" in record.encoded_with[redo]
+    assert all("1 torch thread," in record.encoded_with[c] for c in first.captured if c != redo)
+    summary = run.summarise_run(prepared, annotate=False)
+    assert sorted(len(c) for c in summary.encoded_with.values()) == [1, 2]
+    md = Path(prepared.paths.summary_md).read_text()
+    assert "codes were computed in 2 ways" in md and "1 torch thread," in md
+
+
 def test_manifest__a_path_outside_the_data_roots_is_refused_naming_the_clip(tmp_path):
     import json
 

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from musicinterp.capture import Capture, capture_codes, capture_codes_batch, encode_audio
+from musicinterp.capture import Capture, capture_codes, capture_codes_batch, encode_audio, encoder_numerics
 from musicinterp.config import CaptureSpec, ModelSpec
 from musicinterp.models import LoadedModel, load_model
 from musicinterp.run.inputs import check_locator
@@ -119,6 +119,7 @@ def capture_shard(
     before = read_shard_record(paths, shard)  # the previous attempt, if any: what it captured is not "skipped"
     earlier = set(before.captured) | set(before.captured_earlier) if before else set()
     result.attempt = before.attempt + 1 if before else 1
+    result.encoded_with = {c: how for c, how in (before.encoded_with if before else {}).items() if c in earlier}
     ds = open_store(paths.store)  # the store's metadata read once per shard, not once per clip
     store_writer = ClipWriter(paths.store)
     result.repaired = verify_clips(paths.store, result.clips, ds=ds)
@@ -138,6 +139,7 @@ def capture_shard(
             f"the model now loads as {loaded.revision!r} (its weights changed since the run was planned); "
             "choose another --out or delete the old store"
         )
+    numerics = encoder_numerics(loaded)
     if overlap_writes is None:
         overlap_writes = writes_can_overlap(capture.device)
     pending: deque[_Pending] = deque()
@@ -159,6 +161,7 @@ def capture_shard(
         result.write_s += write_s
         result.bytes_written += written
         result.captured.append(clip.clip_id)
+        result.encoded_with[clip.clip_id] = numerics
         result.frames += clip.n_frames
         result.audio_s += clip.duration_s
 

@@ -43,6 +43,7 @@ class ShardResult:
     capture_s: float = 0.0  # their teacher-forced forward passes with the capture hooks
     write_s: float = 0.0  # writing them into the store (in a writer thread where a core is free)
     attempt: int = 1  # capture attempts of this shard in this run folder, this one included
+    encoded_with: dict[str, str] = field(default_factory=dict)  # clip id -> capture.encoder_numerics, all attempts
 
 
 @dataclass

@@ -50,6 +50,7 @@ class RunSummary:
     not_annotated: dict[str, str] = field(default_factory=dict)  # clip -> reason (silent, too short)
     plots: dict[str, str] = field(default_factory=dict)  # clip -> png url
     stages: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> seconds and throughput
+    encoded_with: dict[str, list[str]] = field(default_factory=dict)  # capture.encoder_numerics -> clip ids
 
     @property
     def ok(self) -> bool:
@@ -114,6 +115,9 @@ def summarise_run(prepared: PreparedRun, annotate: bool = True) -> RunSummary:
         ],
     )
     summary.stages = stage_times(results, annotations, prepared)
+    for r in results:
+        for clip, how in r.encoded_with.items():
+            summary.encoded_with.setdefault(how, []).append(clip)
     write_json(paths.summary_json, asdict(summary))
     write_text(paths.summary_md, summary_markdown(summary))
     return summary
@@ -166,6 +170,16 @@ def summary_markdown(s: RunSummary, images: dict[str, str] | None = None) -> str
         f"- clips complete: {s.complete} of {s.n_clips}; frames: {s.frames}; audio: {s.audio_s:.1f} s",
         f"- clips annotated: {s.annotated} of {s.n_clips}" if s.annotate else "- annotation: off",
         f"- size on disk: {s.bytes_on_disk / 2**20:.1f} MiB; capture time: {s.elapsed_s:.1f} s",
+        *[f"- codes computed with {how}: {len(clips)} clips" for how, clips in s.encoded_with.items()],
+        *(
+            [
+                f"- **the clips' codes were computed in {len(s.encoded_with)} ways**: EnCodec's codes depend on "
+                "the device and the torch thread count (a few % of codes differ), so these clips are not "
+                "encoded exactly alike; rerun on workers configured alike to make them so"
+            ]
+            if len(s.encoded_with) > 1
+            else []
+        ),
         "",
         "| shard | clips | captured | captured by an earlier attempt | skipped (complete before) | failed "
         "| frames | audio s | MiB written | s |",
