@@ -15,7 +15,10 @@ round, ``--repeats`` rounds, medians), on the same codes and text condition:
   Zarr store (``write_clip`` + ``mark_complete``), i.e. what a shard does per clip after encoding;
 - ``nnsight``: nnsight's trace with ``.save()`` on the input of the first decoder layer and every layer's
   output, kept in memory (float32, nothing written);
-- ``hidden_states``: ``output_hidden_states=True``, the arrays cast and written into the same store.
+- ``hidden_states``: ``output_hidden_states=True``, the arrays cast and written into the same store;
+- ``pipelined``: ``PIPELINE_CLIPS`` clips captured and written as ``capture_shard`` does with its writer thread
+  (clip n written while n + 1 is captured), against as many forward passes (``forward_run``):
+  ``pipelined_ratio``, the capture's cost when the write is behind compute.
 
 Per option (``--only options``: float16 or int8 (``capture.reduce``), autocast off or on (``capture.autocast``),
 each ``--batch`` size of equal-length clips per forward pass): bytes per clip, clips/s and GB/s written, the ratio
@@ -42,6 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +65,7 @@ from musicinterp.frames import SAMPLE_RATE_HZ
 from musicinterp.models import LoadedModel, load_model
 from musicinterp.store import (
     ClipLayout,
+    ClipWriter,
     StoreLayout,
     init_store,
     mark_complete,
@@ -68,6 +73,8 @@ from musicinterp.store import (
     store_size_bytes,
     write_clip,
 )
+
+PIPELINE_CLIPS = 3  # clips per ``pipelined`` run: the writer thread's steady state, as in a shard
 
 
 def _audio(seconds: float, seed: int = 0) -> np.ndarray:
@@ -116,10 +123,13 @@ def time_clip(loaded: LoadedModel, seconds: float, repeats: int) -> dict[str, An
         use_cache=False,
     )
     layers = tuple(range(loaded.n_layers + 1))
-    times: dict[str, list[float]] = {k: [] for k in ("forward", "capture", "nnsight", "hidden_states", "write")}
+    times: dict[str, list[float]] = {
+        k: [] for k in ("forward", "capture", "nnsight", "hidden_states", "write", "forward_run", "pipelined")
+    }
     with tempfile.TemporaryDirectory() as tmp:
         url = f"{tmp}/bench.zarr"
-        _store(url, loaded, layers, t, 2 * repeats)
+        _store(url, loaded, layers, t, (2 + PIPELINE_CLIPS) * repeats)
+        writer = ClipWriter(url)
 
         def forward() -> None:
             with torch.no_grad():
@@ -139,17 +149,40 @@ def time_clip(loaded: LoadedModel, seconds: float, repeats: int) -> dict[str, An
             write_clip(url, f"c{i}", resid, codes.numpy())
             mark_complete(url, f"c{i}")
 
+        def forward_run(i: int) -> None:
+            for _ in range(PIPELINE_CLIPS):
+                forward()
+
+        def pipelined(i: int) -> None:
+            """``PIPELINE_CLIPS`` clips as capture_shard runs them with its writer thread: clip n is written while
+            n + 1 is captured, a queue of one clip, the flag after the arrays."""
+
+            def write(name: str, cap: Any) -> None:
+                write_clip(writer, name, cap.resid, cap.codes)
+                mark_complete(writer, name)
+
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pending = None
+                for k in range(PIPELINE_CLIPS):
+                    cap = capture_codes(loaded, codes, spec)
+                    if pending is not None:
+                        pending.result()
+                    pending = pool.submit(write, f"c{2 * repeats + i * PIPELINE_CLIPS + k}", cap)
+                pending.result()
+
         steps: list[tuple[str, Callable[[int], None]]] = [
             ("forward", lambda i: forward()),
             ("capture", ours),
             ("nnsight", lambda i: _nnsight_capture(loaded, kwargs, t)),
             ("hidden_states", hidden),
+            ("forward_run", forward_run),
+            ("pipelined", pipelined),
         ]
         forward()  # warm-up: first-call allocations are nobody's cost
         for r in range(repeats):
             for name, fn in steps:
                 t0 = time.perf_counter()
-                fn(2 * r + (name == "hidden_states"))
+                fn(r if name == "pipelined" else 2 * r + (name == "hidden_states"))
                 times[name].append(time.perf_counter() - t0)
         raw = (loaded.n_layers + 1) * t * loaded.hidden_size * 2
         on_disk = store_size_bytes(url)
@@ -172,12 +205,16 @@ def time_clip(loaded: LoadedModel, seconds: float, repeats: int) -> dict[str, An
         "hidden_states_s": med["hidden_states"],
         "write_s": med["write"],
         "capture_ratio": med["capture"] / med["forward"],
+        "pipelined_clips": PIPELINE_CLIPS,
+        "pipelined_s": med["pipelined"],
+        "forward_run_s": med["forward_run"],
+        "pipelined_ratio": med["pipelined"] / med["forward_run"],
         "nnsight_ratio": med["capture"] / med["nnsight"],
         "hidden_states_ratio": med["capture"] / med["hidden_states"],
         "write_mb_per_s": raw / 1e6 / med["write"],
         "resid_mb_per_clip": raw / 1e6,
         "store_mb_for_all_clips": on_disk / 1e6,
-        "compression_ratio": (2 * repeats * raw) / max(on_disk, 1),
+        "compression_ratio": ((2 + PIPELINE_CLIPS) * repeats * raw) / max(on_disk, 1),
     }
 
 

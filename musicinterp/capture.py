@@ -112,7 +112,18 @@ def delayed_decoder_input(loaded: LoadedModel, codes: torch.Tensor) -> torch.Ten
 
 @torch.no_grad()
 def text_condition(loaded: LoadedModel, spec: CaptureSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encoder states and attention mask of one guidance half, exactly as ``generate`` builds them."""
+    """Encoder states and attention mask of one guidance half, exactly as ``generate`` builds them.
+
+    Encoded once per model, device and (description, half), then reused: every clip of a run shares its
+    condition (the text encoder is never trained here)."""
+    key = (spec.description, spec.half, str(next(loaded.model.parameters()).device))
+    if key not in loaded.conditions:
+        loaded.conditions[key] = _encode_text_condition(loaded, spec)
+    return loaded.conditions[key]
+
+
+@torch.no_grad()
+def _encode_text_condition(loaded: LoadedModel, spec: CaptureSpec) -> tuple[torch.Tensor, torch.Tensor]:
     device = next(loaded.model.parameters()).device
     if loaded.tokenizer is not None:
         enc = loaded.tokenizer([spec.description], return_tensors="pt")

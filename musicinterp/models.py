@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +40,8 @@ class LoadedModel:
     model_id: str
     revision: str
     weights: WeightsKind
+    # text conditions already encoded ((description, half, device) -> states and mask): once, not once per clip
+    conditions: dict[tuple[str, str, str], Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def decoder_config(self):

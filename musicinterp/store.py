@@ -48,6 +48,7 @@ INT8_EXTRAS = ("resid_scale", "resid_error_max_abs", "resid_error_rel_rms")  # b
 READY_ATTR = "store_ready"  # False in the template; True once the template is fully written (init_store)
 TEMPLATE_STALE_S = 120.0  # a store left unready this long after its last write was abandoned by its creator
 TEMPLATE_POLL_S = 1.0  # how often a second run waits for another run's template
+LISTING_TRIES = 5  # listings of a store being written, before it counts as being written now
 INT8_RULE = (
     "resid = resid_int8 * resid_scale (scale broadcast over time): symmetric int8 with one scale per (clip, layer, "
     f"feature), absmax / 127, so each value is within scale / 2 of its float value; {QUANT_FILL} = no data. "
@@ -281,12 +282,28 @@ def _root_attrs(url: str) -> dict[str, Any] | None:
 
 
 def _last_write_age_s(url: str) -> float:
-    """Seconds since anything under the store was last written (inf when the listing has no times)."""
+    """Seconds since anything under the store was last written (inf when the listing has no times; 0 while it
+    cannot be listed).
+
+    A listing can fail while another process writes the store: zarr writes each file to a temporary name and
+    renames it, so an entry may vanish between being listed and being read. fsspec's default then leaves that
+    directory out silently, and a store being created would look empty, hence timeless, hence abandoned: so
+    errors are raised here, retried, and a store that still cannot be listed counts as being written now.
+    """
     import time
 
     fs, path = fsspec.core.url_to_fs(url)
+    listing: dict[str, Any] | None = None
+    for _ in range(LISTING_TRIES):
+        try:
+            listing = fs.find(path, detail=True, on_error="raise")
+            break
+        except OSError:
+            time.sleep(TEMPLATE_POLL_S / 10)
+    if listing is None:
+        return 0.0
     newest = 0.0
-    for info in fs.find(path, detail=True).values():
+    for info in listing.values():
         stamp = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
         if hasattr(stamp, "timestamp"):
             stamp = stamp.timestamp()
@@ -635,10 +652,8 @@ class ClipWriter:
             return self._write_int8(clip_id, index, resid, codes, quant)
         if not np.isfinite(resid).all():
             raise StoreError(f"clip {clip_id!r}: the residual stream holds NaN or inf; nothing was written")
-        full_resid = np.full(self.array("resid").shape[1:], RESID_FILL, dtype=np.float16)
-        full_resid[:, :n] = resid
-        full_codes = np.full(self.array("codes").shape[1:], CODES_FILL, dtype=np.int16)
-        full_codes[:, :n] = codes
+        full_resid = _padded(resid, self.array("resid").shape[1:], RESID_FILL, np.float16)
+        full_codes = _padded(codes, self.array("codes").shape[1:], CODES_FILL, np.int16)
         with _naming_the_store(self.url, f"clip {clip_id!r}"):
             self._region("resid", index, full_resid)
             self._region("codes", index, full_codes)
@@ -663,11 +678,8 @@ class ClipWriter:
                 f"clip {clip_id!r}: int8 capture expected with finite scales (got {resid.dtype}, scales finite: "
                 f"{bool(np.isfinite(quant.scale).all())}); the residual stream held NaN or inf? nothing was written"
             )
-        n = resid.shape[1]
-        full_q = np.full(self.array("resid_int8").shape[1:], QUANT_FILL, dtype=np.int8)
-        full_q[:, :n] = resid
-        full_codes = np.full(self.array("codes").shape[1:], CODES_FILL, dtype=np.int16)
-        full_codes[:, :n] = codes
+        full_q = _padded(resid, self.array("resid_int8").shape[1:], QUANT_FILL, np.int8)
+        full_codes = _padded(codes, self.array("codes").shape[1:], CODES_FILL, np.int16)
         small = {"resid_scale": quant.scale, "resid_error_max_abs": quant.max_abs_error}
         small["resid_error_rel_rms"] = quant.rel_rms_error
         with _naming_the_store(self.url, f"clip {clip_id!r}"):
@@ -710,6 +722,16 @@ class ClipWriter:
 
 def _writer(store: str | ClipWriter) -> ClipWriter:
     return store if isinstance(store, ClipWriter) else ClipWriter(store)
+
+
+def _padded(values: np.ndarray, shape: tuple[int, ...], fill: Any, dtype: Any) -> np.ndarray:
+    """``values`` (..., frames[, feature]) padded with ``fill`` along axis 1 to the store's ``shape``: a copy only
+    when the clip is shorter than the store's longest or of another dtype (a full-length clip goes as it is)."""
+    if tuple(values.shape) == tuple(shape) and values.dtype == dtype:
+        return values
+    full = np.full(shape, fill, dtype=dtype)
+    full[:, : values.shape[1]] = values
+    return full
 
 
 def write_clip(

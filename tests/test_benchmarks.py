@@ -39,6 +39,8 @@ def test_capture_benchmark__quick_json_has_the_ratios_and_memory_stays_flat_in_c
         assert result[key] > 0, key
     assert result["weights"] == "random"
     assert abs(result["capture_ratio"] - result["capture_s"] / result["forward_s"]) < 1e-9
+    assert result["pipelined_clips"] == 3 and result["forward_run_s"] > 0
+    assert abs(result["pipelined_ratio"] - result["pipelined_s"] / result["forward_run_s"]) < 1e-9
     # capturing 20 clips holds one clip at a time: the peak is within 100 MB of capturing 2
     assert result["peak_rss_mb_20_clips"] - result["peak_rss_mb_2_clips"] < 100
     codecs = {c["codec"] for c in result["codecs"]}

@@ -113,6 +113,44 @@ def test_half_made_store__a_young_one_is_waited_for_not_deleted(tmp_path, monkey
     assert again.store_uid == prepared.store_uid  # the same store: it was not rebuilt
 
 
+def test_half_made_store__an_entry_vanishing_while_listed_does_not_make_it_look_abandoned(tmp_path):
+    """zarr writes each file to a temporary name and renames it, so listing a store that another run is creating
+    can meet an entry that vanished between being listed and being read. fsspec's walk then drops the whole
+    directory silently: the young store looked empty, timeless, hence abandoned, and was deleted under its
+    creator (seen once in the four-writers test under load). Its age must come from a listing that worked."""
+    import os
+
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    from musicinterp import store as store_mod
+
+    _tones(tmp_path / "audio")
+    store = run.prepare_run(_audio_spec(tmp_path / "audio"), str(tmp_path / "out")).paths.store
+    vanished = {"left": 2}
+
+    class Vanishing(LocalFileSystem):  # a real disk whose root listing meets a renamed temp file, twice
+        protocol = "vanishing"
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return LocalFileSystem._strip_protocol(str(path).removeprefix("vanishing://"))
+
+        def ls(self, path, detail=False, **kwargs):
+            if self._strip_protocol(path).rstrip("/") == store.rstrip("/") and vanished["left"] > 0:
+                vanished["left"] -= 1
+                raise FileNotFoundError(2, "No such file or directory", f"{store}/zarr.json.tmp")
+            return super().ls(path, detail=detail, **kwargs)
+
+    fsspec.register_implementation("vanishing", Vanishing, clobber=True)
+    assert store_mod._last_write_age_s("vanishing://" + store) < 60  # young: listed again, not "no times"
+    assert vanished["left"] == 0
+    old = 1_000_000_000  # 2001: a store nobody has written to since is still found abandoned
+    for f in Path(store).rglob("*"):
+        os.utime(f, (old, old))
+    assert store_mod._last_write_age_s(store) > store_mod.TEMPLATE_STALE_S
+
+
 # 2. Integrity ---------------------------------------------------------------------------------------
 
 
