@@ -105,12 +105,34 @@ def _server_lost(run_id: str, since: float, err: Exception) -> str:
     )
 
 
+class ServerLost(RuntimeError):
+    """The server did not answer for ``SERVER_LOST_S``; the message says what to do."""
+
+
 def _wait(client, run_id: str, json_out: bool) -> int:
     """Follow a run to its final state, telling each shard's changes; EXIT_OK if it completed.
 
     A server that stops answering is said at once, and waited for up to ``SERVER_LOST_S``; the run is
     followed again once it answers (its runs went on meanwhile), or the command exits 1 saying what to do.
     """
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from musicinterp_flows.rerun import describe
+
+    # this loop is the retry: the client's own retries (backoff over tens of seconds) could span a whole outage
+    # inside one request, and the user would never hear that the server was gone (seen once in CI)
+    try:
+        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):
+            fr = _follow(client, run_id)
+    except ServerLost as e:
+        return error(str(e), EXIT_FAILED)
+    info = describe(client, run_id)
+    _print_info(info, json_out)
+    return EXIT_OK if fr.state.is_completed() else EXIT_FAILED
+
+
+def _follow(client, run_id: str):
+    """``_wait``'s loop: the flow run once final, or exit 1 after ``SERVER_LOST_S`` without an answer."""
     import httpx
 
     from musicinterp_flows.rerun import NotABenchmark, describe
@@ -132,7 +154,11 @@ def _wait(client, run_id: str, json_out: bool) -> int:
                             console.print(f"  shard {s['shard']}: {s['state']}")
                 except NotABenchmark:
                     pass  # not (yet) a benchmark's run: nothing to tell until it is final
-            except httpx.TransportError as e:  # refused, reset, timed out (after the client's own retries)
+            except httpx.TransportError as e:  # refused, reset, timed out
+                err = e
+            except httpx.HTTPStatusError as e:  # a server starting or stopping answers 5xx; anything else is a bug
+                if e.response.status_code < 500:
+                    raise
                 err = e
         if err is not None:
             now = time.time()
@@ -141,9 +167,8 @@ def _wait(client, run_id: str, json_out: bool) -> int:
                 console.print(f"[yellow]{_server_lost(run_id, lost_since, err)}[/yellow]")
                 console.print(f"waiting up to {SERVER_LOST_S:.0f} s for the server to answer again")
             elif now - lost_since > SERVER_LOST_S:
-                return error(
-                    f"gave up waiting: {_server_lost(run_id, lost_since, err)}; no answer for {now - lost_since:.0f} s",
-                    EXIT_FAILED,
+                raise ServerLost(
+                    f"gave up waiting: {_server_lost(run_id, lost_since, err)}; no answer for {now - lost_since:.0f} s"
                 )
             time.sleep(POLL_S)
             continue
@@ -151,11 +176,8 @@ def _wait(client, run_id: str, json_out: bool) -> int:
             console.print(f"the Prefect server answers again after {time.time() - lost_since:.0f} s; following the run")
             lost_since = None
         if fr.state is not None and fr.state.is_final():
-            break
+            return fr
         time.sleep(POLL_S)
-    info = describe(client, run_id)
-    _print_info(info, json_out)
-    return EXIT_OK if fr.state.is_completed() else EXIT_FAILED
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
